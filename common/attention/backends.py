@@ -1,0 +1,132 @@
+"""Attention backends behind one function.
+
+Each backend computes ``softmax(q kᵀ · scale + mask) v`` for
+``q [batch, q_len, heads, head_dim]`` and ``k, v [batch, kv_len, kv_heads, head_dim]``,
+with grouped-query attention when ``heads = kv_heads * group`` (K/V are never repeated in
+memory: queries are reshaped to ``[batch, q_len, kv_heads, group, head_dim]``).
+
+* ``reference``: einsum; materialises logits and pattern; supports every feature (softcap,
+  probability transforms, returning the pattern).
+* ``xla``: ``jax.nn.dot_product_attention(implementation="xla")``.
+* ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU only).
+* ``pallas``: our flash kernels (``common.attention.pallas``), where they are installed.
+* ``auto``: the fastest backend that supports the call on this platform, falling back to
+  ``reference`` with the reason recorded in :data:`LAST_FALLBACK` (for debugging).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from common.attention.masks import Mask
+
+BACKENDS = ("auto", "reference", "xla", "cudnn", "pallas")
+
+# Reason of the most recent ``auto`` fallback (trace time), for diagnostics only.
+LAST_FALLBACK: dict[str, str] = {}
+
+
+class BackendUnsupported(Exception):
+    """Raised by a backend that cannot serve this call; ``auto`` then tries the next one."""
+
+
+def _logits(q: jax.Array, k: jax.Array, scale: jax.Array) -> jax.Array:
+    """``[batch, kv_heads, group, q_len, kv_len]`` float32 logits."""
+    b, sq, h, d = q.shape
+    kvh = k.shape[2]
+    qg = q.reshape(b, sq, kvh, h // kvh, d)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
+    return logits * scale.reshape(1, kvh, h // kvh, 1, 1)
+
+
+def reference_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: Mask | None,
+    scale: jax.Array,
+    softcap: float | None = None,
+    prob_transform: Callable[[jax.Array], jax.Array] | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Einsum attention. Returns ``(out [b, q_len, heads, d], pattern [b, heads, q_len, kv_len])``.
+
+    ``prob_transform`` maps the float32 pattern ``[b, heads, q_len, kv_len]`` to a new one
+    before it weights the values (ACT calibration plugs in here).
+    """
+    b, sq, h, d = q.shape
+    skv, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    logits = _logits(q, k, scale)
+    if softcap is not None:
+        logits = softcap * jnp.tanh(logits / softcap)
+    if mask is not None:
+        m = mask.materialize(b, sq, skv)
+        if m is not None:
+            m = m.reshape(b, -1, 1, sq, skv) if m.shape[1] == 1 else m.reshape(b, kvh, g, sq, skv)
+            logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    pattern = probs.reshape(b, h, sq, skv)
+    if prob_transform is not None:
+        pattern = prob_transform(pattern)
+        probs = pattern.reshape(b, kvh, g, sq, skv)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    return out.reshape(b, sq, h, d).astype(q.dtype), pattern
+
+
+def _sdpa(implementation: str):
+    def run(q, k, v, mask: Mask | None, scale, softcap=None):
+        if softcap is not None:
+            raise BackendUnsupported(f"{implementation}: softcap not supported")
+        b, sq, h, d = q.shape
+        skv = k.shape[1]
+        if implementation == "cudnn" and jax.default_backend() != "gpu":
+            raise BackendUnsupported("cudnn: needs a GPU")
+        q = (q * scale.reshape(1, 1, h, 1).astype(q.dtype))
+        is_causal = False
+        dense = None
+        if mask is not None and not mask.is_empty:
+            if mask.is_plain_causal and sq == skv:
+                is_causal = True
+            else:
+                dense = mask.materialize(b, sq, skv)
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=dense, scale=1.0, is_causal=is_causal, implementation=implementation
+        )
+
+    return run
+
+
+def _pallas(q, k, v, mask, scale, softcap=None):
+    try:
+        from common.attention.pallas import pallas_attention
+    except ImportError as e:  # the kernels are optional until installed
+        raise BackendUnsupported(f"pallas: not available ({e})") from e
+    return pallas_attention(q, k, v, mask=mask, scale=scale, softcap=softcap)
+
+
+_IMPLS: dict[str, Callable] = {
+    "xla": _sdpa("xla"),
+    "cudnn": _sdpa("cudnn"),
+    "pallas": _pallas,
+}
+
+
+def auto_order(platform: str | None = None) -> tuple[str, ...]:
+    """Backends ``auto`` tries, fastest first, for a platform (``cpu``, ``gpu``, ``tpu``)."""
+    platform = platform or jax.default_backend()
+    if platform == "gpu":
+        return ("pallas", "cudnn", "xla")
+    if platform == "tpu":
+        return ("pallas", "xla")
+    return ("xla",)
+
+
+def run_backend(name: str, q, k, v, mask, scale, softcap) -> jax.Array:
+    """Dispatch to one backend (not ``reference``/``auto``); raises BackendUnsupported."""
+    if name not in _IMPLS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
+    return _IMPLS[name](q, k, v, mask, scale, softcap)

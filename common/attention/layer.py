@@ -1,0 +1,163 @@
+"""Multi-head attention with the head axis explicit in every parameter (Flax NNX).
+
+Parameter layout (logical axis names in the ``out_sharding`` metadata):
+
+* ``q_kernel``  ``[d_model, heads, head_dim]``      (``embed, heads, head_dim``)
+* ``k_kernel``  ``[d_model, kv_heads, head_dim]``   (``embed, kv_heads, head_dim``)
+* ``v_kernel``  ``[d_model, kv_heads, head_dim]``
+* ``o_kernel``  ``[heads, head_dim, d_model]``      (``heads, head_dim, embed``)
+* optional biases ``q_bias [heads, head_dim]``, ``k_bias``/``v_bias [kv_heads, head_dim]``,
+  ``o_bias [d_model]``.
+
+Grouped-query attention: query head ``h`` reads key/value head ``h // (heads // kv_heads)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from common.attention.core import dot_product_attention
+from common.attention.hooks import NO_HOOKS, Hooks
+from common.attention.masks import Mask
+from common.attention.rope import RoPE
+
+
+def param(rngs: nnx.Rngs, shape, axes, dtype, init=None, scale: float | None = None) -> nnx.Param:
+    """A parameter with logical axis names (``out_sharding``) and no eager sharding."""
+    if init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        std = 0.02 if scale is None else scale
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+class LayerKV(NamedTuple):
+    """One layer's KV cache: ``k, v [batch, max_len, kv_heads, head_dim]`` (k after RoPE)."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+class MultiHeadAttention(nnx.Module):
+    """Per-head attention layer. See the module docstring for the parameter layout."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        qkv_bias: bool = False,
+        o_bias: bool = False,
+        rope: RoPE | None = None,
+        scale: float | None = None,
+        softcap: float | None = None,
+        backend: str = "auto",
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        init_std: float = 0.02,
+    ):
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        self.d_model, self.num_heads, self.num_kv_heads, self.head_dim = (
+            d_model, num_heads, num_kv_heads, head_dim)
+        self.rope = rope
+        self.scale = scale
+        self.softcap = softcap
+        self.backend = backend
+        self.dtype = dtype
+        p = lambda shape, axes, init=None: param(rngs, shape, axes, param_dtype, init, init_std)
+        self.q_kernel = p((d_model, num_heads, head_dim), ("embed", "heads", "head_dim"))
+        self.k_kernel = p((d_model, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+        self.v_kernel = p((d_model, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+        self.o_kernel = p((num_heads, head_dim, d_model), ("heads", "head_dim", "embed"))
+        if qkv_bias:
+            self.q_bias = p((num_heads, head_dim), ("heads", "head_dim"), "zeros")
+            self.k_bias = p((num_kv_heads, head_dim), ("kv_heads", "head_dim"), "zeros")
+            self.v_bias = p((num_kv_heads, head_dim), ("kv_heads", "head_dim"), "zeros")
+        else:
+            self.q_bias = self.k_bias = self.v_bias = None
+        self.o_bias = p((d_model,), ("embed",), "zeros") if o_bias else None
+
+    def _proj(self, x, kernel, bias):
+        y = jnp.einsum("bsd,dhk->bshk", x, kernel[...].astype(self.dtype))
+        if bias is not None:
+            y = y + bias[...].astype(self.dtype)
+        return y
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        positions: jax.Array,
+        mask: Mask | None,
+        cache: LayerKV | None = None,
+        cache_index: jax.Array | None = None,
+        hooks: Hooks = NO_HOOKS,
+        layer: int = 0,
+    ) -> tuple[jax.Array, LayerKV | None]:
+        """Attend.
+
+        Args:
+          x: ``[batch, seq, d_model]``.
+          positions: RoPE positions ``[batch, seq]`` of the new tokens.
+          mask: attention mask over ``[seq, kv_len]`` (``kv_len`` = cache length if cached).
+          cache: this layer's KV cache; new keys/values are written at ``cache_index``.
+          hooks: observation/intervention hooks (see ``common.attention.hooks``).
+          layer: this layer's index, passed to the hooks.
+
+        Returns:
+          ``(attn_out [batch, seq, d_model], updated cache or None)``.
+        """
+        x = x.astype(self.dtype)
+        q = hooks.site("q", layer, self._proj(x, self.q_kernel, self.q_bias))
+        k = hooks.site("k", layer, self._proj(x, self.k_kernel, self.k_bias))
+        v = hooks.site("v", layer, self._proj(x, self.v_kernel, self.v_bias))
+        edit = hooks.attention_edit(layer)
+        q_pos = positions if edit is None or edit.q_positions is None else edit.q_positions
+        k_pos = positions if edit is None or edit.kv_positions is None else edit.kv_positions
+        if edit is not None and edit.mask is not None:
+            mask = edit.mask
+        if self.rope is not None:
+            q = self.rope.apply(q, q_pos)
+            k = self.rope.apply(k, k_pos)
+        q = hooks.site("rot_q", layer, q)
+        k = hooks.site("rot_k", layer, k)
+        if cache is not None:
+            idx = jnp.asarray(cache_index, jnp.int32)
+            ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, idx, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, idx, 0, 0))
+            cache = LayerKV(ck, cv)
+            k, v = ck.astype(self.dtype), cv.astype(self.dtype)
+        want_pattern = hooks.wants("pattern", layer)
+        transform = None if edit is None else edit.prob_transform
+        if want_pattern:
+            inner = transform
+
+            def transform(p):
+                p = p if inner is None else inner(p)
+                return hooks.site("pattern", layer, p)
+
+        res = dot_product_attention(
+            q, k, v, mask=mask, scale=self.scale, softcap=self.softcap,
+            backend=self.backend, prob_transform=transform,
+        )
+        z = hooks.site("z", layer, res.out)
+        wo = self.o_kernel[...].astype(self.dtype)
+        if hooks.wants("head_out", layer):
+            head_out = hooks.site("head_out", layer, jnp.einsum("bshk,hkd->bshd", z, wo))
+            out = head_out.sum(axis=2)
+        else:
+            out = jnp.einsum("bshk,hkd->bsd", z, wo)
+        if self.o_bias is not None:
+            out = out + self.o_bias[...].astype(self.dtype)
+        return out, cache

@@ -1,0 +1,118 @@
+"""Attention masks as data.
+
+A :class:`Mask` describes which keys each query may attend to, without materialising the
+``[batch, heads, q_len, kv_len]`` boolean array until a backend needs it. Backends that can
+exploit structure (``xla``'s ``is_causal``, the Pallas kernels' block skipping) read the fields;
+the ``reference`` backend calls :meth:`Mask.materialize`.
+
+All constraints are ANDed:
+
+* ``causal``: key ``j`` is visible to query ``i`` iff ``kv_positions[j] <= q_positions[i]``
+  (positions default to ``arange``; queries are right-aligned to the keys, as with a KV cache);
+* segments: visible iff ``q_segment_ids[i] == kv_segment_ids[j]`` (packed sequences);
+* padding: visible iff ``kv_valid[j]``;
+* ``dense``: an arbitrary boolean array ``[batch|1, heads|1, q_len, kv_len]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class Mask:
+    """Which keys each query attends to. ``True`` means *attend*.
+
+    Attributes:
+      causal: static flag; causal in ``q_positions`` / ``kv_positions`` order.
+      q_positions: ``[batch, q_len]`` int order positions of the queries, or None.
+      kv_positions: ``[batch, kv_len]`` int order positions of the keys, or None.
+      q_segment_ids: ``[batch, q_len]`` int, or None.
+      kv_segment_ids: ``[batch, kv_len]`` int, or None.
+      kv_valid: ``[batch, kv_len]`` bool (padding / filled cache slots), or None.
+      dense: ``[batch|1, heads|1, q_len, kv_len]`` bool, or None.
+    """
+
+    causal: bool = struct.field(pytree_node=False, default=False)
+    q_positions: jax.Array | None = None
+    kv_positions: jax.Array | None = None
+    q_segment_ids: jax.Array | None = None
+    kv_segment_ids: jax.Array | None = None
+    kv_valid: jax.Array | None = None
+    dense: jax.Array | None = None
+
+    def replace(self, **kw) -> Mask:  # noqa: D102 - dataclasses.replace with a shorter name
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def is_plain_causal(self) -> bool:
+        """True when the mask is exactly the square lower-triangular causal mask."""
+        return (
+            self.causal
+            and self.q_positions is None
+            and self.kv_positions is None
+            and self.q_segment_ids is None
+            and self.kv_segment_ids is None
+            and self.kv_valid is None
+            and self.dense is None
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing is masked."""
+        return not self.causal and all(
+            getattr(self, f) is None
+            for f in ("q_segment_ids", "kv_segment_ids", "kv_valid", "dense")
+        )
+
+    def default_positions(self, batch: int, q_len: int, kv_len: int) -> tuple[jax.Array, jax.Array]:
+        """``(q_positions [b, q_len], kv_positions [b, kv_len])`` with right-aligned defaults."""
+        qp = self.q_positions
+        kp = self.kv_positions
+        if qp is None:
+            qp = jnp.broadcast_to(jnp.arange(q_len) + (kv_len - q_len), (batch, q_len))
+        if kp is None:
+            kp = jnp.broadcast_to(jnp.arange(kv_len), (batch, kv_len))
+        return qp, kp
+
+    def materialize(self, batch: int, q_len: int, kv_len: int) -> jax.Array | None:
+        """Boolean ``[batch, heads|1, q_len, kv_len]`` array, or None when nothing is masked."""
+        out = None
+
+        def _and(a, b):
+            return b if a is None else jnp.logical_and(a, b)
+
+        if self.causal:
+            qp, kp = self.default_positions(batch, q_len, kv_len)
+            out = _and(out, (kp[:, None, None, :] <= qp[:, None, :, None]))
+        if self.q_segment_ids is not None or self.kv_segment_ids is not None:
+            if self.q_segment_ids is None or self.kv_segment_ids is None:
+                raise ValueError("Mask: q_segment_ids and kv_segment_ids must be given together")
+            seg = self.q_segment_ids[:, None, :, None] == self.kv_segment_ids[:, None, None, :]
+            out = _and(out, seg)
+        if self.kv_valid is not None:
+            out = _and(out, self.kv_valid[:, None, None, :].astype(bool))
+        if self.dense is not None:
+            if self.dense.ndim != 4:
+                raise ValueError(
+                    f"Mask.dense must be [batch|1, heads|1, q_len, kv_len], got {self.dense.shape}"
+                )
+            out = _and(out, self.dense.astype(bool))
+        if out is not None:
+            out = jnp.broadcast_to(out, (batch,) + out.shape[1:2] + (q_len, kv_len))
+        return out
+
+
+def causal_mask() -> Mask:
+    """The plain causal mask."""
+    return Mask(causal=True)
+
+
+def padding_mask(lengths: jax.Array, kv_len: int, causal: bool = True) -> Mask:
+    """Mask for right-padded sequences of the given ``lengths [batch]``."""
+    valid = jnp.arange(kv_len)[None, :] < lengths[:, None]
+    return Mask(causal=causal, kv_valid=valid)

@@ -1,0 +1,193 @@
+"""Public entry points: :func:`flash_attention` and the backend hook :func:`pallas_attention`.
+
+Shapes follow the core: ``q [batch, q_len, heads, head_dim]``, ``k, v [batch, kv_len,
+kv_heads, head_dim]``, ``heads = kv_heads * group``. The kernels run on the ``[batch, heads,
+seq, head_dim]`` layout; this module transposes, pads the sequence axes to whole blocks
+(padded keys are masked, padded query rows dropped) and builds the block-sparse mask.
+
+Per-head position ids (PINE) go through pre-rotated q/k: rotate ``q`` and ``k`` with
+``RoPE.apply(x, positions [batch, heads, seq])`` *before* the call. When key positions differ
+between query heads of one kv group, the rotated keys differ too, so expand K/V to ``heads``
+heads first (``kv_heads = heads``: each head then reads its own rotated keys). The mask's
+order positions (``Mask.q_positions`` / ``kv_positions``) are separate from the RoPE positions,
+so re-assigned RoPE positions never change which keys are visible. Key positions that depend
+on the *query group* (PINE's per-suffix-token orderings) need one call per query group with
+that group's queries and its own rotated keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import jax
+import jax.numpy as jnp
+
+from common.attention.backends import BackendUnsupported
+from common.attention.masks import Mask
+from common.attention.pallas import flash_tpu
+from common.attention.pallas.block_mask import block_states, mask_operands
+from common.attention.pallas.block_sizes import BlockSizes, fit_block
+
+_INTERPRET: list = [None]  # None: interpret on CPU only; else the value given to pallas_call
+
+
+@contextlib.contextmanager
+def interpret_mode(params=True):
+    """Run the kernels in Pallas interpret mode (``True``, or ``pltpu.InterpretParams(...)``)."""
+    _INTERPRET.append(params)
+    try:
+        yield
+    finally:
+        _INTERPRET.pop()
+
+
+def _interpret_for(platform: str):
+    if _INTERPRET[-1] is not None:
+        return _INTERPRET[-1]
+    return platform == "cpu"  # no Pallas lowering for CPU: interpret there
+
+
+def _lcm(*xs: int) -> int:
+    return math.lcm(*xs)
+
+
+def _check(q, k, v, scale):
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v must be [batch, seq, heads, head_dim]; got {q.shape}, "
+                         f"{k.shape}, {v.shape}")
+    b, _, h, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"k {k.shape} / v {v.shape} do not fit q {q.shape}")
+    if h % k.shape[2]:
+        raise ValueError(f"heads ({h}) must be a multiple of kv_heads ({k.shape[2]})")
+    if scale.shape != (h,):
+        raise ValueError(f"scale must be [{h}] (one per head), got {scale.shape}")
+
+
+def flash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: Mask | None = None,
+    scale: float | jax.Array | None = None,
+    softcap: float | None = None,
+    block_sizes: BlockSizes | None = None,
+    return_lse: bool = False,
+    act_sinks: jax.Array | None = None,
+    act_beta: float | jax.Array | None = None,
+):
+    """Flash attention with a block-sparse mask; differentiable (``custom_vjp``).
+
+    Args:
+      q: ``[batch, q_len, heads, head_dim]``.
+      k, v: ``[batch, kv_len, kv_heads, head_dim]``.
+      mask: a :class:`Mask` (causal with order positions, segment ids, padding, dense) or a
+        :class:`~common.attention.pallas.block_mask.PineMask`; None attends everywhere.
+      scale: scalar or ``[heads]`` softmax scale (default ``1/sqrt(head_dim)``).
+      softcap: optional ``c·tanh(logits/c)``.
+      block_sizes: tiles; default :meth:`BlockSizes.default` for the platform.
+      return_lse: also return ``lse [batch, heads, q_len]`` f32, the log-sum-exp of each row's
+        logits, so that any head's pattern can be recomputed exactly as
+        ``exp(logits - lse)``. ``-inf`` for fully masked rows.
+      act_sinks: fused ACT calibration (forward only): ``[batch, heads|1, kv_len]`` bool, the
+        sink columns (already chosen, e.g. by the column-mean rule); with ``act_beta``
+        (scalar or ``[heads]``; ``1`` leaves a head unchanged).
+
+    Returns:
+      ``out [batch, q_len, heads, head_dim]`` or ``(out, lse)``.
+    """
+    b, sq, h, d = q.shape
+    if scale is None:
+        scale = d**-0.5
+    scale = jnp.asarray(scale, jnp.float32)
+    scale = jnp.full((h,), scale) if scale.ndim == 0 else scale
+    _check(q, k, v, scale)
+    skv, kvh = k.shape[1], k.shape[2]
+    platform = jax.default_backend()
+    bs = block_sizes or BlockSizes.default(platform)
+    bs.validate_for(platform)
+    interpret = _interpret_for(platform)
+    kv_align = 128 if (platform == "tpu" and not interpret) else 8
+    blocks = tuple(
+        (fit_block(bq, sq), fit_block(bk, skv, kv_align)) for bq, bk in (bs.fwd, bs.dkv, bs.dq)
+    )
+    q_pad = -(-sq // _lcm(*(bq for bq, _ in blocks))) * _lcm(*(bq for bq, _ in blocks))
+    kv_pad = -(-skv // _lcm(*(bk for _, bk in blocks))) * _lcm(*(bk for _, bk in blocks))
+    ops = mask_operands(mask, b, sq, skv, q_pad, kv_pad)
+    cfg = flash_tpu.KernelConfig(
+        causal=ops.causal,
+        segments=ops.segments,
+        pine=ops.pine,
+        dense_batch=0 if ops.dense is None else ops.dense.shape[0],
+        dense_heads=0 if ops.dense is None else ops.dense.shape[1],
+        softcap=None if softcap is None else float(softcap),
+        interpret=interpret,
+    )
+    if cfg.dense_heads not in (0, 1, h) or cfg.dense_batch not in (0, 1, b):
+        raise ValueError(f"Mask.dense {ops.dense.shape} does not broadcast to batch {b}, "
+                         f"heads {h}")
+    states = []
+    for bq, bk in blocks:
+        st = block_states(ops, bq, bk)
+        if st is None:
+            st = jnp.full((b, 1, q_pad // bq, kv_pad // bk), flash_tpu.FULL, jnp.int32)
+        elif st.shape[0] != b:
+            st = jnp.broadcast_to(st, (b,) + st.shape[1:])
+        states.append(st)
+    states = tuple(states)
+
+    def to_kernel(x, length):
+        x = jnp.swapaxes(x, 1, 2)
+        return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))
+
+    qt, kt, vt = to_kernel(q, q_pad), to_kernel(k, kv_pad), to_kernel(v, kv_pad)
+    if act_sinks is not None:
+        if act_beta is None:
+            raise ValueError("act_sinks needs act_beta")
+        sinks = jnp.asarray(act_sinks)
+        if sinks.ndim != 3 or sinks.shape[0] != b or sinks.shape[1] not in (1, h) or (
+                sinks.shape[2] != skv):
+            raise ValueError(f"act_sinks must be [{b}, {h}|1, {skv}], got {sinks.shape}")
+        sinks = jnp.pad(sinks.astype(jnp.float32), ((0, 0), (0, 0), (0, kv_pad - skv)))
+        beta = jnp.broadcast_to(jnp.asarray(act_beta, jnp.float32), (h,))
+        out, lse = flash_tpu.flash_forward(
+            cfg, qt, kt, vt, scale, ops, states[0], *blocks[0], sink=sinks[:, :, None, :],
+            beta=beta)
+        lse = lse[..., 0]
+    else:
+        out, lse = flash_tpu.flash_attention_core(cfg, blocks, qt, kt, vt, scale, ops, states)
+    out = jnp.swapaxes(out[:, :, :sq], 1, 2)
+    if return_lse:
+        return out, lse[:, :, :sq]
+    return out
+
+
+def pallas_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: Mask | None,
+    scale: jax.Array,
+    softcap: float | None = None,
+) -> jax.Array:
+    """The ``pallas`` backend of :func:`common.attention.core.dot_product_attention`.
+
+    Raises :class:`BackendUnsupported` for what the kernels cannot serve here, so ``auto``
+    falls back: GPUs (the Mosaic TPU kernels do not lower there; see the package docstring),
+    masks with queries and keys of different lengths under PINE, unsupported dtypes.
+    """
+    platform = jax.default_backend()
+    if platform == "gpu" and _INTERPRET[-1] is None:
+        raise BackendUnsupported(
+            "pallas: no Mosaic GPU flash kernel yet (the Mosaic TPU kernels do not lower on GPU)"
+        )
+    if platform not in ("tpu", "gpu", "cpu"):
+        raise BackendUnsupported(f"pallas: platform {platform!r}")
+    if q.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+        raise BackendUnsupported(f"pallas: dtype {q.dtype}")
+    if platform == "tpu" and q.shape[-1] % 128 and q.shape[-1] not in (64,):
+        raise BackendUnsupported(f"pallas: head_dim {q.shape[-1]} (TPU needs 64 or 128k)")
+    return flash_attention(q, k, v, mask=mask, scale=scale, softcap=softcap)

@@ -1,0 +1,182 @@
+"""Capture by site name: ``logits, cache = run_with_cache(model, input_ids, names_filter=...)``.
+
+Only the requested sites are kept (and the optional ones, ``pattern`` and ``head_out``, only
+computed where requested): a capture of ``z`` runs the same fused attention as the plain
+forward and merely returns an array it computes anyway. ``head_out`` is derived from ``z``
+and ``W_O`` after the forward; ``pattern`` switches the layers that capture it (only those)
+to the reference attention path.
+
+Everything runs under one ``jax.jit`` keyed on the model's graph definition, the names and
+the intervention's static fields: changing an intervention's values does not retrace.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from common.attention.hooks import NO_HOOKS, SITES, Hooks
+from common.attention.masks import Mask
+from common.interp.cache import ActivationCache
+
+NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
+
+
+def resolve_sites(names_filter: NamesFilter) -> tuple[str, ...]:
+    """Normalise a names filter to a sorted tuple of site names.
+
+    ``None`` selects every site except the expensive optional ones (``pattern``,
+    ``head_out``), which must be named; a string or a list names sites; a callable is asked
+    ``fn(site) -> bool`` for every site.
+    """
+    if names_filter is None:
+        return tuple(s for s in SITES if s not in ("pattern", "head_out"))
+    if callable(names_filter):
+        return tuple(s for s in SITES if names_filter(s))
+    names = (names_filter,) if isinstance(names_filter, str) else tuple(names_filter)
+    for n in names:
+        if n not in SITES:
+            raise ValueError(f"names_filter: unknown site {n!r}; known sites: {SITES}")
+    return tuple(s for s in SITES if s in names)
+
+
+def resolve_layers(layers: Iterable[int] | int | None, n_layers: int) -> tuple[int, ...]:
+    """``None`` -> every layer; else a sorted tuple, checked against ``n_layers``."""
+    if layers is None:
+        return tuple(range(n_layers))
+    layers = (layers,) if isinstance(layers, int) else tuple(int(x) for x in layers)
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layers: layer {layer} out of range [0, {n_layers})")
+    return tuple(sorted(set(layers)))
+
+
+class CaptureHooks(Hooks):
+    """Records the values of ``sites`` at ``layers`` (after ``inner`` edited them)."""
+
+    def __init__(self, sites: Iterable[str], layers: Iterable[int], inner: Hooks = NO_HOOKS):
+        self.sites = frozenset(sites)
+        self.layers = frozenset(layers)
+        self.inner = inner
+        self.store: dict[tuple[str, int], jax.Array] = {}
+
+    def _takes(self, site: str, layer: int) -> bool:
+        return site in self.sites and layer in self.layers
+
+    def wants(self, site: str, layer: int) -> bool:
+        if site == "pattern" and self._takes(site, layer):
+            return True
+        return self.inner.wants(site, layer)
+
+    def site(self, site: str, layer: int, value: jax.Array) -> jax.Array:
+        value = self.inner.site(site, layer, value)
+        if self._takes(site, layer):
+            self.store[(site, layer)] = value
+        return value
+
+    def attention_edit(self, layer: int):
+        return self.inner.attention_edit(layer)
+
+
+def _resolve(intervention: Any, config) -> Hooks:
+    from common.models.decoder import resolve_hooks
+
+    return resolve_hooks(intervention, config)
+
+
+def _capture(model, input_ids, positions, mask, intervention, sites, layers, last_only):
+    """Un-jitted body: ``(logits, {(site, layer): value})``."""
+    inner = _resolve(intervention, model.config)
+    keep = set(sites)
+    capture_sites = set(sites)
+    if "head_out" in keep:
+        capture_sites.add("z")
+    hooks = CaptureHooks(capture_sites, layers, inner)
+    logits, _ = model.forward(input_ids, positions=positions, mask=mask, hooks=hooks,
+                              last_only=last_only)
+    store = hooks.store
+    if "head_out" in keep:
+        for layer in layers:
+            if ("head_out", layer) in store:  # the intervention computed it in the forward
+                continue
+            wo = model.blocks[layer].attn.o_kernel[...]
+            z = store[("z", layer)]
+            store[("head_out", layer)] = jnp.einsum("bshk,hkd->bshd", z, wo.astype(z.dtype))
+    return logits, {k: v for k, v in store.items() if k[0] in keep}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sites", "layers", "last_only"))
+def _capture_jit(graphdef, state, input_ids, positions, mask, intervention, *, sites, layers,
+                 last_only):
+    model = nnx.merge(graphdef, state)
+    return _capture(model, input_ids, positions, mask, intervention, sites, layers, last_only)
+
+
+def run_with_cache(
+    model,
+    input_ids: jax.Array,
+    *,
+    names_filter: NamesFilter = None,
+    layers: Iterable[int] | int | None = None,
+    intervention: Any = None,
+    positions: jax.Array | None = None,
+    mask: Mask | None = None,
+    last_only: bool = False,
+    jit: bool = True,
+) -> tuple[jax.Array, ActivationCache]:
+    """Run the model and keep the requested sites.
+
+    Args:
+      model: a ``common.models.DecoderLM``.
+      input_ids: ``[batch, seq]`` int token ids.
+      names_filter: site name(s) or ``fn(site) -> bool``; sites are ``resid_pre, q, k, v``
+        (``q``/``k`` before RoPE), ``rot_q, rot_k`` (after RoPE), ``pattern, z, head_out,
+        attn_out, resid_mid, mlp_out, resid_post``. None: every site but ``pattern`` and
+        ``head_out``.
+      layers: layers to capture (default all).
+      intervention: an :class:`~common.interp.intervention.Intervention` applied during the
+        run (captured values are the edited ones), or a custom ``Hooks`` (runs un-jitted).
+      positions, mask: as for ``DecoderLM.forward``.
+      last_only: logits of the last position only.
+      jit: run under ``jax.jit`` (default).
+
+    Returns:
+      ``(logits [batch, seq|1, vocab] float32, ActivationCache)``.
+    """
+    sites = resolve_sites(names_filter)
+    layers = resolve_layers(layers, model.config.n_layers)
+    input_ids = jnp.asarray(input_ids)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
+    if isinstance(intervention, Hooks) or not jit:
+        logits, store = _capture(model, input_ids, positions, mask, intervention, sites, layers,
+                                 last_only)
+        return logits, ActivationCache(store)
+    if intervention is not None and hasattr(intervention, "validate"):
+        intervention.validate(model.config)  # clear errors before tracing
+    graphdef, state = nnx.split(model)
+    logits, store = _capture_jit(graphdef, state, input_ids, positions, mask, intervention,
+                                 sites=sites, layers=layers, last_only=last_only)
+    return logits, ActivationCache(store)
+
+
+def forward(
+    model,
+    input_ids: jax.Array,
+    *,
+    intervention: Any = None,
+    positions: jax.Array | None = None,
+    mask: Mask | None = None,
+    last_only: bool = False,
+) -> jax.Array:
+    """Jitted ``model(input_ids, intervention=...)``: ``logits [batch, seq|1, vocab]``.
+
+    Changing only the intervention's array values reuses the compiled program.
+    """
+    return run_with_cache(model, input_ids, names_filter=(), intervention=intervention,
+                          positions=positions, mask=mask, last_only=last_only)[0]

@@ -1,0 +1,469 @@
+"""Interventions as data: one pytree handed to the jitted forward.
+
+``model(input_ids, intervention=Intervention(gate=g))`` runs the model with every head's
+output ``z`` scaled by ``g [layer, head]``. The :class:`Intervention` is a ``flax.struct``
+dataclass: its arrays are pytree leaves (changing their values never retraces a jitted
+forward, and ``jax.grad`` differentiates through them), while the choices that change the
+program (which site a patch edits, at which layers, the probability-transform function)
+are static fields. Absent fields (``None``) cost nothing: an empty ``Intervention()``
+gives the plain forward bit for bit.
+
+On a head's output ``z [batch, pos, head, d_head]`` at layer ``l`` the edits apply in this
+order (``m`` are position masks, 1 where the edit applies)::
+
+    z = patches                                  # replace chosen (layer, head, pos) values
+    z = gate[l] * z + (1 - gate[l]) * baseline   # ablation / scaling (baseline 0 or a mean)
+    z = (1 - a[l] m) * z + a[l] m * v[l]          # soft injection (mixing)
+    z = z + m * offset[l]                         # additive per-head offsets (LoFiT)
+
+Attention edits (probability transform, mask, per-head position ids) apply at
+``edit_layers`` (all layers when None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from common.attention.hooks import SITES, AttentionEdit, Hooks
+from common.attention.masks import Mask
+from common.interp.labelled import SITE_AXES
+
+# Axis of the head (or kv-head) index in one layer's value of each per-head site.
+HEAD_AXIS = {"q": 2, "k": 2, "v": 2, "rot_q": 2, "rot_k": 2, "pattern": 1, "z": 2, "head_out": 2}
+# Axis of the (query) position in one layer's value of each site.
+POS_AXIS = {s: (2 if s == "pattern" else 1) for s in SITES}
+
+
+def _heads_of(site: str, config) -> int:
+    """Number of heads along the head axis of ``site`` (kv heads for k, v, rot_k)."""
+    return config.n_kv_heads if site in ("k", "v", "rot_k") else config.n_heads
+
+
+def _shape_error(field: str, want: str, got) -> ValueError:
+    return ValueError(f"Intervention.{field}: expected shape {want}, got {tuple(got)}")
+
+
+@struct.dataclass
+class Patch:
+    """Replace a site's value, where ``where`` says so, by ``value``.
+
+    Attributes:
+      site: site name (static), one of ``common.attention.hooks.SITES``.
+      layers: the layers patched (static); ``value[i]`` is used at ``layers[i]``.
+      value: ``[len(layers), *site_shape]``; batch and position axes may be 1 to broadcast.
+      where: boolean (replace) or float (interpolate ``w·value + (1-w)·x``) mask broadcastable
+        to ``value``; None replaces the whole site.
+    """
+
+    site: str = struct.field(pytree_node=False)
+    layers: tuple[int, ...] = struct.field(pytree_node=False)
+    value: jax.Array
+    where: jax.Array | None = None
+
+    def apply(self, i: int, x: jax.Array, field: str) -> jax.Array:
+        """Patch ``x`` (the site's value at ``layers[i]``)."""
+        v = self.value[i].astype(x.dtype)
+        try:
+            jnp.broadcast_shapes(v.shape, x.shape)
+        except ValueError:
+            raise ValueError(
+                f"Intervention.{field}.value: a layer's value {tuple(v.shape)} does not fit site "
+                f"{self.site!r} of shape {tuple(x.shape)} ({SITE_AXES[self.site]})"
+            ) from None
+        if self.where is None:
+            return jnp.broadcast_to(v, x.shape)
+        w = self.where[i]
+        try:
+            jnp.broadcast_shapes(w.shape, x.shape)
+        except ValueError:
+            raise ValueError(
+                f"Intervention.{field}.where: a layer's mask {tuple(w.shape)} does not fit site "
+                f"{self.site!r} of shape {tuple(x.shape)} ({SITE_AXES[self.site]})"
+            ) from None
+        if w.dtype == jnp.bool_:
+            return jnp.where(w, v, x)
+        w = w.astype(x.dtype)
+        return w * v + (1 - w) * x
+
+
+@struct.dataclass
+class Intervention:
+    """Every per-head edit of a forward pass, as data. All fields are optional.
+
+    Attributes:
+      gate: ``[n_layers, n_heads]`` multiplier on each head's ``z`` (0 ablates, 1 keeps).
+      gate_baseline: ``[n_layers, pos|1, n_heads, d_head]``: what a gate < 1 moves ``z``
+        toward (mean ablation); None means zeros.
+      offset: ``[n_layers, n_heads, d_head]`` added to ``z``.
+      offset_where: ``[batch|1, pos]`` (bool or float) positions the offset applies to; None
+        means all.
+      mix_a: ``[n_layers, n_heads]`` mixing coefficients ``a`` (soft injection).
+      mix_v: ``[n_layers, n_heads, d_head]`` injected vectors ``v``.
+      mix_where: ``[batch|1, pos]`` positions the mixing applies to; None means all.
+      patches: tuple of :class:`Patch` (replace any site's value from another run).
+      prob_transform: static function ``(pattern [batch, heads, q, kv], prob_params, layer)
+        -> pattern`` applied to the attention probabilities (forces the reference attention
+        path at ``edit_layers``).
+      prob_heads: ``[n_layers, n_heads]`` bool/float: which heads take the transformed
+        pattern (None: all heads).
+      prob_params: any pytree of arrays handed to ``prob_transform`` (learnable, no retrace).
+      mask: a :class:`~common.attention.masks.Mask` replacing the model's mask.
+      q_positions: RoPE positions of queries ``[batch, seq]`` or per head
+        ``[batch, n_heads, seq]``.
+      kv_positions: RoPE positions of keys ``[batch, seq]`` or ``[batch, n_kv_heads, seq]``.
+      edit_layers: static tuple of layers where ``prob_transform``, ``mask`` and the position
+        ids apply (None: every layer).
+    """
+
+    gate: jax.Array | None = None
+    gate_baseline: jax.Array | None = None
+    offset: jax.Array | None = None
+    offset_where: jax.Array | None = None
+    mix_a: jax.Array | None = None
+    mix_v: jax.Array | None = None
+    mix_where: jax.Array | None = None
+    patches: tuple[Patch, ...] = ()
+    prob_transform: Callable | None = struct.field(pytree_node=False, default=None)
+    prob_heads: jax.Array | None = None
+    prob_params: Any = None
+    mask: Mask | None = None
+    q_positions: jax.Array | None = None
+    kv_positions: jax.Array | None = None
+    edit_layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    @classmethod
+    def ablate(cls, config, heads: Sequence[tuple[int, int]], scale: float = 0.0) -> Intervention:
+        """Zero-ablate (or scale by ``scale``) the given ``(layer, head)`` pairs."""
+        gate = jnp.ones((config.n_layers, config.n_heads), jnp.float32)
+        for layer, head in heads:
+            _check_head(config, "heads", layer, head, config.n_heads)
+            gate = gate.at[layer, head].set(scale)
+        return cls(gate=gate)
+
+    @classmethod
+    def mean_ablate(cls, config, heads: Sequence[tuple[int, int]], cache,
+                    over: Sequence[str] = ("batch",)) -> Intervention:
+        """Replace the given heads' ``z`` by its mean over ``over`` in a reference cache.
+
+        Args:
+          cache: an :class:`~common.interp.cache.ActivationCache` holding ``z`` at every layer
+            (``run_with_cache(model, reference_ids, names_filter="z")``).
+          over: axes averaged, ``("batch",)`` (per-position means, the reference prompts must
+            have the length of the ablated ones) or ``("batch", "pos")``.
+        """
+        bad = set(over) - {"batch", "pos"}
+        if bad:
+            raise ValueError(f"mean_ablate: over must name 'batch' and/or 'pos', got {over}")
+        axis = tuple(i for i, a in enumerate(("batch", "pos")) if a in over)
+        if "z" not in cache or cache.layers("z") != tuple(range(config.n_layers)):
+            raise ValueError("mean_ablate: the reference cache must hold 'z' at every layer")
+        zs = jnp.stack([cache["z", layer] for layer in range(config.n_layers)])
+        mean = jnp.mean(zs, axis=tuple(a + 1 for a in axis), keepdims=True)[:, 0]  # [L, s|1, h, d]
+        gate = cls.ablate(config, heads).gate
+        return cls(gate=gate, gate_baseline=mean)
+
+    @classmethod
+    def patch(
+        cls,
+        config,
+        cache,
+        site: str,
+        heads: Sequence[tuple[int, int]] | None = None,
+        layers: Sequence[int] | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> Intervention:
+        """Patch ``site`` from another run's cache.
+
+        Args:
+          cache: an ``ActivationCache`` of the source run holding ``site`` at the layers used.
+          site: the site to patch (``z``, ``q``, ``k``, ``v``, ``pattern``, ``resid_pre``, ...).
+            For ``k``, ``v``, ``rot_k`` the head index is a key/value head.
+          heads: ``(layer, head)`` pairs (per-head sites only); None patches whole layers.
+          layers: layers patched whole (with ``heads=None``).
+          positions: (query) positions patched; None patches every position.
+        """
+        return cls(patches=(make_patch(config, cache, site, heads, layers, positions),))
+
+    def merge(self, other: Intervention) -> Intervention:
+        """Compose two interventions: gates multiply, offsets add, patches concatenate; other
+        fields must be set in at most one of them."""
+        out = {}
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "patches":
+                out[f.name] = tuple(a) + tuple(b)
+            elif a is None:
+                out[f.name] = b
+            elif b is None:
+                out[f.name] = a
+            elif f.name == "gate" and self.gate_baseline is None and other.gate_baseline is None:
+                out[f.name] = a * b
+            elif f.name == "offset" and self.offset_where is None and other.offset_where is None:
+                out[f.name] = a + b
+            else:
+                raise ValueError(f"Intervention.merge: field {f.name!r} is set in both")
+        return Intervention(**out)
+
+    # ------------------------------------------------------------------ validation and hooks
+
+    def validate(self, config) -> None:
+        """Raise ``ValueError`` naming the field whose shape or index does not fit ``config``."""
+        L, H, D = config.n_layers, config.n_heads, config.d_head
+        lh = f"[n_layers, n_heads] = ({L}, {H})"
+
+        def check(name, value, shape, want):
+            if value is not None and tuple(value.shape) != shape:
+                raise _shape_error(name, want, value.shape)
+
+        check("gate", self.gate, (L, H), lh)
+        if self.gate_baseline is not None:
+            if self.gate is None:
+                raise ValueError("Intervention.gate_baseline: given without a gate")
+            gb = self.gate_baseline
+            if gb.ndim != 4 or gb.shape[0] != L or gb.shape[2:] != (H, D):
+                raise _shape_error("gate_baseline",
+                                   f"[n_layers, pos|1, n_heads, d_head] = ({L}, pos, {H}, {D})",
+                                   gb.shape)
+        check("offset", self.offset, (L, H, D), f"[n_layers, n_heads, d_head] = ({L}, {H}, {D})")
+        check("mix_a", self.mix_a, (L, H), lh)
+        check("mix_v", self.mix_v, (L, H, D), f"[n_layers, n_heads, d_head] = ({L}, {H}, {D})")
+        if (self.mix_a is None) != (self.mix_v is None):
+            raise ValueError("Intervention.mix_a and Intervention.mix_v must be given together")
+        for name in ("offset_where", "mix_where"):
+            w = getattr(self, name)
+            if w is not None and w.ndim not in (1, 2):
+                raise _shape_error(name, "[pos] or [batch|1, pos]", w.shape)
+        if self.offset_where is not None and self.offset is None:
+            raise ValueError("Intervention.offset_where: given without an offset")
+        if self.mix_where is not None and self.mix_a is None:
+            raise ValueError("Intervention.mix_where: given without mix_a / mix_v")
+        check("prob_heads", self.prob_heads, (L, H), lh)
+        if self.prob_transform is not None and not callable(self.prob_transform):
+            raise ValueError("Intervention.prob_transform: must be callable "
+                             "(pattern, prob_params, layer) -> pattern")
+        if self.prob_heads is not None and self.prob_transform is None:
+            raise ValueError("Intervention.prob_heads: given without a prob_transform")
+        if self.edit_layers is not None:
+            for layer in self.edit_layers:
+                if not 0 <= layer < L:
+                    raise ValueError(f"Intervention.edit_layers: layer {layer} out of range "
+                                     f"[0, {L})")
+        if self.mask is not None and not isinstance(self.mask, Mask):
+            raise ValueError(f"Intervention.mask: expected a Mask, got {type(self.mask)}")
+        for name, heads in (("q_positions", H), ("kv_positions", config.n_kv_heads)):
+            p = getattr(self, name)
+            if p is None:
+                continue
+            if p.ndim == 3 and p.shape[1] not in (1, heads):
+                raise _shape_error(name, f"[batch, seq] or [batch, {heads}, seq]", p.shape)
+            if p.ndim not in (2, 3):
+                raise _shape_error(name, f"[batch, seq] or [batch, {heads}, seq]", p.shape)
+        for j, p in enumerate(self.patches):
+            field = f"patches[{j}]"
+            if not isinstance(p, Patch):
+                raise ValueError(f"Intervention.{field}: expected a Patch, got {type(p)}")
+            if p.site not in SITES:
+                raise ValueError(f"Intervention.{field}.site: unknown site {p.site!r}; "
+                                 f"known sites: {SITES}")
+            for layer in p.layers:
+                if not 0 <= layer < L:
+                    raise ValueError(f"Intervention.{field}.layers: layer {layer} out of range "
+                                     f"[0, {L})")
+            if len(set(p.layers)) != len(p.layers):
+                raise ValueError(f"Intervention.{field}.layers: repeated layer in {p.layers}")
+            want_nd = len(SITE_AXES[p.site]) + 1
+            if p.value.ndim != want_nd or p.value.shape[0] != len(p.layers):
+                raise _shape_error(f"{field}.value",
+                                   f"[{len(p.layers)} layers, {', '.join(SITE_AXES[p.site])}]",
+                                   p.value.shape)
+            if p.site in HEAD_AXIS:
+                n = _heads_of(p.site, config)
+                got = p.value.shape[1 + HEAD_AXIS[p.site]]
+                if got not in (1, n):
+                    raise ValueError(f"Intervention.{field}.value: site {p.site!r} has {n} heads, "
+                                     f"the value has {got}")
+            if p.where is not None and (p.where.ndim != want_nd
+                                        or p.where.shape[0] != len(p.layers)):
+                raise _shape_error(f"{field}.where",
+                                   f"[{len(p.layers)} layers, {', '.join(SITE_AXES[p.site])}] "
+                                   "(axes may be 1)", p.where.shape)
+
+    def is_empty(self) -> bool:
+        """True when no field is set (the forward is the plain one)."""
+        return all(
+            getattr(self, f.name) is None
+            or (isinstance(getattr(self, f.name), tuple) and not getattr(self, f.name))
+            for f in dataclasses.fields(self)
+        )
+
+    def hooks(self, config, inner: Hooks | None = None) -> Hooks:
+        """The :class:`~common.attention.hooks.Hooks` that apply this intervention.
+
+        ``inner`` hooks (another intervention, a capture) run on each site after this one.
+        """
+        self.validate(config)
+        return InterventionHooks(self, config, inner)
+
+
+def _check_head(config, field: str, layer: int, head: int, n_heads: int) -> None:
+    if not 0 <= int(layer) < config.n_layers:
+        raise ValueError(f"Intervention.{field}: layer {layer} out of range [0, {config.n_layers})")
+    if not 0 <= int(head) < n_heads:
+        raise ValueError(f"Intervention.{field}: head {head} out of range [0, {n_heads})")
+
+
+def make_patch(
+    config,
+    cache,
+    site: str,
+    heads: Sequence[tuple[int, int]] | None = None,
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+) -> Patch:
+    """A :class:`Patch` of ``site`` from ``cache`` (see :meth:`Intervention.patch`)."""
+    if site not in SITES:
+        raise ValueError(f"Intervention.patch: unknown site {site!r}; known sites: {SITES}")
+    if heads is not None and layers is not None:
+        raise ValueError("Intervention.patch: give heads=[(layer, head), ...] or layers=[...], "
+                         "not both")
+    if heads is not None and site not in HEAD_AXIS:
+        raise ValueError(f"Intervention.patch: site {site!r} has no head axis; use layers=")
+    if heads is None and layers is None:
+        raise ValueError("Intervention.patch: choose heads=[(layer, head), ...] or layers=[...]")
+    n = _heads_of(site, config) if site in HEAD_AXIS else 0
+    if heads is not None:
+        for layer, head in heads:
+            _check_head(config, "patch heads", layer, head, n)
+        use_layers = tuple(sorted({int(layer) for layer, _ in heads}))
+    else:
+        use_layers = tuple(int(x) for x in layers)
+        for layer in use_layers:
+            if not 0 <= layer < config.n_layers:
+                raise ValueError(f"Intervention.patch layers: layer {layer} out of range "
+                                 f"[0, {config.n_layers})")
+    value = jnp.stack([cache[site, layer] for layer in use_layers])
+    nd = value.ndim - 1
+    pos_axis = POS_AXIS[site]
+    seq = value.shape[1 + pos_axis]
+    mask_shape = [len(use_layers)] + [1] * nd
+    where = None
+    if heads is not None:
+        mask_shape[1 + HEAD_AXIS[site]] = n
+        hm = jnp.zeros(mask_shape, bool)
+        for layer, head in heads:
+            idx = [use_layers.index(int(layer))] + [0] * nd
+            idx[1 + HEAD_AXIS[site]] = int(head)
+            hm = hm.at[tuple(idx)].set(True)
+        where = hm
+    if positions is not None:
+        pshape = [1] * (nd + 1)
+        pshape[1 + pos_axis] = seq
+        pm = jnp.zeros(pshape, bool)
+        for p in positions:
+            if not -seq <= int(p) < seq:
+                raise ValueError(f"Intervention.patch positions: {p} out of range for length {seq}")
+            pm = pm.at[(0,) * (1 + pos_axis) + (int(p),)].set(True)
+        where = pm if where is None else jnp.logical_and(where, pm)
+    return Patch(site=site, layers=use_layers, value=value, where=where)
+
+
+def _pos_mask(w: jax.Array | None, z: jax.Array) -> jax.Array | float:
+    """``[batch|1, pos]`` mask -> ``[batch|1, pos, 1, 1]`` in ``z``'s dtype (1.0 if None)."""
+    if w is None:
+        return 1.0
+    if w.ndim == 1:
+        w = w[None]
+    if w.shape[-1] != z.shape[1]:
+        raise ValueError(f"position mask of length {w.shape[-1]} for a sequence of {z.shape[1]}")
+    return w.astype(z.dtype)[:, :, None, None]
+
+
+class InterventionHooks(Hooks):
+    """Applies an :class:`Intervention` at the model's sites (built by ``.hooks(config)``)."""
+
+    def __init__(self, iv: Intervention, config, inner: Hooks | None = None):
+        self.iv = iv
+        self.config = config
+        self.inner = inner
+        self._patches: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for j, p in enumerate(iv.patches):
+            for i, layer in enumerate(p.layers):
+                self._patches.setdefault((p.site, layer), []).append((j, i))
+        layers = iv.edit_layers
+        self._edit_layers = set(range(config.n_layers) if layers is None else layers)
+
+    def wants(self, site: str, layer: int) -> bool:
+        if (site, layer) in self._patches:
+            return True
+        return self.inner is not None and self.inner.wants(site, layer)
+
+    def site(self, site: str, layer: int, value: jax.Array) -> jax.Array:
+        iv = self.iv
+        for j, i in self._patches.get((site, layer), ()):
+            value = iv.patches[j].apply(i, value, f"patches[{j}]")
+        if site == "z":
+            value = self._edit_z(layer, value)
+        if self.inner is not None:
+            value = self.inner.site(site, layer, value)
+        return value
+
+    def _edit_z(self, layer: int, z: jax.Array) -> jax.Array:
+        iv = self.iv
+        dt = z.dtype
+        if iv.gate is not None:
+            g = iv.gate[layer].astype(dt)[None, None, :, None]  # [1, 1, h, 1]
+            if iv.gate_baseline is None:
+                z = g * z
+            else:
+                z = g * z + (1 - g) * iv.gate_baseline[layer].astype(dt)[None]
+        if iv.mix_a is not None:
+            am = iv.mix_a[layer].astype(dt)[None, None, :, None] * _pos_mask(iv.mix_where, z)
+            z = (1 - am) * z + am * iv.mix_v[layer].astype(dt)[None, None]
+        if iv.offset is not None:
+            z = z + _pos_mask(iv.offset_where, z) * iv.offset[layer].astype(dt)[None, None]
+        return z
+
+    def attention_edit(self, layer: int) -> AttentionEdit | None:
+        iv = self.iv
+        inner = None if self.inner is None else self.inner.attention_edit(layer)
+        if layer not in self._edit_layers or (
+            iv.prob_transform is None and iv.mask is None and iv.q_positions is None
+            and iv.kv_positions is None
+        ):
+            return inner
+        transform = None
+        if iv.prob_transform is not None:
+            fn, params, heads = iv.prob_transform, iv.prob_params, iv.prob_heads
+
+            def transform(p):
+                new = fn(p, params, layer)
+                if heads is None:
+                    return new
+                w = heads[layer][None, :, None, None]
+                if w.dtype == jnp.bool_:
+                    return jnp.where(w, new, p)
+                w = w.astype(p.dtype)
+                return w * new + (1 - w) * p
+
+        if inner is not None and inner.prob_transform is not None:
+            first, second = transform, inner.prob_transform
+            transform = second if first is None else (lambda p: second(first(p)))
+
+        def pick(a, b):
+            return a if a is not None else b
+
+        inner = inner or AttentionEdit()
+        return AttentionEdit(
+            mask=pick(iv.mask, inner.mask),
+            q_positions=pick(iv.q_positions, inner.q_positions),
+            kv_positions=pick(iv.kv_positions, inner.kv_positions),
+            prob_transform=transform,
+        )

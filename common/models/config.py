@@ -1,0 +1,179 @@
+"""Decoder-LM configuration: one dataclass for the Llama family, GPT-2 and GPT-NeoX/Pythia."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+ARCHS = ("llama", "gpt2", "neox")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a decoder-only LM.
+
+    Attributes:
+      arch: ``llama`` (Llama 2/3, Mistral, Qwen2, SmolLM2), ``gpt2`` or ``neox`` (Pythia).
+      vocab_size, d_model, n_layers, n_heads, n_kv_heads, d_head, d_mlp: sizes.
+      norm: ``rms`` or ``layer``; norm_eps: its epsilon.
+      act: ``silu``, ``gelu`` (exact) or ``gelu_tanh``; gated_mlp: SwiGLU-style gate.
+      pos: ``rope`` or ``learned``; rope_theta, rotary_dim (None = full head), rope_scaling.
+      max_position: learned position table size (GPT-2) / nominal context.
+      parallel_residual: GPT-NeoX ``x + attn(ln1 x) + mlp(ln2 x)``.
+      tie_embeddings: unembedding is the transposed token embedding.
+      qkv_bias, o_bias, mlp_bias: which projections carry biases.
+      attn_backend: attention backend (``auto``, ``reference``, ``xla``, ``cudnn``, ``pallas``).
+      dtype: compute dtype (``float32`` or ``bfloat16``); logits are returned in float32.
+    """
+
+    arch: str = "llama"
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    d_head: int | None = None
+    d_mlp: int = 128
+    norm: str = "rms"
+    norm_eps: float = 1e-5
+    act: str = "silu"
+    gated_mlp: bool = True
+    pos: str = "rope"
+    rope_theta: float = 10000.0
+    rotary_dim: int | None = None
+    rope_scaling: tuple | None = None
+    max_position: int = 2048
+    parallel_residual: bool = False
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    attn_backend: str = "auto"
+    dtype: str = "float32"
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple | None = None
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"ModelConfig.arch: unknown architecture {self.arch!r}; known: {ARCHS}")
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"ModelConfig: d_model ({self.d_model}) not divisible by n_heads ({self.n_heads})"
+                )
+            object.__setattr__(self, "d_head", self.d_model // self.n_heads)
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"ModelConfig.{f} must be >= 1, got {getattr(self, f)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ModelConfig: n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                f"({self.n_kv_heads})"
+            )
+        if self.norm not in ("rms", "layer"):
+            raise ValueError(f"ModelConfig.norm must be 'rms' or 'layer', got {self.norm!r}")
+        if self.act not in ("silu", "gelu", "gelu_tanh", "relu"):
+            raise ValueError(f"ModelConfig.act: unknown activation {self.act!r}")
+        if self.pos not in ("rope", "learned"):
+            raise ValueError(f"ModelConfig.pos must be 'rope' or 'learned', got {self.pos!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"ModelConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.rotary_dim is not None and (self.rotary_dim % 2 or self.rotary_dim > self.d_head):
+            raise ValueError(f"ModelConfig.rotary_dim ({self.rotary_dim}) must be even and <= d_head")
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    def replace(self, **kw: Any) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+
+def _rope_theta(hf: dict, default: float) -> float:
+    if "rope_theta" in hf and hf["rope_theta"] is not None:
+        return float(hf["rope_theta"])
+    rp = hf.get("rope_parameters") or {}
+    if isinstance(rp, dict) and rp.get("rope_theta") is not None:
+        return float(rp["rope_theta"])
+    return float(hf.get("rotary_emb_base", default))
+
+
+def _rope_scaling(hf: dict) -> tuple | None:
+    rs = hf.get("rope_scaling") or hf.get("rope_parameters")
+    if not isinstance(rs, dict):
+        return None
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind in (None, "default"):
+        return None
+    if kind != "llama3":
+        raise ValueError(f"config.json: rope scaling {kind!r} is not supported (only llama3)")
+    keep = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    return tuple(sorted((k, float(rs[k])) for k in keep if k in rs))
+
+
+def config_from_hf(arch: str, hf: dict, **overrides: Any) -> ModelConfig:
+    """Build a :class:`ModelConfig` from a Hugging Face ``config.json`` dict."""
+    try:
+        if arch == "llama":
+            heads = hf["num_attention_heads"]
+            d = hf["hidden_size"]
+            act = hf.get("hidden_act", "silu")
+            cfg = dict(
+                vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"],
+                n_heads=heads, n_kv_heads=hf.get("num_key_value_heads") or heads,
+                d_head=hf.get("head_dim") or d // heads, d_mlp=hf["intermediate_size"],
+                norm="rms", norm_eps=hf.get("rms_norm_eps", 1e-6),
+                act={"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}[act],
+                gated_mlp=True, pos="rope", rope_theta=_rope_theta(hf, 10000.0),
+                rope_scaling=_rope_scaling(hf),
+                max_position=hf.get("max_position_embeddings", 2048),
+                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                qkv_bias=bool(hf.get("attention_bias", hf.get("model_type") == "qwen2")),
+                o_bias=bool(hf.get("attention_bias", False)) and hf.get("model_type") != "qwen2",
+                mlp_bias=bool(hf.get("mlp_bias", False)),
+            )
+        elif arch == "gpt2":
+            d = hf["n_embd"]
+            cfg = dict(
+                vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["n_layer"],
+                n_heads=hf["n_head"], d_mlp=hf.get("n_inner") or 4 * d, norm="layer",
+                norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                act={"gelu_new": "gelu_tanh", "gelu": "gelu", "relu": "relu",
+                     "gelu_pytorch_tanh": "gelu_tanh"}[hf.get("activation_function", "gelu_new")],
+                gated_mlp=False, pos="learned", max_position=hf["n_positions"],
+                tie_embeddings=bool(hf.get("tie_word_embeddings", True)), qkv_bias=True,
+                o_bias=True, mlp_bias=True,
+            )
+        elif arch == "neox":
+            d = hf["hidden_size"]
+            heads = hf["num_attention_heads"]
+            d_head = d // heads
+            pct = hf.get("rotary_pct", hf.get("partial_rotary_factor"))
+            if pct is None:
+                pct = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0)
+            cfg = dict(
+                vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"],
+                n_heads=heads, d_mlp=hf["intermediate_size"], norm="layer",
+                norm_eps=hf.get("layer_norm_eps", 1e-5),
+                act={"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                     "relu": "relu"}[hf.get("hidden_act", "gelu")],
+                gated_mlp=False, pos="rope", rope_theta=_rope_theta(hf, 10000.0),
+                rotary_dim=int(d_head * float(pct)),
+                max_position=hf.get("max_position_embeddings", 2048),
+                parallel_residual=bool(hf.get("use_parallel_residual", True)),
+                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                qkv_bias=bool(hf.get("attention_bias", True)), o_bias=bool(hf.get("attention_bias", True)),
+                mlp_bias=True,
+            )
+        else:
+            raise ValueError(f"unknown architecture {arch!r}; known: {ARCHS}")
+    except KeyError as e:
+        raise ValueError(f"config.json for {arch}: missing field {e.args[0]!r}") from e
+    cfg.update(arch=arch, bos_token_id=hf.get("bos_token_id"))
+    eos = hf.get("eos_token_id")
+    cfg["eos_token_id"] = tuple(eos) if isinstance(eos, list) else eos
+    cfg.update(overrides)
+    return ModelConfig(**cfg)

@@ -1,0 +1,179 @@
+"""Hugging Face parameter names and layouts -> headlab's per-head parameters.
+
+Each architecture gets a list of ``(our_path, hf_name, transform)``; transforms reshape torch
+``[out, in]`` matrices into the explicit-head layout (Q ``[d_model, heads, head_dim]``,
+O ``[heads, head_dim, d_model]``, ...). :func:`assign_weights` checks every shape against the
+model and names the tensor at fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from common.models.config import ModelConfig
+
+
+class WeightShapeError(ValueError):
+    """A checkpoint tensor does not fit the model built from its config."""
+
+
+def _heads_in(n_heads: int, d_head: int) -> Callable[[np.ndarray], np.ndarray]:
+    """torch ``[heads*d_head, d_model]`` -> ``[d_model, heads, d_head]``."""
+    return lambda w: np.ascontiguousarray(w.reshape(n_heads, d_head, -1).transpose(2, 0, 1))
+
+
+def _heads_out(n_heads: int, d_head: int) -> Callable[[np.ndarray], np.ndarray]:
+    """torch ``[d_model, heads*d_head]`` -> ``[heads, d_head, d_model]``."""
+    return lambda w: np.ascontiguousarray(w.reshape(w.shape[0], n_heads, d_head).transpose(1, 2, 0))
+
+
+def _t(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.T)
+
+
+def _ident(w: np.ndarray) -> np.ndarray:
+    return w
+
+
+def _bias_heads(n_heads: int, d_head: int):
+    return lambda b: b.reshape(n_heads, d_head)
+
+
+def weight_map(cfg: ModelConfig) -> Iterator[tuple[tuple, str | tuple[str, ...], Callable]]:
+    """Yield ``(our_path, hf_name(s), transform)`` for every parameter of ``cfg``'s model.
+
+    Where checkpoints differ in naming, ``hf_name`` is a tuple of accepted names.
+    """
+    H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    if cfg.arch == "llama":
+        yield ("embed", "embedding"), "model.embed_tokens.weight", _ident
+        for i in range(cfg.n_layers):
+            p = f"model.layers.{i}."
+            b = ("blocks", i)
+            yield b + ("attn_norm", "scale"), p + "input_layernorm.weight", _ident
+            yield b + ("mlp_norm", "scale"), p + "post_attention_layernorm.weight", _ident
+            for n, heads in (("q", H), ("k", K), ("v", K)):
+                yield b + ("attn", f"{n}_kernel"), p + f"self_attn.{n}_proj.weight", _heads_in(heads, D)
+                if cfg.qkv_bias:
+                    yield b + ("attn", f"{n}_bias"), p + f"self_attn.{n}_proj.bias", _bias_heads(heads, D)
+            yield b + ("attn", "o_kernel"), p + "self_attn.o_proj.weight", _heads_out(H, D)
+            if cfg.o_bias:
+                yield b + ("attn", "o_bias"), p + "self_attn.o_proj.bias", _ident
+            for n in ("gate", "up", "down"):
+                yield b + ("mlp", f"{n}_kernel"), p + f"mlp.{n}_proj.weight", _t
+            if cfg.mlp_bias:
+                yield b + ("mlp", "up_bias"), p + "mlp.up_proj.bias", _ident
+                yield b + ("mlp", "down_bias"), p + "mlp.down_proj.bias", _ident
+        yield ("final_norm", "scale"), "model.norm.weight", _ident
+        if not cfg.tie_embeddings:
+            yield ("lm_head",), "lm_head.weight", _t
+    elif cfg.arch == "gpt2":
+        yield ("embed", "embedding"), "transformer.wte.weight", _ident
+        yield ("pos_embed", "embedding"), "transformer.wpe.weight", _ident
+        d = cfg.d_model
+        for i in range(cfg.n_layers):
+            p = f"transformer.h.{i}."
+            b = ("blocks", i)
+            yield b + ("attn_norm", "scale"), p + "ln_1.weight", _ident
+            yield b + ("attn_norm", "bias"), p + "ln_1.bias", _ident
+            yield b + ("mlp_norm", "scale"), p + "ln_2.weight", _ident
+            yield b + ("mlp_norm", "bias"), p + "ln_2.bias", _ident
+            for j, n in enumerate("qkv"):
+                # Conv1D stores [in, out]; c_attn's out axis is [q | k | v].
+                yield (b + ("attn", f"{n}_kernel"), p + "attn.c_attn.weight",
+                       (lambda j: lambda w: np.ascontiguousarray(
+                           w[:, j * d:(j + 1) * d].reshape(d, H, D)))(j))
+                yield (b + ("attn", f"{n}_bias"), p + "attn.c_attn.bias",
+                       (lambda j: lambda w: w[j * d:(j + 1) * d].reshape(H, D))(j))
+            yield (b + ("attn", "o_kernel"), p + "attn.c_proj.weight",
+                   lambda w: np.ascontiguousarray(w.reshape(H, D, -1)))
+            yield b + ("attn", "o_bias"), p + "attn.c_proj.bias", _ident
+            yield b + ("mlp", "up_kernel"), p + "mlp.c_fc.weight", _ident
+            yield b + ("mlp", "up_bias"), p + "mlp.c_fc.bias", _ident
+            yield b + ("mlp", "down_kernel"), p + "mlp.c_proj.weight", _ident
+            yield b + ("mlp", "down_bias"), p + "mlp.c_proj.bias", _ident
+        yield ("final_norm", "scale"), "transformer.ln_f.weight", _ident
+        yield ("final_norm", "bias"), "transformer.ln_f.bias", _ident
+        if not cfg.tie_embeddings:
+            yield ("lm_head",), "lm_head.weight", _t
+    elif cfg.arch == "neox":
+        yield ("embed", "embedding"), "gpt_neox.embed_in.weight", _ident
+        for i in range(cfg.n_layers):
+            p = f"gpt_neox.layers.{i}."
+            b = ("blocks", i)
+            yield b + ("attn_norm", "scale"), p + "input_layernorm.weight", _ident
+            yield b + ("attn_norm", "bias"), p + "input_layernorm.bias", _ident
+            yield b + ("mlp_norm", "scale"), p + "post_attention_layernorm.weight", _ident
+            yield b + ("mlp_norm", "bias"), p + "post_attention_layernorm.bias", _ident
+            for j, n in enumerate("qkv"):
+                # query_key_value's out axis is [heads, (q|k|v), head_dim].
+                yield (b + ("attn", f"{n}_kernel"), p + "attention.query_key_value.weight",
+                       (lambda j: lambda w: np.ascontiguousarray(
+                           w.reshape(H, 3, D, -1)[:, j].transpose(2, 0, 1)))(j))
+                if cfg.qkv_bias:
+                    yield (b + ("attn", f"{n}_bias"), p + "attention.query_key_value.bias",
+                           (lambda j: lambda w: w.reshape(H, 3, D)[:, j])(j))
+            yield b + ("attn", "o_kernel"), p + "attention.dense.weight", _heads_out(H, D)
+            if cfg.o_bias:
+                yield b + ("attn", "o_bias"), p + "attention.dense.bias", _ident
+            yield b + ("mlp", "up_kernel"), p + "mlp.dense_h_to_4h.weight", _t
+            yield b + ("mlp", "up_bias"), p + "mlp.dense_h_to_4h.bias", _ident
+            yield b + ("mlp", "down_kernel"), p + "mlp.dense_4h_to_h.weight", _t
+            yield b + ("mlp", "down_bias"), p + "mlp.dense_4h_to_h.bias", _ident
+        yield ("final_norm", "scale"), "gpt_neox.final_layer_norm.weight", _ident
+        yield ("final_norm", "bias"), "gpt_neox.final_layer_norm.bias", _ident
+        if not cfg.tie_embeddings:
+            # Pythia checkpoints call it embed_out; transformers >= 5 saves lm_head.
+            yield ("lm_head",), ("embed_out.weight", "lm_head.weight"), _t
+    else:  # pragma: no cover - ModelConfig validates arch
+        raise ValueError(f"unknown architecture {cfg.arch!r}")
+
+
+def _variable(model: nnx.Module, path: tuple) -> nnx.Variable:
+    node = model
+    for key in path:
+        node = node[key] if isinstance(key, int) else getattr(node, key)
+    return node
+
+
+def assign_weights(model: nnx.Module, tensors: dict, source: str = "checkpoint",
+                   pop: bool = True) -> None:
+    """Copy Hugging Face ``tensors`` into ``model`` (possibly built with ``nnx.eval_shape``).
+
+    Raises :class:`WeightShapeError` naming ``source`` and the tensor when a tensor is missing
+    or its shape does not fit. With ``pop`` the numpy tensors are released as they are copied
+    (keeps peak memory near one copy of the weights).
+    """
+    cfg: ModelConfig = model.config
+    plan = list(weight_map(cfg))
+    def pick(names):
+        names = (names,) if isinstance(names, str) else names
+        return next((n for n in names if n in tensors), names[0])
+
+    plan = [(path, pick(names), fn) for path, names, fn in plan]
+    last_use = {name: i for i, (_, name, _) in enumerate(plan)}
+    for i, (path, name, fn) in enumerate(plan):
+        if name not in tensors:
+            raise WeightShapeError(f"{source}: missing tensor {name!r} for {cfg.arch} model")
+        var = _variable(model, path)
+        w = tensors[name]
+        try:
+            value = fn(np.asarray(w))
+        except ValueError as e:
+            raise WeightShapeError(
+                f"{source}: tensor {name!r} has shape {tuple(np.shape(w))}, which does not fit "
+                f"the config ({e})"
+            ) from e
+        expect = tuple(var.shape)
+        if tuple(value.shape) != expect:
+            raise WeightShapeError(
+                f"{source}: tensor {name!r} has shape {tuple(np.shape(w))}; the config needs "
+                f"{expect} at {'.'.join(map(str, path))}"
+            )
+        var.set_value(jnp.asarray(value, dtype=var.dtype))
+        if pop and last_use[name] == i:
+            del tensors[name]

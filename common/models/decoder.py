@@ -1,0 +1,241 @@
+"""Decoder-only LMs on the per-head attention core (Flax NNX).
+
+One :class:`DecoderLM` covers the Llama family (RMSNorm, SwiGLU, RoPE, GQA, tied or untied
+embeddings; SmolLM2 is one), GPT-2 (learned positions, LayerNorm, GELU, biases) and
+GPT-NeoX/Pythia (parallel residual, partial rotary); :class:`~common.models.config.ModelConfig`
+selects the pieces. Every site of ``common.attention.hooks.SITES`` is exposed to hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from common.attention.hooks import NO_HOOKS, Hooks
+from common.attention.layer import LayerKV, MultiHeadAttention, param
+from common.attention.masks import Mask
+from common.attention.rope import RoPE
+from common.models.config import ModelConfig
+from common.models.layers import MLP, Embed, Norm
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys/values ``[batch, max_len, kv_heads, head_dim]``, the number of filled
+    slots ``length`` (int32 scalar) and ``valid [batch, max_len]`` (False for padding slots)."""
+
+    layers: tuple[LayerKV, ...]
+    length: jax.Array
+    valid: jax.Array
+
+    @property
+    def max_len(self) -> int:
+        return self.valid.shape[1]
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty KV cache for ``batch`` sequences of up to ``max_len`` tokens."""
+    dtype = dtype or _DTYPES[config.dtype]
+    shape = (batch, max_len, config.n_kv_heads, config.d_head)
+    layers = tuple(LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+                   for _ in range(config.n_layers))
+    return KVCache(layers, jnp.zeros((), jnp.int32), jnp.zeros((batch, max_len), bool))
+
+
+def resolve_hooks(intervention: Any, config: ModelConfig) -> Hooks:
+    """``None`` -> no hooks; a :class:`Hooks` as is; else ``intervention.hooks(config)``."""
+    if intervention is None:
+        return NO_HOOKS
+    if isinstance(intervention, Hooks):
+        return intervention
+    if hasattr(intervention, "hooks"):
+        return intervention.hooks(config)
+    raise TypeError(f"intervention: expected None, a Hooks or an Intervention, got {type(intervention)}")
+
+
+class Block(nnx.Module):
+    """One transformer block: attention and MLP, sequential or parallel residual."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype = _DTYPES[cfg.dtype]
+        self.parallel = cfg.parallel_residual
+        self.attn_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, rngs=rngs)
+        rope = None
+        if cfg.pos == "rope":
+            rope = RoPE(cfg.d_head, cfg.rope_theta, cfg.rotary_dim, cfg.rope_scaling)
+        self.attn = MultiHeadAttention(
+            cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, rngs=rngs,
+            qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, rope=rope, backend=cfg.attn_backend,
+            dtype=dtype,
+        )
+        self.mlp_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, rngs=rngs)
+        self.mlp = MLP(cfg.d_model, cfg.d_mlp, act=cfg.act, gated=cfg.gated_mlp,
+                       bias=cfg.mlp_bias, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x, *, positions, mask, cache, cache_index, hooks: Hooks, layer: int):
+        """``x [batch, seq, d_model]`` -> ``(x, cache)``."""
+        x = hooks.site("resid_pre", layer, x)
+        attn_out, cache = self.attn(self.attn_norm(x), positions=positions, mask=mask,
+                                    cache=cache, cache_index=cache_index, hooks=hooks, layer=layer)
+        attn_out = hooks.site("attn_out", layer, attn_out)
+        if self.parallel:
+            mlp_out = hooks.site("mlp_out", layer, self.mlp(self.mlp_norm(x)))
+            x = x + attn_out + mlp_out
+        else:
+            x = hooks.site("resid_mid", layer, x + attn_out)
+            mlp_out = hooks.site("mlp_out", layer, self.mlp(self.mlp_norm(x)))
+            x = x + mlp_out
+        return hooks.site("resid_post", layer, x), cache
+
+
+class DecoderLM(nnx.Module):
+    """Decoder-only LM. ``model(input_ids [batch, seq]) -> logits [batch, seq, vocab]`` (f32).
+
+    Parameters: ``embed.embedding [vocab, d_model]``, ``pos_embed.embedding [max_pos, d_model]``
+    (GPT-2), ``blocks[i]`` (``attn_norm``, ``attn``, ``mlp_norm``, ``mlp``), ``final_norm``,
+    ``lm_head [d_model, vocab]`` (untied models only).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed = Embed(config.vocab_size, config.d_model, ("vocab", "embed"), rngs=rngs)
+        self.pos_embed = (
+            Embed(config.max_position, config.d_model, (None, "embed"), rngs=rngs)
+            if config.pos == "learned" else None
+        )
+        self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.n_layers)])
+        self.final_norm = Norm(config.d_model, config.norm, config.norm_eps, rngs=rngs)
+        self.lm_head = (
+            None if config.tie_embeddings
+            else param(rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), jnp.float32)
+        )
+
+    @property
+    def dtype(self):
+        return _DTYPES[self.config.dtype]
+
+    def embed_tokens(self, input_ids: jax.Array, positions: jax.Array) -> jax.Array:
+        """``[batch, seq] -> [batch, seq, d_model]`` (token plus learned position embedding)."""
+        x = self.embed(input_ids, self.dtype)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions, self.dtype)
+        return x
+
+    def unembed(self, x: jax.Array) -> jax.Array:
+        """Final norm and unembedding: ``[..., d_model] -> [..., vocab]`` float32 logits."""
+        x = self.final_norm(x)
+        if self.lm_head is None:
+            return self.embed.attend(x)
+        return jnp.einsum("...d,dv->...v", x, self.lm_head[...].astype(x.dtype),
+                          preferred_element_type=jnp.float32)
+
+    def run_blocks(
+        self,
+        x: jax.Array,
+        *,
+        positions: jax.Array,
+        mask: Mask | None,
+        hooks: Hooks = NO_HOOKS,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> jax.Array:
+        """Run blocks ``start .. stop-1`` on the residual stream ``x [batch, seq, d_model]``.
+
+        Lets a sweep reuse the unchanged layers below the one it edits.
+        """
+        stop = self.config.n_layers if stop is None else stop
+        for i in range(start, stop):
+            x, _ = self.blocks[i](x, positions=positions, mask=mask, cache=None,
+                                  cache_index=None, hooks=hooks, layer=i)
+        return x
+
+    def forward(
+        self,
+        input_ids: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        mask: Mask | None = None,
+        hooks: Hooks = NO_HOOKS,
+        cache: KVCache | None = None,
+        token_valid: jax.Array | None = None,
+        last_only: bool = False,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """The full forward with hooks and an optional KV cache.
+
+        Args:
+          input_ids: ``[batch, seq]`` int token ids.
+          positions: ``[batch, seq]`` position ids; default ``arange`` (after the cache length).
+          mask: attention mask; default causal (over cache slots when cached).
+          hooks: site hooks (interventions, capture).
+          cache: KV cache; the new tokens are written at ``cache.length``.
+          token_valid: ``[batch, seq]`` bool, False at padding tokens (cached runs only).
+          last_only: compute logits for the last position only (``[batch, 1, vocab]``).
+
+        Returns:
+          ``(logits [batch, seq|1, vocab] float32, updated cache or None)``.
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
+        b, s = input_ids.shape
+        start = 0 if cache is None else cache.length
+        if positions is None:
+            positions = jnp.broadcast_to(start + jnp.arange(s, dtype=jnp.int32), (b, s))
+        if self.pos_embed is not None and cache is None and s > self.config.max_position:
+            raise ValueError(f"sequence length {s} exceeds max_position {self.config.max_position}")
+        cache_index = None
+        new_layers: list[LayerKV] = []
+        if cache is not None:
+            cache_index = cache.length
+            tv = jnp.ones((b, s), bool) if token_valid is None else token_valid.astype(bool)
+            valid = jax.lax.dynamic_update_slice(cache.valid, tv, (0, cache.length))
+            if mask is None:
+                slots = cache.length + jnp.arange(s, dtype=jnp.int32)
+                mask = Mask(
+                    causal=True,
+                    q_positions=jnp.broadcast_to(slots, (b, s)),
+                    kv_positions=jnp.broadcast_to(jnp.arange(cache.max_len, dtype=jnp.int32),
+                                                  (b, cache.max_len)),
+                    kv_valid=valid,
+                )
+        elif mask is None:
+            mask = Mask(causal=True)
+        x = self.embed_tokens(input_ids, positions)
+        if cache is None:
+            x = self.run_blocks(x, positions=positions, mask=mask, hooks=hooks)
+        else:
+            for i, block in enumerate(self.blocks):
+                x, layer_cache = block(x, positions=positions, mask=mask, cache=cache.layers[i],
+                                       cache_index=cache_index, hooks=hooks, layer=i)
+                new_layers.append(layer_cache)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.unembed(x)
+        if cache is not None:
+            cache = KVCache(tuple(new_layers), cache.length + s, valid)
+        return logits, cache
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        mask: Mask | None = None,
+        intervention: Any = None,
+    ) -> jax.Array:
+        """``input_ids [batch, seq] -> logits [batch, seq, vocab]`` (float32).
+
+        ``intervention``: None, a :class:`~common.attention.hooks.Hooks`, or an object with
+        ``.hooks(config)`` (``common.interp.Intervention``).
+        """
+        hooks = resolve_hooks(intervention, self.config)
+        return self.forward(input_ids, positions=positions, mask=mask, hooks=hooks)[0]
+
+    def run_with_cache(self, input_ids: jax.Array, **kw):
+        """``(logits, cache)`` with the requested sites; see ``common.interp.run_with_cache``."""
+        from common.interp import run_with_cache
+
+        return run_with_cache(self, input_ids, **kw)

@@ -1,0 +1,98 @@
+"""Greedy and temperature sampling with a KV cache, the whole decode loop in one jit."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from common.models.decoder import DecoderLM, init_cache
+
+
+def _pick(logits: jax.Array, key: jax.Array, temperature: jax.Array, greedy: bool,
+          top_k: int | None) -> jax.Array:
+    """``logits [batch, vocab] -> token ids [batch]``."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k"))
+def _generate(graphdef, state, tokens, valid, key, temperature, *, max_new_tokens: int,
+              greedy: bool, top_k: int | None):
+    model: DecoderLM = nnx.merge(graphdef, state)
+    b, p = tokens.shape
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+    cache = init_cache(model.config, b, p + max_new_tokens)
+    logits, cache = model.forward(tokens, positions=positions, cache=cache, token_valid=valid,
+                                  last_only=True)
+    keys = jax.random.split(key, max_new_tokens)
+    first = _pick(logits[:, -1], keys[0], temperature, greedy, top_k)
+    out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
+    last_pos = positions[:, -1]
+
+    def step(i, carry):
+        out, cache, tok = carry
+        pos = (last_pos + i)[:, None]
+        logits, cache = model.forward(tok[:, None], positions=pos, cache=cache, last_only=True)
+        tok = _pick(logits[:, -1], keys[i], temperature, greedy, top_k)
+        return out.at[:, i].set(tok), cache, tok
+
+    out, _, _ = jax.lax.fori_loop(1, max_new_tokens, step, (out, cache, first))
+    return out
+
+
+def generate(
+    model: DecoderLM,
+    prompts: Sequence[Sequence[int]] | np.ndarray,
+    max_new_tokens: int = 32,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_id: int = 0,
+) -> list[list[int]]:
+    """Continue each prompt by up to ``max_new_tokens`` tokens.
+
+    Prompts of different lengths are left-padded (padding slots are masked out and positions
+    count real tokens only). ``temperature == 0`` is greedy decoding. Generation of a row stops
+    at the first token in ``eos_token_id`` (default: the model config's), which is kept.
+
+    Returns the new token ids per prompt (without the prompt).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    prompts = [list(map(int, p)) for p in prompts]
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    p = max(len(x) for x in prompts)
+    tokens = np.full((len(prompts), p), pad_id, np.int32)
+    valid = np.zeros((len(prompts), p), bool)
+    for i, x in enumerate(prompts):
+        tokens[i, p - len(x):] = x
+        valid[i, p - len(x):] = True
+    graphdef, state = nnx.split(model)
+    out = _generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(valid),
+                    jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),
+                    max_new_tokens=max_new_tokens, greedy=temperature == 0.0, top_k=top_k)
+    out = np.asarray(out)
+    if eos_token_id is None:
+        eos_token_id = model.config.eos_token_id
+    eos = set() if eos_token_id is None else (
+        {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id))
+    result = []
+    for row in out.tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
+        result.append(row[:cut])
+    return result

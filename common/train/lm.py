@@ -1,0 +1,114 @@
+"""Train target ``lm``: a tiny Llama-style :class:`~common.models.DecoderLM` on token data.
+
+Data: ``data.source = "generated"`` (:class:`~common.data.InducedTokens`, in memory) or
+``"tfds"`` (the ``headlab_tokens`` TFDS builder prepared to ArrayRecord under ``data.dir``, read
+through ``tfds.data_source`` + grain). The sequences repeat their first half, so the loss on the
+second half falls toward zero once the model forms induction heads.
+
+    headlab train lm --mesh data=2,tensor=4 --set train.steps=200 --set model.n_layers=2
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from common.data import InducedTokens, batched_dataset
+from common.train.loop import Task, TrainConfig
+
+DESCRIPTION = "tiny Llama-style decoder LM on induction token data (generated or TFDS)"
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Defaults; ``arg="quick"`` is a few-second CPU run."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(dict(
+        vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=128,
+        dtype="float32", attn_backend="reference"))
+    c.data = ml_collections.ConfigDict(dict(
+        source="generated", seq_len=32, num_examples=4096, global_batch_size=16, dir=""))
+    c.optim = ml_collections.ConfigDict(dict(
+        learning_rate=3e-3, warmup_steps=20, weight_decay=0.0, clip_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=300, grad_accum=1, compute_dtype="", log_every=10, checkpoint_every=100,
+        keep_checkpoints=3, async_checkpoint=True, eval_every=0, progress=True))
+    if arg == "quick":
+        c.train.steps = 40
+        c.train.checkpoint_every = 20
+    return c
+
+
+def loss_fn(model, batch):
+    """Next-token cross-entropy; ``batch["input_ids"] [batch, seq]``."""
+    ids = batch["input_ids"]
+    logits = model(ids[:, :-1])
+    targets = ids[:, 1:]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    acc = (logits.argmax(-1) == targets).mean()
+    half = ids.shape[1] // 2
+    copy_acc = (logits[:, half:].argmax(-1) == targets[:, half:]).mean()
+    return loss, {"accuracy": acc, "copy_accuracy": copy_acc}
+
+
+def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    o = c.optim
+    schedule = optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1))
+    return optax.chain(optax.clip_by_global_norm(o.clip_norm),
+                       optax.adamw(schedule, weight_decay=o.weight_decay))
+
+
+def build(c: ml_collections.ConfigDict, workdir: pathlib.Path):
+    """``(task, tx, dataset, TrainConfig, eval_fn)`` for :func:`common.train.train`."""
+    from common.models import DecoderLM, ModelConfig
+
+    m = c.model
+    compute = c.train.compute_dtype or None
+    mcfg = ModelConfig(arch="llama", vocab_size=m.vocab_size, d_model=m.d_model,
+                       n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads,
+                       d_mlp=m.d_mlp, attn_backend=m.attn_backend,
+                       dtype=compute or m.dtype, max_position=c.data.seq_len)
+    seed = int(c.seed)
+    task = Task(make_model=lambda: DecoderLM(mcfg, rngs=nnx.Rngs(seed)), loss_fn=loss_fn,
+                batch_axes={"input_ids": ("batch", "seq")})
+    d = c.data
+    if d.source == "generated":
+        source = InducedTokens(d.num_examples, d.seq_len, m.vocab_size, seed=seed)
+        eval_source = InducedTokens(256, d.seq_len, m.vocab_size, seed=seed + 1)
+    elif d.source == "tfds":
+        from common.data.tfds_tokens import prepare_tokens, tokens_source
+
+        data_dir = pathlib.Path(d.dir or workdir / "tfds")
+        if jax.process_index() == 0:
+            prepare_tokens(data_dir)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("headlab_tfds_prepared")
+        source, eval_source = tokens_source(data_dir, "train"), tokens_source(data_dir, "validation")
+    else:
+        raise ValueError(f"data.source must be 'generated' or 'tfds', got {d.source!r}")
+    dataset = batched_dataset(source, global_batch_size=d.global_batch_size, seed=seed)
+    t = c.train
+    config = TrainConfig(
+        steps=t.steps, grad_accum=t.grad_accum, compute_dtype=compute, log_every=t.log_every,
+        checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
+        async_checkpoint=t.async_checkpoint, eval_every=t.eval_every, progress=t.progress)
+
+    eval_ids = np.stack([eval_source[i]["input_ids"] for i in range(min(64, len(eval_source)))])
+
+    @jax.jit
+    def _eval(model, ids):
+        loss, aux = loss_fn(model, {"input_ids": ids})
+        return {"loss": loss, **aux}
+
+    def eval_fn(model, step):
+        return jax.device_get(_eval(model, jnp.asarray(eval_ids)))
+
+    return task, make_optimizer(c), dataset, config, eval_fn

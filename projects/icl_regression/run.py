@@ -1,0 +1,260 @@
+"""Experiment entry: ``headlab run icl_regression [--quick]``.
+
+Trains every model (one compiled program), evaluates them and the closed-form predictors over
+prompt lengths, extracts the circuits' patterns, runs the theory (L̃, its gradient flow, the
+manifold, the proportional limit), draws the figures and writes summary.json and report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from common.rundir import RunDir
+from projects.icl_regression import (
+    analysis,
+    estimators,
+    evaluate,
+    model,
+    plots,
+    report,
+    spec,
+    theory,
+    train,
+)
+
+PAPER = {  # §5-§7 of the spec (notebook outputs; trained-model values have the +0.1 removed)
+    "mse": {
+        "H1": {"10": 0.847, "40": 0.406, "100": 0.281},
+        "H2": {"10": 0.579, "40": 0.241, "100": 0.168},
+        "H4": {"10": 0.573, "40": 0.245, "100": 0.170},
+        "H8": {"10": 0.584, "40": 0.236, "100": 0.168},
+        "gd": {"10": 0.643, "20": 0.371, "40": 0.241, "100": 0.162},
+        "debiased_gd": {"10": 0.614, "20": 0.369, "40": 0.243, "100": 0.163},
+        "bayes": {"10": 0.194, "20": 0.135, "40": 0.115, "100": 0.104},
+        "multihead": {"10": 0.604, "20": 0.367, "40": 0.243, "100": 0.164},
+        "single_head": {"10": 0.875, "20": 0.586, "40": 0.405, "100": 0.284},
+    },
+    "omega_abs": 0.13,
+    "mu_pos_sum": 3.5,
+    "kq_diag_ratio": {"H2": 0.99926, "H4": 0.99928, "H8": 0.97839},
+    "kq_diag_var": {"H2": 3.3e-6, "H4": 4.4e-6, "H8": 1.3e-4},
+    "ov_last_ratio": {"H2": 0.99994, "H4": 0.99997, "H8": 0.99966},
+}
+
+
+def _read_history(path: pathlib.Path, model_name: str) -> dict:
+    """``{"step", "omega" [T, H], "mu" [T, H]}`` of one model from metrics.jsonl (last write wins)."""
+    rows = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("model") == model_name:
+                rows[r["step"]] = r
+    steps = sorted(rows)
+    return {"step": steps, "omega": [rows[s]["omega"] for s in steps],
+            "mu": [rows[s]["mu"] for s in steps]}
+
+
+def _theory(config: ml_collections.ConfigDict, key: jax.Array) -> dict:
+    d, L, s2 = config.d, config.length, config.sigma2
+    tc = config.theory
+    every = max(1, tc.flow_steps // 2000)
+    t, w, m, loss = theory.gradient_flow(jnp.array([1e-3, -1e-3]), jnp.array([1e-3, -1e-3]),
+                                         lr=tc.flow_lr, steps=tc.flow_steps, every=every,
+                                         d=d, length=L, sigma2=s2)
+    flow2 = {"time": np.asarray(t), "omega": np.asarray(w), "mu": np.asarray(m),
+             "loss": np.asarray(loss), "sigma2": s2}
+    k4w, k4m, kh = jax.random.split(key, 3)
+    t4, w4, m4, l4 = theory.gradient_flow(0.1 * jax.random.normal(k4w, (4,)),
+                                          0.1 * jax.random.normal(k4m, (4,)), lr=tc.flow_lr,
+                                          steps=tc.flow_steps, every=every, d=d, length=L,
+                                          sigma2=tc.flow_h4_sigma2)
+    flow4 = {"time": np.asarray(t4), "omega": np.asarray(w4), "mu": np.asarray(m4),
+             "loss": np.asarray(l4), "sigma2": tc.flow_h4_sigma2}
+    gamma = np.linspace(0.005, 0.6, 200)
+    xi = np.linspace(0.02, 2.0, 100)
+    prop_s2 = 3.0
+    prop_gd = np.array([estimators.gd_risk_proportional(x, prop_s2) for x in xi])
+    prop_bayes = np.array([estimators.bayes_risk_proportional(x, prop_s2) for x in xi])
+    # Approx-vs-true heatmap on the symmetric two-head family (ω, -ω), (μ, -μ).
+    hw = np.linspace(0.0, 0.2, tc.heatmap_grid)
+    hm = np.linspace(0.0, 6.0, tc.heatmap_grid)
+    ww, mm = np.meshgrid(hw, hm)
+    ww_j, mm_j = jnp.asarray(ww.ravel(), jnp.float32), jnp.asarray(mm.ravel(), jnp.float32)
+    from projects.icl_regression import data as _data
+
+    pr = _data.sample_prompts(kh, tc.heatmap_draws, L, d, s2)
+    y, yq = pr.y[..., 0], pr.y_q[:, 0]
+    s = jnp.einsum("bld,bd->bl", pr.x, pr.x_q)
+
+    @jax.jit
+    def true_loss(w_, m_):
+        pred = m_ * (jnp.einsum("bl,bl->b", jax.nn.softmax(w_ * s, -1), y)
+                     - jnp.einsum("bl,bl->b", jax.nn.softmax(-w_ * s, -1), y))
+        return jnp.mean((pred - yq) ** 2)
+
+    true = np.asarray(jax.lax.map(lambda a: true_loss(a[0], a[1]), (ww_j, mm_j)))
+    approx = np.asarray(theory.approx_loss(jnp.stack([ww_j, -ww_j], -1),
+                                           jnp.stack([mm_j, -mm_j], -1), d, L, s2))
+    return {
+        "flow2": flow2, "flow4": flow4,
+        "gamma": gamma, "mu_gamma": theory.mu_gamma(gamma, d, L, s2),
+        "eta_gamma": 2 * gamma * theory.mu_gamma(gamma, d, L, s2),
+        "manifold_loss": theory.manifold_loss(gamma, d, L, s2),
+        "eta_star": estimators.eta_star(d, L, s2),
+        "dgd_risk": estimators.debiased_gd_risk(estimators.eta_star(d, L, s2), d, L, s2),
+        "gamma_ref": tc.gamma_ref,
+        "xi": xi, "prop_sigma2": prop_s2, "prop_gd": prop_gd, "prop_bayes": prop_bayes,
+        "prop_ratio": prop_gd / prop_bayes,
+        "prop_bound": np.array([estimators.theorem1_ratio_bound(x, prop_s2) for x in xi]),
+        "heat_w": hw, "heat_m": hm, "heat_diff": (true - approx).reshape(ww.shape),
+    }
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """Run the experiment into ``workdir`` (see module docstring); returns the summary."""
+    t_start = time.time()
+    buckets = spec.buckets(config)  # validates
+    rd = RunDir(workdir)
+    d, L, s2 = config.d, config.length, config.sigma2
+    # ------------------------------------------------------------------ training
+    state, step = train.train(buckets, config, rd.checkpoints, rd.metrics)
+    t_train = time.time() - t_start
+    params = {b.name: state["params"][b.name] for b in buckets}
+    by_name = {b.name: b for b in buckets}
+    main = [b for b in buckets if b.kind == "single"]
+    heads = [b.heads for b in main]
+    # ------------------------------------------------------------------ patterns
+    pats, circ = {}, {}
+    for b in main:
+        kq, ov = (np.asarray(a) for a in model.circuits(train.unstack(state, b)[0]))
+        circ[b.name] = (kq, ov)
+        pats[b.name] = analysis.model_patterns(kq, ov, b.d)
+        pats[b.name]["per_seed"] = [
+            analysis.model_patterns(*(np.asarray(a) for a in model.circuits(p)), b.d)
+            for p in train.unstack(state, b)]
+    # ------------------------------------------------------------------ evaluation
+    key = jax.random.key(config.eval.seed)
+    lengths = sorted({int(n) for n in config.eval.lengths} | {L})
+    reduced = {}
+    if "H2" in pats:
+        reduced["reduced_H2"] = (pats["H2"]["omega"], pats["H2"]["mu"])
+    iso = [b for b in buckets if b.kind in ("single", "linear") and b.cov is None] or None
+    mse, se = {}, {}
+    for n_len in lengths:
+        preds = evaluate.single_task_predictors(d, n_len, s2, config.theory.gamma_ref,
+                                                config.theory.mu_ref, L, reduced)
+        fam = iso if iso is not None else [b for b in buckets if b.kind in ("single", "linear")]
+        res = evaluate.evaluate_family(fam, params, preds, length=n_len, n=config.eval.n_test,
+                                       sigma2=s2, key=jax.random.fold_in(key, n_len),
+                                       backend=config.backend)
+        for name, r in res.items():
+            v = float(np.mean(r["mse"]))
+            mse.setdefault(name, {})[str(n_len)] = v
+            se.setdefault(name, {})[str(n_len)] = float(np.mean(r["se"]))
+        mse.setdefault("gd_exact", {})[str(n_len)] = estimators.gd_risk(
+            estimators.gd_opt_eta(d, n_len, s2), d, n_len, s2)
+        mse.setdefault("debiased_gd_exact", {})[str(n_len)] = estimators.debiased_gd_risk(
+            estimators.eta_star(d, n_len, s2), d, n_len, s2)
+        if s2 > 0:
+            mse.setdefault("bayes_exact", {})[str(n_len)] = estimators.bayes_risk(
+                d, n_len, s2, jax.random.fold_in(key, 10_000 + n_len), n=config.eval.n_test)
+    # ------------------------------------------------------------------ extensions
+    extra = {}
+    nb = [b for b in buckets if b.kind == "noniso"]
+    if nb:
+        b = nb[0]
+        cov = b.cov_array()
+        res = evaluate.evaluate_family([b], params, evaluate.noniso_predictors(d, L, s2, cov),
+                                       length=L, n=config.eval.n_test, sigma2=s2,
+                                       key=jax.random.fold_in(key, 777), backend=config.backend)
+        kq, ov = (np.asarray(a) for a in model.circuits(train.unstack(state, b)[0]))
+        hp = analysis.head_patterns(kq, ov, d)
+        learned = analysis.preconditioner(kq, hp["omega"], d, ~hp["dummy"])
+        inv = np.linalg.inv(cov)
+        cos = {"inv": analysis.cosine(learned, inv), "eye": analysis.cosine(learned, np.eye(d))}
+        nmse = {f"trained {b.name}": res[b.name]["mse"][0],
+                **{k: res[k]["mse"] for k in ("debiased_gd", "precond_debiased_gd", "bayes")}}
+        extra["noniso"] = {"bucket": b.name, "mse_L": nmse, "cos_learned_vs_inv_cov": cos["inv"],
+                           "cos_learned_vs_identity": cos["eye"],
+                           "mu": hp["mu"].tolist(), "omega": hp["omega"].tolist(),
+                           "ov_last_ratio": hp["last_ratio"].tolist()}
+        plots.noniso(kq, ov, d, cov, learned, nmse, cos, rd.figures)
+    mb = [b for b in buckets if b.kind == "multitask"]
+    if mb:
+        masks = mb[0].masks_array()
+        res = evaluate.evaluate_family(mb, params, evaluate.multitask_predictors(masks, L, s2),
+                                       length=L, n=config.eval.n_test, sigma2=s2,
+                                       key=jax.random.fold_in(key, 888), backend=config.backend)
+        mt = {}
+        for b in mb:
+            kq, ov = (np.asarray(a) for a in model.circuits(train.unstack(state, b)[0]))
+            hp = analysis.head_patterns(kq, ov, b.d)
+            mt[b.name] = {"omega_coords": hp["omega_coords"].tolist(), "mu": hp["mu"].tolist(),
+                          "mse_per_task": res[b.name]["per_task"][0],
+                          "dummy": hp["dummy"].tolist()}
+        mt["estimators_per_task"] = {k: res[k]["per_task"] for k in ("debiased_gd",
+                                                                      "ridge_subset")}
+        extra["multitask"] = mt
+        plots.multitask({k: v for k, v in mt.items() if k.startswith("mt_")},
+                        [list(s) for s in config.multitask.subsets], rd.figures)
+    # ------------------------------------------------------------------ theory + figures
+    th = _theory(config, jax.random.fold_in(key, 999))
+    fig = rd.figures
+    curves = {k: [mse[k][str(n)] for n in lengths] for k in mse}
+    plots.mse_vs_length(curves, lengths, L, heads, fig)
+    plots.mse_vs_heads({k: mse[k][str(L)] for k in mse}, heads,
+                       {k: mse[k][str(L)] for k in ("debiased_gd", "bayes", "single_head")}, fig)
+    for b in main:
+        kq, ov = circ[b.name]
+        plots.circuits(kq, ov, d, f"{b.name}: KQ = KᵀQ/√(d+1) and OV = O·V per head "
+                       f"(seed {b.seeds[0]}, step {step})", f"circuits_{b.name}", fig)
+    plots.pattern_bars(pats, heads, fig)
+    dyn_name = "H2" if "H2" in by_name else main[-1].name
+    hist = _read_history(rd.root / "metrics.jsonl", by_name[dyn_name].model_names[0])
+    plots.dynamics({dyn_name: hist}, th["flow2"], th["flow4"], config.theory.gamma_ref, 3.5, fig)
+    plots.theory(th, fig)
+    lin = [b for b in buckets if b.kind == "linear"]
+    if lin:
+        names = {lin[0].name: f"linear attention, H={lin[0].heads}"}
+        names.update({f"H{h}": f"softmax, H={h}" for h in heads[:2]})
+        plots.linear_vs_softmax(curves, lengths, names, L, fig)
+    # ------------------------------------------------------------------ summary + report
+    sel = [str(n) for n in lengths]
+    summary = {
+        "mse": {k: {n: v[n] for n in sel if n in v} for k, v in mse.items()},
+        "mse_se": se,
+        "omega": {k: p["omega"] for k, p in pats.items()},
+        "mu": {k: p["mu"] for k, p in pats.items()},
+        "kq_offdiag_ratio": {k: p["kq_offdiag_ratio"] for k, p in pats.items()},
+        "ov_zero_sum_abs": {k: p["ov_zero_sum_abs"] for k, p in pats.items()},
+        "patterns": pats,
+        "eta_star": estimators.eta_star(d, L, s2),
+        "theory": {
+            "mu_gamma_at_gamma_ref": float(theory.mu_gamma(config.theory.gamma_ref, d, L, s2)),
+            "flow2_final": {"time": float(th["flow2"]["time"][-1]),
+                            "omega": th["flow2"]["omega"][-1].tolist(),
+                            "mu": th["flow2"]["mu"][-1].tolist(),
+                            "eta_eff": float(2 * np.sum(th["flow2"]["omega"][-1]
+                                                        * th["flow2"]["mu"][-1]))},
+            "flow4_final": {"omega": th["flow4"]["omega"][-1].tolist(),
+                            "mu": th["flow4"]["mu"][-1].tolist()},
+            "heatmap_max_abs_true_minus_approx": float(np.abs(th["heat_diff"]).max()),
+        },
+        **extra,
+        "steps": step,
+        "train_seconds": round(t_train, 1),
+        "total_seconds": round(time.time() - t_start, 1),
+    }
+    rd.write_summary(summary)
+    rd.write_report(report.render(summary, PAPER, config, heads))
+    summary["total_seconds"] = round(time.time() - t_start, 1)
+    rd.write_summary(summary)
+    return summary

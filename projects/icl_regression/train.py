@@ -1,0 +1,202 @@
+"""Training of every bucket of models in one compiled program (vmap over seeds, scan over steps).
+
+Each step draws a fresh batch per model inside the compiled step (key ``fold_in(seed, step)``),
+so a run is a pure function of (config, step): a killed run resumes from its last orbax
+checkpoint and continues bit for bit as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from common.rundir import MetricsWriter
+from projects.icl_regression import analysis, data, model
+from projects.icl_regression.spec import Bucket
+
+State = dict  # {"params": {bucket: stacked params}, "opt": {bucket: stacked optimiser state}}
+
+
+def model_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """``(init_key, data_key)`` of the model with this seed."""
+    base = jax.random.key(seed)
+    return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1)
+
+
+def init_state(buckets: list[Bucket], optimizer: optax.GradientTransformation) -> State:
+    """Parameters (PyTorch-default init) and optimiser state, stacked per bucket."""
+    params = {}
+    for b in buckets:
+        per = [model.init_params(model_keys(s)[0], b.width, b.heads, b.n_tasks) for s in b.seeds]
+        params[b.name] = jax.tree.map(lambda *a: jnp.stack(a), *per)
+    opt = {name: jax.vmap(optimizer.init)(p) for name, p in params.items()}
+    return {"params": params, "opt": opt}
+
+
+def _family(b: Bucket) -> tuple:
+    """Buckets of one family (same ``d``, covariance and tasks) train on the same prompts."""
+    return (b.d, b.cov, b.task_masks, b.seeds)
+
+
+def _bucket_loss_grad(b: Bucket, backend: str) -> Callable:
+    """``(params, prompts) -> (loss, grads)`` of one model of the bucket."""
+    fwd = model.FORWARDS[b.attention]
+
+    def loss_fn(p, pr):
+        return jnp.mean((fwd(p, pr.context, pr.query, backend=backend) - pr.y_q) ** 2)
+
+    return jax.value_and_grad(loss_fn)
+
+
+def make_chunk(buckets: list[Bucket], config: ml_collections.ConfigDict,
+               optimizer: optax.GradientTransformation) -> Callable:
+    """Jitted ``(state, t0, n) -> (state, mean loss per bucket [M])`` running steps t0..t0+n-1.
+
+    Per step and per family one fresh batch is drawn for each seed (vmapped over the model
+    axis); every bucket of the family takes one Adam step on it (vmapped over the model axis).
+    """
+    families: dict[tuple, list[Bucket]] = {}
+    for b in buckets:
+        families.setdefault(_family(b), []).append(b)
+    samplers = []
+    for fam, members in families.items():
+        b0 = members[0]
+        cov = b0.cov_array()
+        cov_sqrt = None if cov is None else jnp.asarray(data.covariance_sqrt(cov), jnp.float32)
+        masks = b0.masks_array()
+        masks = None if masks is None else jnp.asarray(masks)
+        keys = jnp.stack([model_keys(s)[1] for s in b0.seeds])
+
+        def sample(t, b0=b0, cov_sqrt=cov_sqrt, masks=masks, keys=keys):
+            return jax.vmap(lambda k: data.sample_prompts(
+                jax.random.fold_in(k, t), config.batch, config.length, b0.d, config.sigma2,
+                cov_sqrt, masks))(keys)
+
+        samplers.append((sample, [(b.name, _bucket_loss_grad(b, config.backend)) for b in members]))
+
+    def update(params, opt_state, grads):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    vupdate = jax.vmap(update)
+
+    def chunk(state, t0, n):
+        def body(st, t):
+            params, opt, losses = {}, {}, {}
+            for sample, members in samplers:
+                prompts = sample(t)  # leaves [M, batch, ...]
+                for name, loss_grad in members:
+                    losses[name], grads = jax.vmap(loss_grad)(st["params"][name], prompts)
+                    params[name], opt[name] = vupdate(st["params"][name], st["opt"][name], grads)
+            return {"params": params, "opt": opt}, losses
+
+        state, losses = jax.lax.scan(body, state, t0 + jnp.arange(n))
+        return state, jax.tree.map(lambda x: jnp.mean(x, axis=0), losses)
+
+    return jax.jit(chunk, static_argnums=2, donate_argnums=0)
+
+
+def _meta(buckets: list[Bucket], config: ml_collections.ConfigDict) -> dict:
+    """What a checkpoint must agree on to be resumed."""
+    keys = ("d", "length", "sigma2", "batch", "lr", "log_every", "backend")
+    return {"buckets": [b.name + ":" + ",".join(map(str, b.seeds)) for b in buckets],
+            **{k: config[k] for k in keys}}
+
+
+def _log_patterns(state: State, buckets: list[Bucket]) -> dict[str, dict]:
+    """Per model: ``omega [H]`` and ``mu`` (``[H]``, or ``[H][N]`` with several tasks)."""
+    out = {}
+    for b in buckets:
+        p = jax.device_get(state["params"][b.name])
+        for m, name in enumerate(b.model_names):
+            kq, ov = model.circuits(jax.tree.map(lambda x, m=m: x[m], p))
+            pat = analysis.head_patterns(np.asarray(kq), np.asarray(ov), b.d)
+            out[name] = {"omega": pat["omega"], "mu": pat["mu"]}
+    return out
+
+
+def train(buckets: list[Bucket], config: ml_collections.ConfigDict, ckpt_dir: pathlib.Path,
+          metrics: MetricsWriter | None = None, *, progress: bool = True,
+          stop_after_chunks: int | None = None) -> tuple[State, int]:
+    """Train every bucket to ``config.steps``, resuming from ``ckpt_dir`` when it holds a run.
+
+    Args:
+      buckets: from :func:`projects.icl_regression.spec.buckets`.
+      config: the validated config.
+      ckpt_dir: orbax checkpoint directory (created).
+      metrics: where one JSON line per (logged step, model) goes.
+      progress: show a tqdm bar.
+      stop_after_chunks: stop (as if killed) after this many chunks; for resume tests.
+
+    Returns:
+      ``(state, step)``: final (or interrupted) state and its step.
+    """
+    ckpt_dir = pathlib.Path(ckpt_dir).absolute()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    meta = _meta(buckets, config)
+    meta_path = ckpt_dir / "meta.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old != json.loads(json.dumps(meta)):
+            raise ValueError(
+                f"{ckpt_dir} holds checkpoints of a different run ({old}); the config now gives "
+                f"{meta}. Use another --workdir or remove that checkpoints/ folder."
+            )
+    else:
+        meta_path.write_text(json.dumps(meta, indent=2))
+    optimizer = optax.adam(config.lr)
+    state = init_state(buckets, optimizer)
+    manager = ocp.CheckpointManager(
+        ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    step = manager.latest_step() or 0
+    if step:
+        state = manager.restore(step, args=ocp.args.StandardRestore(state))
+    chunk = make_chunk(buckets, config, optimizer)
+    bar = tqdm(total=config.steps, initial=step, desc="icl_regression train", disable=not progress,
+               unit="step", dynamic_ncols=True)
+    n_chunks = 0
+    try:
+        while step < config.steps:
+            n = min(config.log_every, config.steps - step)
+            state, losses = chunk(state, step, n)
+            step += n
+            losses = jax.device_get(losses)
+            for b in buckets:
+                for m, name in enumerate(b.model_names):
+                    if not np.isfinite(losses[b.name][m]):
+                        raise FloatingPointError(
+                            f"training diverged: model {name} has loss {losses[b.name][m]} at "
+                            f"step {step} (lower config.lr?)")
+            if metrics is not None:
+                pats = _log_patterns(state, buckets)
+                for b in buckets:
+                    for m, name in enumerate(b.model_names):
+                        metrics.write(step, model=name, bucket=b.name, seed=b.seeds[m],
+                                      train_loss=float(losses[b.name][m]), **pats[name])
+            if step % config.ckpt_every == 0 or step == config.steps:
+                manager.save(step, args=ocp.args.StandardSave(state))
+            bar.update(n)
+            bar.set_postfix({b.name: f"{float(np.mean(losses[b.name])):.3f}" for b in buckets[:4]})
+            n_chunks += 1
+            if stop_after_chunks is not None and n_chunks >= stop_after_chunks:
+                break
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        bar.close()
+    return state, step
+
+
+def unstack(state: State, bucket: Bucket) -> list[model.Params]:
+    """The bucket's per-model parameter dicts (numpy)."""
+    p = jax.device_get(state["params"][bucket.name])
+    return [jax.tree.map(lambda x, m=m: np.asarray(x[m]), p) for m in range(len(bucket.seeds))]

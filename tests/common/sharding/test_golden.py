@@ -1,0 +1,32 @@
+"""Committed PartitionSpec dumps are diffed against the current rules and models."""
+
+import json
+import pathlib
+
+import pytest
+
+from common.sharding.golden import dump, golden_models
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("name", sorted(golden_models()))
+def test_partition_specs_match_golden_dump(name):
+    want = json.loads((GOLDEN / f"{name}.json").read_text())
+    got = dump(golden_models()[name])
+    assert got["mesh"] == want["mesh"]
+    assert sorted(got["params"]) == sorted(want["params"]), "parameter names changed"
+    diff = {k: (want["params"][k], v) for k, v in got["params"].items() if v != want["params"][k]}
+    assert not diff, (f"sharding changed for {len(diff)} params (regenerate with `python -m "
+                      f"common.sharding.golden {GOLDEN}` if intended): {diff}")
+
+
+def test_golden_dumps_show_head_parallelism():
+    # Independent of the committed files: the rules as the design states them.
+    lm = dump(golden_models()["lm_tiny"])["params"]
+    assert lm["blocks/0/attn/q_kernel"]["spec"] == ["fsdp", "tensor"]
+    assert lm["blocks/0/attn/o_kernel"]["spec"] == ["tensor", None, "fsdp"]
+    smol = dump(golden_models()["smollm2_135m"])["params"]
+    # 9 heads and 3 KV heads do not divide tensor=4: only embed (576 = 2 * 288) is split.
+    assert smol["blocks/0/attn/q_kernel"]["spec"] == ["fsdp"]
+    assert smol["embed/embedding"]["spec"] == ["tensor", "fsdp"]
