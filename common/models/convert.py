@@ -8,6 +8,7 @@ model and names the tensor at fault.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import jax.numpy as jnp
@@ -41,6 +42,22 @@ def _ident(w: np.ndarray) -> np.ndarray:
 
 def _bias_heads(n_heads: int, d_head: int):
     return lambda b: b.reshape(n_heads, d_head)
+
+
+def _gpt2_qkv(w: np.ndarray, j: int, d: int, n_heads: int, d_head: int) -> np.ndarray:
+    """Conv1D ``c_attn`` ``[d, 3d]`` (``[q | k | v]``) -> part ``j`` as ``[d, heads, d_head]``;
+    its bias ``[3d]`` -> ``[heads, d_head]``."""
+    if w.ndim == 1:
+        return w[j * d:(j + 1) * d].reshape(n_heads, d_head)
+    return np.ascontiguousarray(w[:, j * d:(j + 1) * d].reshape(d, n_heads, d_head))
+
+
+def _neox_qkv(w: np.ndarray, j: int, n_heads: int, d_head: int) -> np.ndarray:
+    """``query_key_value`` ``[heads*3*d_head, d]`` (out axis ``[heads, q|k|v, d_head]``) -> part
+    ``j`` as ``[d, heads, d_head]``; its bias -> ``[heads, d_head]``."""
+    if w.ndim == 1:
+        return w.reshape(n_heads, 3, d_head)[:, j]
+    return np.ascontiguousarray(w.reshape(n_heads, 3, d_head, -1)[:, j].transpose(2, 0, 1))
 
 
 def weight_map(cfg: ModelConfig) -> Iterator[tuple[tuple, str | tuple[str, ...], Callable]]:
@@ -84,11 +101,9 @@ def weight_map(cfg: ModelConfig) -> Iterator[tuple[tuple, str | tuple[str, ...],
             yield b + ("mlp_norm", "bias"), p + "ln_2.bias", _ident
             for j, n in enumerate("qkv"):
                 # Conv1D stores [in, out]; c_attn's out axis is [q | k | v].
-                yield (b + ("attn", f"{n}_kernel"), p + "attn.c_attn.weight",
-                       (lambda j: lambda w: np.ascontiguousarray(
-                           w[:, j * d:(j + 1) * d].reshape(d, H, D)))(j))
-                yield (b + ("attn", f"{n}_bias"), p + "attn.c_attn.bias",
-                       (lambda j: lambda w: w[j * d:(j + 1) * d].reshape(H, D))(j))
+                part = functools.partial(_gpt2_qkv, j=j, d=d, n_heads=H, d_head=D)
+                yield b + ("attn", f"{n}_kernel"), p + "attn.c_attn.weight", part
+                yield b + ("attn", f"{n}_bias"), p + "attn.c_attn.bias", part
             yield (b + ("attn", "o_kernel"), p + "attn.c_proj.weight",
                    lambda w: np.ascontiguousarray(w.reshape(H, D, -1)))
             yield b + ("attn", "o_bias"), p + "attn.c_proj.bias", _ident
@@ -111,12 +126,10 @@ def weight_map(cfg: ModelConfig) -> Iterator[tuple[tuple, str | tuple[str, ...],
             yield b + ("mlp_norm", "bias"), p + "post_attention_layernorm.bias", _ident
             for j, n in enumerate("qkv"):
                 # query_key_value's out axis is [heads, (q|k|v), head_dim].
-                yield (b + ("attn", f"{n}_kernel"), p + "attention.query_key_value.weight",
-                       (lambda j: lambda w: np.ascontiguousarray(
-                           w.reshape(H, 3, D, -1)[:, j].transpose(2, 0, 1)))(j))
+                part = functools.partial(_neox_qkv, j=j, n_heads=H, d_head=D)
+                yield b + ("attn", f"{n}_kernel"), p + "attention.query_key_value.weight", part
                 if cfg.qkv_bias:
-                    yield (b + ("attn", f"{n}_bias"), p + "attention.query_key_value.bias",
-                           (lambda j: lambda w: w.reshape(H, 3, D)[:, j])(j))
+                    yield b + ("attn", f"{n}_bias"), p + "attention.query_key_value.bias", part
             yield b + ("attn", "o_kernel"), p + "attention.dense.weight", _heads_out(H, D)
             if cfg.o_bias:
                 yield b + ("attn", "o_bias"), p + "attention.dense.bias", _ident

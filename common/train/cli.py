@@ -100,3 +100,44 @@ def train_main(target: str, mesh: str | None, workdir, overrides: list[str]) -> 
     if jax.process_index() == 0:
         rd.write_summary(summary)
     return summary
+
+
+def restore_run(workdir, mesh: str | None = None, step: int | None = None):
+    """Load a run's checkpoint onto ``mesh`` (default: all local devices, data parallel).
+
+    Reads ``config.json`` written by :func:`train_main`, rebuilds the target's model and
+    optimiser abstractly and restores the newest intact (or the given) step.
+
+    Returns:
+      ``(step, TrainState, data_state, ShardedInit)``; raises FileNotFoundError without a
+      checkpoint.
+    """
+    import json
+
+    from common.sharding import make_mesh, sharded_init
+    from common.train.checkpoint import Checkpointer
+
+    workdir = pathlib.Path(workdir)
+    saved = json.loads((workdir / "config.json").read_text())
+    target = saved.pop("target")
+    saved.pop("mesh", None)
+    module = target_module(target)
+    config = module.get_config(None)
+    config.update_from_flattened_dict(_flatten(saved))
+    task, tx, _, _, _ = module.build(config, workdir)
+    init = sharded_init(task.make_model, tx, make_mesh(mesh))
+    found = Checkpointer(workdir / "checkpoints").restore(init.abstract, step=step)
+    if found is None:
+        raise FileNotFoundError(f"no intact checkpoint under {workdir / 'checkpoints'}")
+    s, state, data_state = found
+    return s, state, data_state, init
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

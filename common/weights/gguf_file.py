@@ -92,6 +92,15 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 def gguf_config(metadata: Mapping[str, Any], tensor_names: set[str], path: Any) -> dict:
     """Hugging Face ``config.json`` keys from GGUF metadata (Llama-family files)."""
+    try:
+        return _gguf_config(metadata, tensor_names, path)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, WeightsError):
+            raise
+        raise WeightsError(f"{path}: malformed GGUF metadata ({type(e).__name__}: {e})") from None
+
+
+def _gguf_config(metadata: Mapping[str, Any], tensor_names: set[str], path: Any) -> dict:
     arch = metadata.get("general.architecture")
     if arch not in _ARCHS:
         raise WeightsError(

@@ -121,12 +121,21 @@ def _theory(config: ml_collections.ConfigDict, key: jax.Array) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """Run the experiment into ``workdir`` (see module docstring); returns the summary."""
     t_start = time.time()
+    timings: dict[str, float] = {}
+    tick = [t_start]
+
+    def lap(name: str) -> None:
+        now = time.time()
+        timings[name] = round(now - tick[0], 1)
+        tick[0] = now
+
     buckets = spec.buckets(config)  # validates
     rd = RunDir(workdir)
     d, L, s2 = config.d, config.length, config.sigma2
     # ------------------------------------------------------------------ training
     state, step = train.train(buckets, config, rd.checkpoints, rd.metrics)
     t_train = time.time() - t_start
+    lap("train")
     params = {b.name: state["params"][b.name] for b in buckets}
     by_name = {b.name: b for b in buckets}
     main = [b for b in buckets if b.kind == "single"]
@@ -146,12 +155,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     reduced = {}
     if "H2" in pats:
         reduced["reduced_H2"] = (pats["H2"]["omega"], pats["H2"]["mu"])
-    iso = [b for b in buckets if b.kind in ("single", "linear") and b.cov is None] or None
+    fam = [b for b in buckets if b.kind in ("single", "linear")]
     mse, se = {}, {}
     for n_len in lengths:
         preds = evaluate.single_task_predictors(d, n_len, s2, config.theory.gamma_ref,
                                                 config.theory.mu_ref, L, reduced)
-        fam = iso if iso is not None else [b for b in buckets if b.kind in ("single", "linear")]
         res = evaluate.evaluate_family(fam, params, preds, length=n_len, n=config.eval.n_test,
                                        sigma2=s2, key=jax.random.fold_in(key, n_len),
                                        backend=config.backend)
@@ -166,6 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         if s2 > 0:
             mse.setdefault("bayes_exact", {})[str(n_len)] = estimators.bayes_risk(
                 d, n_len, s2, jax.random.fold_in(key, 10_000 + n_len), n=config.eval.n_test)
+    lap("eval_lengths")
     # ------------------------------------------------------------------ extensions
     extra = {}
     nb = [b for b in buckets if b.kind == "noniso"]
@@ -205,8 +214,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         extra["multitask"] = mt
         plots.multitask({k: v for k, v in mt.items() if k.startswith("mt_")},
                         [list(s) for s in config.multitask.subsets], rd.figures)
+    lap("extensions")
     # ------------------------------------------------------------------ theory + figures
     th = _theory(config, jax.random.fold_in(key, 999))
+    lap("theory")
     fig = rd.figures
     curves = {k: [mse[k][str(n)] for n in lengths] for k in mse}
     plots.mse_vs_length(curves, lengths, L, heads, fig)
@@ -226,6 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         names = {lin[0].name: f"linear attention, H={lin[0].heads}"}
         names.update({f"H{h}": f"softmax, H={h}" for h in heads[:2]})
         plots.linear_vs_softmax(curves, lengths, names, L, fig)
+    lap("figures")
     # ------------------------------------------------------------------ summary + report
     sel = [str(n) for n in lengths]
     summary = {
@@ -251,6 +263,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         **extra,
         "steps": step,
         "train_seconds": round(t_train, 1),
+        "timings": timings,
         "total_seconds": round(time.time() - t_start, 1),
     }
     rd.write_summary(summary)

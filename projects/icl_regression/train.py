@@ -68,7 +68,7 @@ def make_chunk(buckets: list[Bucket], config: ml_collections.ConfigDict,
     for b in buckets:
         families.setdefault(_family(b), []).append(b)
     samplers = []
-    for fam, members in families.items():
+    for members in families.values():
         b0 = members[0]
         cov = b0.cov_array()
         cov_sqrt = None if cov is None else jnp.asarray(data.covariance_sqrt(cov), jnp.float32)

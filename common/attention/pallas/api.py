@@ -18,14 +18,16 @@ that group's queries and its own rotated keys.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 
 from common.attention.backends import BackendUnsupported
 from common.attention.masks import Mask
-from common.attention.pallas import flash_tpu
+from common.attention.pallas import flash_gpu, flash_tpu
 from common.attention.pallas.block_mask import block_states, mask_operands
 from common.attention.pallas.block_sizes import BlockSizes, fit_block
 
@@ -104,7 +106,7 @@ def flash_attention(
     scale = jnp.asarray(scale, jnp.float32)
     scale = jnp.full((h,), scale) if scale.ndim == 0 else scale
     _check(q, k, v, scale)
-    skv, kvh = k.shape[1], k.shape[2]
+    skv = k.shape[1]
     platform = jax.default_backend()
     bs = block_sizes or BlockSizes.default(platform)
     bs.validate_for(platform)
@@ -164,6 +166,96 @@ def flash_attention(
     return out
 
 
+GPU_OPT_IN = "HEADLAB_PALLAS_GPU"
+
+
+def _gpu_unsupported(q, k, mask, softcap) -> str | None:
+    """Why the Mosaic GPU kernel cannot serve this call, or None."""
+    if os.environ.get(GPU_OPT_IN) != "1":
+        return (f"Mosaic GPU kernel not yet verified on hardware (set {GPU_OPT_IN}=1 to use it; "
+                "tools/bench_attention.py --device-check does)")
+    if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype:
+        return f"GPU kernel needs bf16/f16, got {q.dtype}"
+    if q.shape[-1] % 64:
+        return f"GPU kernel needs head_dim % 64 == 0, got {q.shape[-1]}"
+    if softcap is not None:
+        return "GPU kernel: no softcap"
+    if mask is not None and not mask.is_empty and not mask.is_plain_causal:
+        return "GPU kernel: only no mask or the plain causal mask"
+    return None
+
+
+def gpu_flash_attention(q, k, v, *, causal: bool, scale: jax.Array, block_kv: int = 64,
+                        interpret=None):
+    """Mosaic GPU forward (``flash_gpu``) with a blockwise-XLA backward from the saved lse."""
+    b, sq, h, d = q.shape
+    skv = k.shape[1]
+    q_pad = -(-sq // flash_gpu.BLOCK_Q) * flash_gpu.BLOCK_Q
+    kv_pad = -(-skv // block_kv) * block_kv
+    qs = (q.astype(jnp.float32) * scale[:, None]).astype(q.dtype)
+    qs = jnp.pad(qs, ((0, 0), (0, q_pad - sq), (0, 0), (0, 0)))
+    kp = jnp.pad(k, ((0, 0), (0, kv_pad - skv), (0, 0), (0, 0)))
+    vp = jnp.pad(v, ((0, 0), (0, kv_pad - skv), (0, 0), (0, 0)))
+    out = _gpu_core(causal, sq, skv, block_kv, interpret, qs, kp, vp)
+    return out[:, :sq]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _gpu_core(causal, q_len, kv_len, block_kv, interpret, q, k, v):
+    return flash_gpu.gpu_flash_forward(q, k, v, causal=causal, q_len=q_len, kv_len=kv_len,
+                                       block_kv=block_kv, interpret=interpret)[0]
+
+
+def _gpu_core_fwd(causal, q_len, kv_len, block_kv, interpret, q, k, v):
+    out, lse = flash_gpu.gpu_flash_forward(q, k, v, causal=causal, q_len=q_len, kv_len=kv_len,
+                                           block_kv=block_kv, interpret=interpret)
+    return out, (q, k, v, out, lse)
+
+
+def _gpu_core_bwd(causal, q_len, kv_len, block_kv, interpret, res, do):
+    """Blockwise backward in XLA: one kv tile at a time, memory linear in sequence length."""
+    q, k, v, out, lse = res
+    b, sq, h, d = q.shape
+    skv, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    f32 = jnp.float32
+    qg = q.reshape(b, sq, kvh, g, d)
+    dog = do.reshape(b, sq, kvh, g, d).astype(q.dtype)
+    di = jnp.einsum("bqkgd,bqkgd->bkgq", dog.astype(f32), out.reshape(qg.shape).astype(f32))
+    lse = lse.reshape(b, kvh, g, sq)
+    lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
+    q_ids = jnp.arange(sq)[:, None] + (kv_len - q_len)
+    n = skv // block_kv
+
+    def tile(j):
+        kj = jax.lax.dynamic_slice_in_dim(k, j * block_kv, block_kv, 1)
+        vj = jax.lax.dynamic_slice_in_dim(v, j * block_kv, block_kv, 1)
+        kv_ids = j * block_kv + jnp.arange(block_kv)[None, :]
+        vis = kv_ids < kv_len
+        if causal:
+            vis = vis & (kv_ids <= q_ids)
+        s = jnp.einsum("bqkgd,bskd->bkgqs", qg, kj, preferred_element_type=f32)
+        p = jnp.where(vis, jnp.exp(s - lse[..., None]), 0.0)
+        dv = jnp.einsum("bkgqs,bqkgd->bskd", p.astype(q.dtype), dog, preferred_element_type=f32)
+        dp = jnp.einsum("bqkgd,bskd->bkgqs", dog, vj, preferred_element_type=f32)
+        ds = (p * (dp - di[..., None])).astype(q.dtype)
+        dq = jnp.einsum("bkgqs,bskd->bqkgd", ds, kj, preferred_element_type=f32)
+        dk = jnp.einsum("bkgqs,bqkgd->bskd", ds, qg, preferred_element_type=f32)
+        return dq, dk, dv
+
+    def body(dq, j):
+        dq_j, dk_j, dv_j = tile(j)
+        return dq + dq_j, (dk_j, dv_j)
+
+    dq, (dk, dv) = jax.lax.scan(body, jnp.zeros(qg.shape, f32), jnp.arange(n))
+    dk = jnp.moveaxis(dk, 0, 1).reshape(k.shape)
+    dv = jnp.moveaxis(dv, 0, 1).reshape(v.shape)
+    return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_gpu_core.defvjp(_gpu_core_fwd, _gpu_core_bwd)
+
+
 def pallas_attention(
     q: jax.Array,
     k: jax.Array,
@@ -175,19 +267,22 @@ def pallas_attention(
 ) -> jax.Array:
     """The ``pallas`` backend of :func:`common.attention.core.dot_product_attention`.
 
-    Raises :class:`BackendUnsupported` for what the kernels cannot serve here, so ``auto``
-    falls back: GPUs (the Mosaic TPU kernels do not lower there; see the package docstring),
-    masks with queries and keys of different lengths under PINE, unsupported dtypes.
+    TPU (and CPU, in interpret mode): the Mosaic TPU kernels with every mask feature. GPU: the
+    Mosaic GPU forward for bf16/f16, no mask or plain causal, head_dim % 64 == 0, opt-in via
+    ``HEADLAB_PALLAS_GPU=1`` until it has run on hardware. Anything else raises
+    :class:`BackendUnsupported`, so ``auto`` falls back.
     """
     platform = jax.default_backend()
     if platform == "gpu" and _INTERPRET[-1] is None:
-        raise BackendUnsupported(
-            "pallas: no Mosaic GPU flash kernel yet (the Mosaic TPU kernels do not lower on GPU)"
-        )
+        reason = _gpu_unsupported(q, k, mask, softcap)
+        if reason is not None:
+            raise BackendUnsupported(f"pallas: {reason}")
+        causal = mask is not None and mask.causal
+        return gpu_flash_attention(q, k, v, causal=causal, scale=scale)
     if platform not in ("tpu", "gpu", "cpu"):
         raise BackendUnsupported(f"pallas: platform {platform!r}")
     if q.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
         raise BackendUnsupported(f"pallas: dtype {q.dtype}")
-    if platform == "tpu" and q.shape[-1] % 128 and q.shape[-1] not in (64,):
+    if platform == "tpu" and q.shape[-1] % 128 and q.shape[-1] != 64:
         raise BackendUnsupported(f"pallas: head_dim {q.shape[-1]} (TPU needs 64 or 128k)")
     return flash_attention(q, k, v, mask=mask, scale=scale, softcap=softcap)

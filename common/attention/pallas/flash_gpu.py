@@ -131,7 +131,12 @@ def gpu_flash_forward(q, k, v, *, causal: bool, q_len: int, kv_len: int, block_k
 
             # A fresh accumulator plus a register add (interpret mode has no ``run_state`` for an
             # in-place ``ACC.init(acc)``; the add costs one FMA per output element per tile).
-            acc = acc + pl.run_scoped(pv_fn, plgpu.ACC((BLOCK_Q, d), jnp.float32))
+            if interpret:  # ... nor a register operand
+                pv = lax.dot_general(p.astype(dtype), v_smem[slot], (((1,), (0,)), ((), ())),
+                                     preferred_element_type=jnp.float32)
+            else:
+                pv = pl.run_scoped(pv_fn, plgpu.ACC((BLOCK_Q, d), jnp.float32))
+            acc = acc + pv
             return acc, m_new, l
 
         acc, m, l = lax.fori_loop(0, steps, step_fn, (acc, m, l))

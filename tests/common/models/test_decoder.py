@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from common.models import DecoderLM, ModelConfig, init_cache
-from common.models.generate import generate
+from common.models.generation import generate
 
 TINY = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, d_mlp=48)
 

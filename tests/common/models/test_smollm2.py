@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from common.models.generate import generate
+from common.models.generation import generate
 
 pytestmark = pytest.mark.smollm2
 

@@ -74,6 +74,24 @@ def test_sharded_index(tmp_path):
         np.testing.assert_array_equal(array, ref[name], err_msg=name)
 
 
+def test_base_model_names_and_buffers(tmp_path):
+    """Hub GPT-2 files store ``GPT2Model`` names (``h.0.attn.c_attn.weight``, no prefix) and
+    the causal-mask buffer ``h.{i}.attn.bias``; both load."""
+    from safetensors.numpy import save_file
+
+    model = tiny.tiny_hf("gpt2")
+    ref = _reference(model)
+    stored = {k.removeprefix("transformer."): v for k, v in ref.items() if k != "lm_head.weight"}
+    for i in range(model.config.n_layer):
+        stored[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 32, 32), np.float32))
+    save_file(stored, str(tmp_path / "model.safetensors"))
+    model.config.to_json_file(tmp_path / "config.json")
+    ckpt = load_hf_folder(tmp_path)
+    assert set(ckpt.tensors) == set(ref) - {"lm_head.weight"}
+    for name, array in ckpt.tensors.items():
+        np.testing.assert_array_equal(array, ref[name], err_msg=name)
+
+
 def test_bfloat16_checkpoint(tmp_path):
     import torch
 

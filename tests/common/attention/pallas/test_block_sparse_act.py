@@ -35,7 +35,8 @@ def _brute_states(allowed: np.ndarray, bq: int, bk: int, q_pad: int, kv_pad: int
     return np.where(any_, np.where(all_, FULL, PARTIAL), EMPTY)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    "seed", [0, 1, 2] + [pytest.param(s, marks=pytest.mark.slow) for s in (3, 4, 5)])
 def test_block_states_are_conservative_and_tight(seed):
     """States from per-block summaries vs the brute-force pattern: never skip a visible pair,
     never drop the mask from a block with a hidden pair; exact for structured layouts."""
@@ -111,12 +112,12 @@ def test_race_detection_forward_backward():
     """TPU interpret mode with race detection over the three kernels (GQA, causal, padding)."""
     from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc
 
-    b, n, h, d = 1, 24, 2, 8
+    b, n, h, d = 1, 16, 2, 8
     ks = jax.random.split(jax.random.PRNGKey(1), 3)
     q = jax.random.normal(ks[0], (b, n, h, d))
     k = jax.random.normal(ks[1], (b, n, 1, d))
     v = jax.random.normal(ks[2], (b, n, 1, d))
-    valid = np.arange(n)[None] < 21
+    valid = np.arange(n)[None] < 13
     mask = Mask(causal=True, kv_valid=jnp.asarray(valid))
     params = pltpu.InterpretParams(detect_races=True)
     with interpret_mode(params):
@@ -132,7 +133,7 @@ def test_race_detection_forward_backward():
 
     r_val, r_grads = jax.value_and_grad(ref_loss, argnums=(0, 1, 2))(q, k, v)
     np.testing.assert_allclose(val, r_val, rtol=1e-5)
-    for g, rg in zip(grads, r_grads):
+    for g, rg in zip(grads, r_grads, strict=True):
         np.testing.assert_allclose(g, rg, rtol=2e-4, atol=2e-4)
 
 

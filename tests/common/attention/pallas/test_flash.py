@@ -58,7 +58,7 @@ def _check(mask, allowed, *, b, sq, skv, h, kvh, d, blocks, dtype=jnp.float32, s
     np.testing.assert_allclose(np.asarray(out, np.float32), r_out, rtol=rtol, atol=atol)
     np.testing.assert_allclose(lse, r_lse, rtol=rtol, atol=atol)
     # Gradients are sums over up to kv_len terms: scale the tolerance with the gradient size.
-    for name, g, rg in zip(("dq", "dk", "dv", "dscale"), grads, r_grads):
+    for name, g, rg in zip(("dq", "dk", "dv", "dscale"), grads, r_grads, strict=True):
         g, rg = np.asarray(g, np.float32), np.asarray(rg, np.float32)
         tol = 10 * atol * max(1.0, float(np.abs(rg).max()))
         np.testing.assert_allclose(g, rg, rtol=10 * rtol, atol=tol, err_msg=name)
@@ -80,7 +80,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize(
+    "name", [n if n != "full_odd_mha" else pytest.param(n, marks=pytest.mark.slow)
+             for n in sorted(CASES)])
 def test_causal_and_full(name):
     b, sq, skv, h, kvh, d, bq, bk = CASES[name]
     causal = name.startswith("causal")

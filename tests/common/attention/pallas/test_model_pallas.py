@@ -20,11 +20,12 @@ def _run(backend: str, ids: jax.Array):
 
     def fn(state, ids):
         model = nnx.merge(graphdef, state)
-        full = model(ids)  # prefill, plain causal mask
         cache = init_cache(cfg, ids.shape[0], 24)
-        pre, cache = model.forward(ids[:, :13], cache=cache)  # cache slots: positions + kv_valid
-        step, _ = model.forward(ids[:, 13:14], cache=cache)  # one decode step (q_len 1)
-        return full, pre, step
+        # Prefill into a KV cache (mask: slot positions + kv_valid), then one decode step
+        # (q_len 1). The plain causal mask is covered by the kernel tests.
+        pre, cache = model.forward(ids[:, :13], cache=cache)
+        step, _ = model.forward(ids[:, 13:14], cache=cache)
+        return pre, step
 
     return compiled(fn, state, ids)
 
@@ -33,7 +34,7 @@ def test_tiny_llama_logits_pallas_match_reference():
     ids = jax.random.randint(jax.random.PRNGKey(0), (2, 19), 0, TINY["vocab_size"])
     got = _run("pallas", ids)
     want = _run("reference", ids)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
     assert float(jnp.abs(got[0]).max()) > 1e-2  # not a vacuous comparison

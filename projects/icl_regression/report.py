@@ -1,0 +1,152 @@
+"""report.md: our numbers beside the paper's, with the gaps stated."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def _f(v, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_f(x, nd) for x in v) + "]"
+    return f"{v:.{nd}f}"
+
+
+def render(s: dict, paper: dict, config: ml_collections.ConfigDict, heads: list[int]) -> str:
+    """Markdown report of one run (``s`` is the summary, ``paper`` the reference numbers)."""
+    L = str(config.length)
+    mse = s["mse"]
+    pm = paper["mse"]
+    lines = [
+        "# icl_regression: In-Context Linear Regression Demystified (He et al. 2025)",
+        "",
+        f"Run: {s['steps']} Adam steps (lr {config.lr}, batch {config.batch}) of every model in "
+        f"one compiled program; d = {config.d}, L = {config.length}, σ² = {config.sigma2}; "
+        f"seeds {list(config.seeds)}; training {s['train_seconds']} s, total {s['total_seconds']} s."
+        " The paper trains 5·10⁵ steps (lr 1e-3); its trained-model numbers below have the "
+        "notebook's +0.1 offset removed. All MSEs include the irreducible σ².",
+        "",
+        "## Test MSE vs prompt length (trained at L = " + L + ")",
+        "",
+        "| model | " + " | ".join(f"L={n} ours / paper" for n in ("10", "40", "100")) + " |",
+        "|---|---|---|---|",
+    ]
+    rows = [f"H{h}" for h in heads] + ["multihead", "gd", "debiased_gd", "single_head", "bayes"]
+    for r in rows:
+        if r not in mse:
+            continue
+        cells = []
+        for n in ("10", "40", "100"):
+            ours = mse[r].get(n)
+            ref = pm.get(r, {}).get(n)
+            cells.append(f"{_f(ours)} / {_f(ref)}")
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Exact finite-L risks (ours, closed form): GD at its optimal step "
+        + _f([mse["gd_exact"].get(n) for n in ("10", "40", "100")])
+        + "; debiased GD at η* " + _f([mse["debiased_gd_exact"].get(n) for n in ("10", "40", "100")])
+        + (("; Bayes (posterior variance, MC over X) "
+            + _f([mse["bayes_exact"].get(n) for n in ("10", "40", "100")]))
+           if "bayes_exact" in mse else "")
+        + f". η* = {s['eta_star']:.4f} (paper 0.879).",
+        "",
+    ]
+    multi = [f"H{h}" for h in heads if h >= 2 and f"H{h}" in mse]
+    dgd = mse["debiased_gd"][L]
+    if multi:
+        gaps = {m: (mse[m][L] - dgd) / dgd for m in multi}
+        ok = all(abs(g) <= 0.05 for g in gaps.values())
+        lines += [
+            "**Claim: trained multi-head ≈ debiased GD (within 5%) at L = " + L + "**: "
+            + ", ".join(f"{m} {100 * g:+.1f}%" for m, g in gaps.items())
+            + (" — holds." if ok else " — NOT within 5% in this run (see gaps below)."),
+            "",
+        ]
+    if "H1" in mse and multi:
+        lines += [f"Single head clearly worse: H1 {_f(mse['H1'][L])} vs multi-head "
+                  f"{_f(min(mse[m][L] for m in multi))}; Bayes below both: {_f(mse['bayes'][L])}.",
+                  ""]
+    lines += ["## Circuits (seed " + str(config.seeds[0]) + ")", "",
+              "| H | ω per head | μ per head | KQ offdiag/diag | |Σμ| (rel) | Σ₊μ | "
+              "std|ω|/mean|ω| | KQ diag ratio (paper) | OV last ratio (paper) | dummy heads |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for h in heads:
+        p = s["patterns"][f"H{h}"]
+        lines.append(
+            f"| {h} | {_f(p['omega'])} | {_f(p['mu'], 2)} | {_f(p['kq_offdiag_ratio'])} | "
+            f"{_f(p['ov_zero_sum_abs'])} ({_f(p['ov_zero_sum_rel'])}) | {_f(p['mu_pos_sum'], 2)} | "
+            f"{_f(p['omega_abs_cv'])} | {_f(p['kq_diag_ratio'], 4)} "
+            f"({_f(paper['kq_diag_ratio'].get(f'H{h}'), 4)}) | {_f(p['ov_last_ratio'], 4)} "
+            f"({_f(paper['ov_last_ratio'].get(f'H{h}'), 4)}) | {p['n_dummy']} |")
+    lines += [
+        "",
+        f"Paper at convergence (5·10⁵ steps): |ω| ≈ {paper['omega_abs']}, Σ₊μ ≈ "
+        f"{paper['mu_pos_sum']} for every H ≥ 2. |ω| first rises, then slowly falls towards the "
+        "limit while Σ₊μ grows (≥150k steps); a shorter run stops on that slow drift with larger "
+        "|ω| and smaller Σ₊μ but the same effective step 2Σωμ "
+        + "(ours: " + ", ".join(f"H{h} {s['patterns'][f'H{h}']['eta_eff']:.3f}" for h in heads)
+        + f"; η* = {s['eta_star']:.3f}).",
+        "",
+        "## Theory",
+        "",
+        f"- μ_γ at γ = {config.theory.gamma_ref}: {s['theory']['mu_gamma_at_gamma_ref']:.3f} "
+        "(paper's trained μ 3.45; 2γμ_γ = 0.879).",
+        f"- Gradient flow on L̃/2, H = 2, init ±1e-3, lr {config.theory.flow_lr}: at time "
+        f"{s['theory']['flow2_final']['time']:.0f}: ω = {_f(s['theory']['flow2_final']['omega'])}, "
+        f"μ = {_f(s['theory']['flow2_final']['mu'])}, 2Σωμ = "
+        f"{s['theory']['flow2_final']['eta_eff']:.3f} (spec's re-run at t = 3000: ω = ±0.171, "
+        "μ = ±2.57).",
+        f"- H = 4 flow (σ² = {config.theory.flow_h4_sigma2}, random init): final ω = "
+        f"{_f(s['theory']['flow4_final']['omega'])}, μ = {_f(s['theory']['flow4_final']['mu'])}.",
+        f"- max |true loss − L̃| on the heatmap grid (ω ≤ 0.2, μ ≤ 6): "
+        f"{s['theory']['heatmap_max_abs_true_minus_approx']:.3f}.",
+        "",
+    ]
+    if "noniso" in s:
+        n = s["noniso"]
+        lines += ["## Non-isotropic covariates (preconditioned GD)", "",
+                  f"Σ = {config.noniso.covariance}; cos(learned Ω, Σ⁻¹) = "
+                  f"{n['cos_learned_vs_inv_cov']:.3f} vs cos(learned Ω, I) = "
+                  f"{n['cos_learned_vs_identity']:.3f}; μ per head {_f(n['mu'], 2)}.", "",
+                  "| predictor | MSE at L = " + L + " |", "|---|---|"]
+        lines += [f"| {k} | {_f(v)} |" for k, v in n["mse_L"].items()]
+        lines += ["", "The paper states Ω ≈ Σ⁻¹ (no numbers published).", ""]
+    if "multitask" in s:
+        mt = s["multitask"]
+        lines += ["## Two-task superposition", "",
+                  f"d = {config.multitask.d}, subsets {list(config.multitask.subsets)} (0-based), "
+                  "β shared across tasks as in the blog (the official notebook draws independent "
+                  "per-task β, L = 48 and noise-free y_q).", "",
+                  "| model | MSE per task | ω per coordinate (per head) | μ block (per head) |",
+                  "|---|---|---|---|"]
+        for k, v in mt.items():
+            if k.startswith("mt_"):
+                lines.append(f"| {k} | {_f(v['mse_per_task'])} | {_f(v['omega_coords'], 2)} | "
+                             f"{_f(v['mu'], 2)} |")
+        lines += ["", "Per-task estimators: " + "; ".join(
+            f"{k} {_f(v)}" for k, v in mt["estimators_per_task"].items()), ""]
+    lin = [k for k in mse if k.startswith("lin_")]
+    if lin:
+        k = lin[0]
+        lines += ["## Linear attention baseline", "",
+                  f"{k}: MSE at L = 10 / {L} / 100: {_f([mse[k].get(n) for n in ('10', L, '100')])}"
+                  " (paper: learns one-step GD at the training length, error rises for L > "
+                  "training L because of its hard-coded 1/L).", ""]
+    lines += [
+        "## Gaps and deviations",
+        "",
+        "- Training length: the paper trains 5·10⁵ steps; this run's models sit on the slow "
+        "drift of |ω| (patterns and MSE are formed, the limiting |ω| ≈ 0.13 / Σ₊μ ≈ 3.5 are not "
+        "reached unless steps ≳ 150k).",
+        "- ω uses the model's own 1/√(d+1) scale; the official dynamics plots divide by √(d+2) "
+        "(0.926× smaller).",
+        "- `single_head` re-tunes the NW μ per L; `single_head_nb` keeps μ tuned at the training "
+        "L as the official notebook does (its L = 10 cell 0.875).",
+        "- The quick config uses lr 3e-3 and a few thousand steps to reach the patterns within "
+        "minutes on a 2-core CPU.",
+        "",
+        "Figures: figures/*.png and *.pdf.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,61 @@
+"""Fault injection: SIGKILL at a random step, rerun the same command, end bit-identical."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+from common.train.cli import restore_run, train_main
+from tests.common.train._runs import LM_ARGS, ROOT, assert_trees_equal, command, env
+
+STEPS = 30
+ARGS = ["--set", f"train.steps={STEPS}", "--set", "train.checkpoint_every=4",
+        "--set", "train.keep_checkpoints=2", "--set", "data.source=tfds"]
+
+
+def last_step(metrics):
+    if not metrics.exists():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines()
+             if line.endswith("}")]
+    return max(steps, default=0)
+
+
+def test_sigkill_then_rerun_is_bit_identical(tmp_path):
+    data_dir = tmp_path / "tfds"
+    args = [*ARGS, "--set", f"data.dir={data_dir}"]
+    # the uninterrupted reference, in this process
+    ref = train_main("lm", None, tmp_path / "ref", [a for a in LM_ARGS + args if a != "--set"])
+    kill_at = random.Random(time.time_ns()).randint(6, STEPS - 6)
+    print(f"killing at step >= {kill_at}")
+    work = tmp_path / "run"
+    cmd = command(work, *args)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(1), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while last_step(work / "metrics.jsonl") < kill_at:
+            assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()[-3000:]}"
+            assert time.time() < deadline
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    killed_at = last_step(work / "metrics.jsonl")
+    assert killed_at < STEPS, "the run finished before it could be killed"
+    out = subprocess.run(cmd, cwd=ROOT, env=env(1), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-5000:]
+    resumed = json.loads(out.stdout.strip().splitlines()[-1])
+    # it resumed from its newest checkpoint at or before the kill, not from scratch
+    assert 0 < resumed["resumed_from"] <= killed_at and resumed["resumed_from"] % 4 == 0
+    # same batches in the same order, same parameters and optimiser state, bit for bit
+    assert resumed["data_crc"] == ref["data_crc"]
+    assert resumed["final_loss"] == ref["final_loss"]
+    s_ref, state_ref, data_ref, _ = restore_run(tmp_path / "ref")
+    s_run, state_run, data_run, _ = restore_run(work)
+    assert s_ref == s_run == STEPS
+    assert data_ref == data_run
+    assert_trees_equal(state_ref, state_run)

@@ -1,0 +1,151 @@
+"""Benchmark: SmolLM2-135M-Instruct float32 on CPU, ours vs Hugging Face transformers.
+
+Prints, in one process: prefill of 1x512 tokens and greedy decode of 64 tokens for both, their
+ratios, and the machine's physical limits measured in the same run: the float32 matmul rate of a
+large jitted matmul against the prefill's model FLOPs, and the memory read bandwidth against the
+bytes of weights read per decoded token. Peak resident memory of loading SmolLM2 is measured in
+a fresh subprocess.
+
+    python -m tools.bench_lm [--repeats 3] [--skip-hf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 GFLOP/s of an ``n x n`` jitted matmul."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    t = _best(lambda: f(a).block_until_ready(), repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def read_bandwidth_gbs(mib: int = 1024, repeats: int = 5) -> float:
+    """Measured memory read bandwidth (GB/s) of a jitted reduction over ``mib`` MiB."""
+    x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    t = _best(lambda: f(x).block_until_ready(), repeats)
+    return x.nbytes / t / 1e9
+
+
+def load_peak_rss_mib(path: str) -> float:
+    """Peak RSS (MiB) of a fresh process that runs ``load_pretrained`` on ``path``."""
+    code = (
+        "import resource, sys\n"
+        "from common.models import load_pretrained\n"
+        f"m, t = load_pretrained({path!r})\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def model_flops(cfg, seq: int) -> float:
+    """Forward FLOPs: 2 per weight per token plus causal attention (QK and PV)."""
+    per_layer = (cfg.d_model * cfg.d_head * (cfg.n_heads * 2 + cfg.n_kv_heads * 2)
+                 + cfg.d_model * cfg.d_mlp * 3)
+    weights = cfg.n_layers * per_layer + cfg.d_model * cfg.vocab_size
+    attn = cfg.n_layers * 2 * 2 * seq * seq * cfg.n_heads * cfg.d_head / 2
+    return 2 * weights * seq + attn
+
+
+def weight_bytes(model) -> int:
+    from flax import nnx
+
+    return sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--skip-hf", action="store_true")
+    args = ap.parse_args(argv)
+
+    from flax import nnx
+
+    from common.models import generate, load_pretrained
+    from common.weights import default_model_path
+
+    path = default_model_path()
+    rss = load_peak_rss_mib(str(path))
+    t0 = time.perf_counter()
+    model, tok = load_pretrained(path)
+    load_s = time.perf_counter() - t0
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    ids = rng.integers(100, cfg.vocab_size, size=(1, args.prefill)).astype(np.int32)
+    prompt = tok.encode("Write a short story about a robot learning to paint.")
+
+    fwd = nnx.jit(lambda m, x: m(x))
+    x = jnp.asarray(ids)
+    fwd(model, x).block_until_ready()
+    ours_prefill = _best(lambda: fwd(model, x).block_until_ready(), args.repeats)
+    generate(model, [prompt], args.decode, eos_token_id=[])  # compile
+    ours_decode = _best(lambda: generate(model, [prompt], args.decode, eos_token_id=[]),
+                        args.repeats)
+
+    gflops = matmul_gflops()
+    bw = read_bandwidth_gbs()
+    flops = model_flops(cfg, args.prefill)
+    wbytes = weight_bytes(model)
+
+    rows = [("ours", ours_prefill, ours_decode)]
+    if not args.skip_hf:
+        import torch
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+        xt = torch.tensor(ids, dtype=torch.long)
+        pt = torch.tensor([prompt])
+        with torch.no_grad():
+            hf(xt)
+            hf_prefill = _best(lambda: hf(xt), args.repeats)
+            gen = lambda: hf.generate(pt, max_new_tokens=args.decode, min_new_tokens=args.decode,
+                                      do_sample=False, pad_token_id=0)
+            gen()
+            hf_decode = _best(gen, args.repeats)
+        rows.append(("transformers", hf_prefill, hf_decode))
+
+    print(f"SmolLM2-135M-Instruct float32, CPU x{jax.device_count()} ({jax.devices()[0].device_kind})")
+    print(f"load: {load_s:.1f} s; peak RSS of a fresh load_pretrained: {rss:.0f} MiB (target < 2048)")
+    print(f"machine: matmul {gflops:.1f} GFLOP/s float32; read bandwidth {bw:.1f} GB/s")
+    print(f"prefill model FLOPs {flops / 1e9:.1f} GFLOP -> roofline {flops / gflops / 1e9:.2f} s; "
+          f"weights {wbytes / 1e6:.0f} MB per decoded token -> roofline {bw * 1e9 / wbytes:.1f} tok/s")
+    print(f"{'':14s} {'prefill s':>10s} {'GFLOP/s':>8s} {'%roof':>6s} {'decode tok/s':>13s} {'%bw':>5s}")
+    for name, pre, dec in rows:
+        tps = args.decode / dec
+        print(f"{name:14s} {pre:10.3f} {flops / pre / 1e9:8.1f} {100 * flops / pre / 1e9 / gflops:5.0f}% "
+              f"{tps:13.1f} {100 * tps * wbytes / (bw * 1e9):4.0f}%")
+    if len(rows) == 2:
+        (_, op, od), (_, hp, hd) = rows
+        print(f"ratio ours/transformers: prefill time {op / hp:.2f}x (target <= 1.10), "
+              f"decode speed {hd / od:.2f}x (target >= 2)")
+    print("(decode time includes the prompt prefill of "
+          f"{len(prompt)} tokens for both; best of {args.repeats})")
+
+
+if __name__ == "__main__":
+    main()
