@@ -104,6 +104,7 @@ def generated_batches(
 
 def iterate(ds: grain.MapDataset, *, prefetch_threads: int = 0):
     """An iterator over ``ds`` with ``get_state``/``set_state`` (optionally thread-prefetched)."""
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch_threads, prefetch_buffer_size=
-                                              max(prefetch_threads, 1) * 2 if prefetch_threads else 0))
+    options = grain.ReadOptions(num_threads=prefetch_threads,
+                                prefetch_buffer_size=2 * prefetch_threads)
+    it = ds.to_iter_dataset(options)
     return iter(it)

@@ -77,7 +77,9 @@ def decode_example(record: bytes) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def write_array_record(path: str | os.PathLike, examples: Iterable[Mapping[str, np.ndarray]]) -> int:
+def write_array_record(
+    path: str | os.PathLike, examples: Iterable[Mapping[str, np.ndarray]]
+) -> int:
     """Write examples to one ArrayRecord file (atomically: a temporary name, then rename)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 

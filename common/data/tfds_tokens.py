@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from common.data.sources import InducedTokens
 
@@ -32,6 +33,9 @@ class HeadlabTokens(tfds.core.GeneratorBasedBuilder):
     """Induction-structured token sequences (see ``InducedTokens``); splits train/validation."""
 
     VERSION = tfds.core.Version("1.0.0")
+    # TFDS derives this through ``importlib_resources`` for builders inside packages (a module
+    # not installed here); the file path is all it needs.
+    code_path = epath.Path(__file__)
     BUILDER_CONFIGS = [
         HeadlabTokensConfig(name="tiny", seq_len=64, vocab_size=128, train_size=4096,
                             eval_size=256),

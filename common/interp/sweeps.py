@@ -74,6 +74,8 @@ def _sweep_jit(graphdef, state, resid_pre, src, masks, metric, positions, mask, 
     model = nnx.merge(graphdef, state)
     n_layers = model.config.n_layers
     block_def = nnx.graphdef(model.blocks[0])
+    if any(nnx.graphdef(model.blocks[i]) != block_def for i in range(1, n_layers)):
+        raise NotImplementedError("sweeps need blocks of one structure (they are scanned over)")
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs),
                            *[nnx.state(model.blocks[i]) for i in range(n_layers)])
     kw = dict(positions=positions, mask=mask, cache=None, cache_index=None)
@@ -158,7 +160,12 @@ def patch_sweep(
     if src.ndim != len(site_shape) + 1 or src.shape[0] != cfg.n_layers:
         raise ValueError(f"patch_sweep: source must be [n_layers, {', '.join(SITE_AXES[site])}] "
                          f"(shape {(cfg.n_layers,) + site_shape}), got {src.shape}")
-    jnp.broadcast_shapes(src.shape[1:], site_shape)
+    try:
+        # One shape for every source (zeros, means, another run): one compiled program.
+        src = jnp.broadcast_to(src, (cfg.n_layers,) + site_shape)
+    except ValueError:
+        raise ValueError(f"patch_sweep: source {src.shape} does not fit site {site!r} of shape "
+                         f"{(cfg.n_layers,) + site_shape}") from None
     masks = _variant_masks(site, site_shape, per_position)
     out = _sweep_jit(graphdef, state, resid, src, masks, as_metric(metric), positions, mask,
                      site=site, chunk=chunk)

@@ -43,7 +43,8 @@ class MeshConfig:
                 raise ValueError(f"MeshConfig.{name}: unknown mesh axes {bad}; known: {AXES}")
             for axis, degree in table.items():
                 if not isinstance(degree, int) or (degree < 1 and degree != -1):
-                    raise ValueError(f"MeshConfig.{name}[{axis!r}] = {degree!r}: need an int >= 1 or -1")
+                    raise ValueError(
+                        f"MeshConfig.{name}[{axis!r}] = {degree!r}: need an int >= 1 or -1")
         if sum(1 for d in self.ici.values() if d == -1) > 1:
             raise ValueError(f"MeshConfig.ici: at most one axis may be -1, got {self.ici}")
         if any(d == -1 for d in self.dcn.values()):
@@ -54,7 +55,8 @@ class MeshConfig:
         dcn = tuple(self.dcn.get(a, 1) for a in AXES)
         n_slices = math.prod(dcn)
         if num_devices % n_slices:
-            raise ValueError(f"{num_devices} devices do not split into {n_slices} DCN slices ({self.dcn})")
+            raise ValueError(
+                f"{num_devices} devices do not split into {n_slices} DCN slices ({self.dcn})")
         per_slice = num_devices // n_slices
         ici = [self.ici.get(a, 1) for a in AXES]
         fixed = math.prod(d for d in ici if d != -1)
@@ -92,7 +94,8 @@ def parse_mesh(spec: str | None) -> MeshConfig:
         try:
             table[axis] = int(degree)
         except ValueError:
-            raise ValueError(f"mesh spec {spec!r}: degree of {axis!r} is not an int: {degree!r}") from None
+            raise ValueError(
+                f"mesh spec {spec!r}: degree of {axis!r} is not an int: {degree!r}") from None
     return MeshConfig(ici=ici or {"data": -1}, dcn=dcn)
 
 

@@ -117,7 +117,8 @@ def logical_names(state) -> dict:
     from flax import nnx
 
     names = jax.tree.map(
-        lambda v: _LeafNames(_logical_names(v)), state, is_leaf=lambda x: isinstance(x, nnx.Variable)
+        lambda v: _LeafNames(_logical_names(v)), state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable)
     )
     pure = nnx.to_pure_dict(names) if isinstance(names, nnx.State) else names
     return jax.tree.map(lambda n: n.names, pure, is_leaf=lambda x: isinstance(x, _LeafNames))

@@ -18,7 +18,13 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from common.sharding.rules import DEFAULT_RULES, Rules, named_shardings, opt_state_specs, param_specs
+from common.sharding.rules import (
+    DEFAULT_RULES,
+    Rules,
+    named_shardings,
+    opt_state_specs,
+    param_specs,
+)
 
 
 @struct.dataclass
@@ -92,7 +98,8 @@ def sharded_init(
     p_specs = param_specs(abs_params, rules, mesh)
     abs_pure = nnx.to_pure_dict(abs_params)
     abs_opt = jax.eval_shape(tx.init, abs_pure)
-    specs = TrainState(step=PartitionSpec(), params=p_specs, opt_state=opt_state_specs(abs_opt, p_specs))
+    specs = TrainState(step=PartitionSpec(), params=p_specs,
+                       opt_state=opt_state_specs(abs_opt, p_specs))
     shardings = named_shardings(mesh, specs)
     replicated = NamedSharding(mesh, PartitionSpec())
 

@@ -91,7 +91,8 @@ def build(c: ml_collections.ConfigDict, workdir: pathlib.Path):
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("headlab_tfds_prepared")
-        source, eval_source = tokens_source(data_dir, "train"), tokens_source(data_dir, "validation")
+        source = tokens_source(data_dir, "train")
+        eval_source = tokens_source(data_dir, "validation")
     else:
         raise ValueError(f"data.source must be 'generated' or 'tfds', got {d.source!r}")
     dataset = batched_dataset(source, global_batch_size=d.global_batch_size, seed=seed)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -39,7 +40,11 @@ from common.train.step import LossFn, leaf_names, make_train_step
 
 
 class NonFiniteError(FloatingPointError):
-    """A step produced a NaN/Inf loss or gradient (the update was not applied)."""
+    """Update ``step`` (1-based, as in metrics.jsonl) had a NaN/Inf loss or gradient.
+
+    ``leaves`` names the offending gradient leaves (``"blocks/0/attn/q_kernel"``) and/or
+    ``"loss"``. The update was not applied; checkpoints hold only finite states.
+    """
 
     def __init__(self, step: int, leaves: list[str]):
         self.step, self.leaves = step, leaves
@@ -56,11 +61,16 @@ class Task:
       make_model: builds the NNX model with fixed rngs (identical on every process).
       loss_fn: ``(model, batch) -> (mean loss, {metric: scalar})``.
       batch_axes: logical axis names of each batch field, e.g. ``{"input_ids": ("batch", "seq")}``.
+      device_data: optional online data generated on device: ``step (int32 scalar) -> global
+        batch``, traced into the jitted step (e.g. fresh regression prompts from
+        ``jax.random.fold_in(key, step)``). Used when ``train`` gets ``dataset=None``: no host
+        pipeline, nothing to save but the step.
     """
 
     make_model: Callable[[], nnx.Module]
     loss_fn: LossFn
     batch_axes: dict[str, tuple[str | None, ...]]
+    device_data: Callable[[jax.Array], dict] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,25 +149,33 @@ def train(
     batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules, mesh))
                        for k, v in task.batch_axes.items()}
     replicated = NamedSharding(mesh, PartitionSpec())
-    compute_dtype = None if config.compute_dtype is None else np.dtype(config.compute_dtype)
+    compute_dtype = None if config.compute_dtype is None else jnp.dtype(config.compute_dtype)
+    on_device = dataset is None
+    if on_device and task.device_data is None:
+        raise ValueError("train: dataset=None needs a Task with device_data")
     step_fn = jax.jit(
         make_train_step(init.model_def, task.loss_fn, tx, grad_accum=config.grad_accum,
-                        compute_dtype=compute_dtype),
-        in_shardings=(init.shardings, batch_shardings),
+                        compute_dtype=compute_dtype,
+                        device_data=task.device_data if on_device else None,
+                        batch_shardings=batch_shardings),
+        in_shardings=(init.shardings, None if on_device else batch_shardings),
         out_shardings=(init.shardings, replicated, replicated),
         donate_argnums=0,
     )
+
     guarded = leaf_names(init.abstract.params) + ["loss"]
 
     # ---- (2) restore or create ---------------------------------------------------------------
     ckpt = (Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
                          async_save=config.async_checkpoint)
             if config.checkpoint_every else None)
-    data_iter = iterate(dataset.map(_with_crc), prefetch_threads=config.prefetch_threads)
+    data_iter = (None if on_device else
+                 iterate(dataset.map(_with_crc), prefetch_threads=config.prefetch_threads))
     restored = ckpt.restore(init.abstract) if (ckpt and config.resume) else None
     if restored is not None:
         start, state, data_state = restored
-        data_iter.set_state(data_state["iterator"])
+        if not on_device:
+            data_iter.set_state(data_state["iterator"])
         crc = int(data_state["data_crc"])
     else:
         start, state, crc = 0, init.create(), 0
@@ -176,12 +194,13 @@ def train(
         step, metrics, finite = pending
         metrics, finite = jax.device_get((metrics, finite))
         if not finite.all():
-            raise NonFiniteError(step, [guarded[i] for i in np.flatnonzero(~finite)])
+            raise NonFiniteError(step + 1, [guarded[i] for i in np.flatnonzero(~finite)])
         return metrics
 
     def save(step: int) -> None:
         with jax.transfer_guard("allow"):
-            ckpt.save(step, state, {"iterator": data_iter.get_state(), "data_crc": crc})
+            ckpt.save(step, state, {"iterator": None if on_device else data_iter.get_state(),
+                                    "data_crc": crc})
 
     # ---- (3) the loop ----------------------------------------------------------------------
     bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and lead),
@@ -191,19 +210,24 @@ def train(
     pending = None
     last = {}
     t_window = t_loop = time.perf_counter()
+    cpu_loop = time.process_time()
     guard = jax.transfer_guard("disallow" if config.guard_transfers else "allow")
     try:
         with guard:
             for step in range(start, config.steps):
                 t0 = time.perf_counter()
-                local, local_crc = next(data_iter)
-                crc = zlib.crc32(local_crc.to_bytes(4, "little"), crc)
-                state, metrics, finite = step_fn(state, put(local))
+                if on_device:
+                    batch = None
+                else:
+                    local, local_crc = next(data_iter)
+                    crc = zlib.crc32(local_crc.to_bytes(4, "little"), crc)
+                    batch = put(local)
+                state, metrics, finite = step_fn(state, batch)
                 if pending is not None:  # fetch the previous step while this one runs
                     window.append(check(pending))
                 pending = (step, metrics, finite)
                 done = step + 1
-                at = lambda every: every and (done % every == 0 or done == config.steps)
+                at = lambda every, done=done: every and (done % every == 0 or done == config.steps)
                 if at(config.log_every) or at(config.checkpoint_every) or at(config.eval_every):
                     window.append(check(pending))
                     pending = None
@@ -228,13 +252,15 @@ def train(
                 step_times.append(time.perf_counter() - t0)
                 if step == start:  # compiled and ran once: time the rest
                     jax.block_until_ready(state)
-                    t_loop = time.perf_counter()
+                    t_loop, cpu_loop = time.perf_counter(), time.process_time()
             if pending is not None:
                 window.append(check(pending))
+        t_end, cpu_end = time.perf_counter(), time.process_time()
     finally:
         bar.close()
         if ckpt is not None:
-            ckpt.close()
+            ckpt.close()  # waits for the last async save
+    t_closed = time.perf_counter()
     timed = config.steps - start - 1
 
     summary = {
@@ -244,8 +270,11 @@ def train(
         "processes": jax.process_count(),
         "data_crc": crc,
         "median_step_s": float(np.median(step_times)) if step_times else None,
-        # wall time per step after the first (compile) step, checkpoints and metrics included
-        "mean_step_s": (time.perf_counter() - t_loop) / timed if timed > 0 else None,
+        # wall time per step after the first (compile) step, metrics and checkpoint saves
+        # included; the wait for the last save to reach the disk is ``final_wait_s``
+        "mean_step_s": (t_end - t_loop) / timed if timed > 0 else None,
+        "mean_step_cpu_s": (cpu_end - cpu_loop) / timed if timed > 0 else None,  # all threads
+        "final_wait_s": t_closed - t_end,
         **{f"final_{k}": v for k, v in last.items()},
     }
     return TrainResult(state=state, model_def=init.model_def, init=init, summary=summary)

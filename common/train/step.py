@@ -56,6 +56,8 @@ def make_train_step(
     *,
     grad_accum: int = 1,
     compute_dtype: Any = None,
+    device_data: Callable[[jax.Array], dict] | None = None,
+    batch_shardings: Any = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict, jax.Array]]:
     """The (unjitted) train step; see the module docstring.
 
@@ -65,6 +67,8 @@ def make_train_step(
       tx: the optax optimiser.
       grad_accum: micro-batches per step (must divide the global batch).
       compute_dtype: e.g. ``jnp.bfloat16``; None computes in the parameters' dtype.
+      device_data: if given, the step ignores its ``batch`` argument (pass None) and makes the
+        batch on device as ``device_data(state.step)``, constrained to ``batch_shardings``.
     """
 
     def loss_of(params, batch):
@@ -75,14 +79,18 @@ def make_train_step(
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
-    def step(state: TrainState, batch: dict):
+    def step(state: TrainState, batch: dict | None):
+        if device_data is not None:
+            batch = device_data(state.step)
+            if batch_shardings is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_shardings)
         if grad_accum == 1:
             (loss, aux), grads = grad_fn(state.params, batch)
         else:
             def split(x):
                 if x.shape[0] % grad_accum:
-                    raise ValueError(
-                        f"batch of {x.shape[0]} rows does not split into {grad_accum} micro-batches")
+                    raise ValueError(f"batch of {x.shape[0]} rows does not split into "
+                                     f"{grad_accum} micro-batches")
                 return x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1)
 
             micro = jax.tree.map(split, batch)

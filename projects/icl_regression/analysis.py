@@ -66,7 +66,8 @@ def model_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict:
     ``kq_diag_var``, ``ov_last_ratio`` (means over active heads), ``ov_zero_sum_abs = |Σ_h μ_h|``,
     ``ov_zero_sum_rel = |Σμ| / Σ|μ|``, ``omega_abs_cv = std|ω| / mean|ω|`` over active heads,
     ``sign_match`` (fraction of active heads with sign ω = sign μ), ``mu_pos_sum`` (``Σ_{H₊} μ``),
-    ``eta_eff = 2 Σ_h ω_h μ_h`` (the one-step GD step size the heads implement at small ω).
+    ``eta_eff = Σ_h ω_h μ_h`` (the debiased-GD step the heads implement at small ω: ``2γμ_γ``
+    for the symmetric pair ``(γ, -γ), (μ_γ, -μ_γ)``).
     """
     p = head_patterns(kq, ov, d)
     if np.ndim(p["mu"]) != 1:
@@ -95,7 +96,7 @@ def model_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict:
         "mu_neg_sum": float(mu[active & (omega < 0)].sum()),
         "n_pos": int((active & (omega > 0)).sum()),
         "n_neg": int((active & (omega < 0)).sum()),
-        "eta_eff": float(2.0 * np.sum(omega * mu)),
+        "eta_eff": float(np.sum(omega * mu)),
     }
 
 

@@ -16,34 +16,54 @@ import numpy as np
 
 from projects.icl_regression import data
 
-Predictor = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+Predictor = Callable[..., jax.Array]  # (x, y, x_q, valid=None) -> ŷ [b]
 
 
 # ---------------------------------------------------------------------------- predictors
 
 
-def gd(x: jax.Array, y: jax.Array, x_q: jax.Array, eta: float) -> jax.Array:
-    """One GD step from 0 on the in-context least squares: ``(η/L) Σ_l y_l x_lᵀ x_q``."""
-    return eta * jnp.einsum("bl,bld,bd->b", y, x, x_q) / x.shape[1]
+def _valid(x: jax.Array, y: jax.Array, valid: jax.Array | None):
+    """Zero padded tokens; returns ``(x, y, w [b, L] weights, n [b] lengths)``."""
+    if valid is None:
+        w = jnp.ones(x.shape[:2], x.dtype)
+    else:
+        w = valid.astype(x.dtype)
+    return x * w[..., None], y * w, w, jnp.sum(w, axis=1)
+
+
+def gd(x: jax.Array, y: jax.Array, x_q: jax.Array, eta: float,
+       valid: jax.Array | None = None) -> jax.Array:
+    """One GD step from 0 on the in-context least squares: ``(η/L) Σ_l y_l x_lᵀ x_q``.
+
+    ``valid [b, L]`` (optional) marks real tokens of right-padded prompts (here and below).
+    """
+    x, y, _, n = _valid(x, y, valid)
+    return eta * jnp.einsum("bl,bld,bd->b", y, x, x_q) / n
 
 
 def debiased_gd(x: jax.Array, y: jax.Array, x_q: jax.Array, eta: float,
-                precond: jax.Array | None = None) -> jax.Array:
+                precond: jax.Array | None = None, valid: jax.Array | None = None) -> jax.Array:
     """``(η/L) Σ_l y_l (x_l - x̄)ᵀ Ω x_q`` with ``x̄`` the context mean, ``Ω = precond or I``."""
-    xc = x - jnp.mean(x, axis=1, keepdims=True)
+    x, y, _, n = _valid(x, y, valid)
+    xbar = jnp.sum(x, axis=1) / n[:, None]
     q = x_q if precond is None else x_q @ jnp.asarray(precond, x.dtype).T
-    return eta * jnp.einsum("bl,bld,bd->b", y, xc, q) / x.shape[1]
+    # Σ_l y_l (x_l - x̄) over real tokens (padded y are 0).
+    s = jnp.einsum("bl,bld->bd", y, x) - jnp.sum(y, axis=1)[:, None] * xbar
+    return eta * jnp.einsum("bd,bd->b", s, q) / n
 
 
-def ridge(x: jax.Array, y: jax.Array, x_q: jax.Array, lam: float) -> jax.Array:
+def ridge(x: jax.Array, y: jax.Array, x_q: jax.Array, lam: float,
+          valid: jax.Array | None = None) -> jax.Array:
     """Ridge ``β̂ = (XᵀX + λI)⁻¹ Xᵀy``; the Bayes posterior mean at ``λ = σ² d``."""
+    x, y, _, _ = _valid(x, y, valid)
     d = x.shape[-1]
     gram = jnp.einsum("bld,ble->bde", x, x) + lam * jnp.eye(d, dtype=x.dtype)
     beta = jnp.linalg.solve(gram, jnp.einsum("bld,bl->bd", x, y)[..., None])[..., 0]
     return jnp.einsum("bd,bd->b", beta, x_q)
 
 
-def kernel_regressors(x: jax.Array, y: jax.Array, x_q: jax.Array, omegas, mus) -> jax.Array:
+def kernel_regressors(x: jax.Array, y: jax.Array, x_q: jax.Array, omegas, mus,
+                      valid: jax.Array | None = None) -> jax.Array:
     """Reduced softmax model ``Σ_h μ_h Σ_l y_l softmax_l(ω_h x_lᵀ x_q)`` (spec §6).
 
     One head ``(1/sqrt(d), μ)`` is the Nadaraya-Watson kernel (single-head TF); two heads
@@ -52,7 +72,10 @@ def kernel_regressors(x: jax.Array, y: jax.Array, x_q: jax.Array, omegas, mus) -
     omegas = jnp.asarray(omegas, x.dtype)
     mus = jnp.asarray(mus, x.dtype)
     s = jnp.einsum("bld,bd->bl", x, x_q)
-    p = jax.nn.softmax(omegas[:, None, None] * s[None], axis=-1)  # [H, b, L]
+    logits = omegas[:, None, None] * s[None]
+    if valid is not None:
+        logits = jnp.where(valid[None], logits, -jnp.inf)
+    p = jax.nn.softmax(logits, axis=-1)  # [H, b, L]
     return jnp.einsum("h,hbl,bl->b", mus, p, y)
 
 
@@ -101,13 +124,13 @@ def debiased_gd_risk(eta: float, d: int, length: int, sigma2: float) -> float:
     return 1.0 + sigma2 - 2.0 * eta * n / length + eta**2 * n * (n + d + 1 + sigma2 * d) / length**2
 
 
-def bayes_risk(d: int, length: int, sigma2: float, key: jax.Array, n: int = 20_000) -> float:
+def bayes_risk(d: int, length: int, sigma2: float, seed: int = 0, n: int = 20_000) -> float:
     """Bayes risk ``σ² + σ² E tr((XᵀX + σ² d I)⁻¹)`` (posterior variance; MC over ``X`` only)."""
     if sigma2 <= 0:
         raise ValueError("bayes_risk needs sigma2 > 0")
-    x = jax.random.normal(key, (n, length, d))
-    evals = jnp.linalg.eigvalsh(jnp.einsum("bld,ble->bde", x, x))
-    return float(sigma2 + sigma2 * jnp.mean(jnp.sum(1.0 / (evals + sigma2 * d), axis=-1)))
+    x = np.random.default_rng(seed).standard_normal((n, length, d))
+    evals = np.linalg.eigvalsh(np.einsum("bld,ble->bde", x, x))
+    return float(sigma2 + sigma2 * np.mean(np.sum(1.0 / (evals + sigma2 * d), axis=-1)))
 
 
 def gd_risk_proportional(xi: float, sigma2: float) -> float:
@@ -172,9 +195,10 @@ def standard_predictors(d: int, length: int, sigma2: float, gamma: float, mu: fl
     eta_gd = gd_opt_eta(d, length, sigma2)
     eta_dgd = eta_star(d, length, sigma2)
     return {
-        "multihead": lambda x, y, q: kernel_regressors(x, y, q, [gamma, -gamma], [mu, -mu]),
-        "single_head": lambda x, y, q: kernel_regressors(x, y, q, [w1], [m1]),
-        "gd": lambda x, y, q: gd(x, y, q, eta_gd),
-        "debiased_gd": lambda x, y, q: debiased_gd(x, y, q, eta_dgd),
-        "bayes": lambda x, y, q: ridge(x, y, q, sigma2 * d),
+        "multihead": lambda x, y, q, v=None: kernel_regressors(x, y, q, [gamma, -gamma],
+                                                               [mu, -mu], v),
+        "single_head": lambda x, y, q, v=None: kernel_regressors(x, y, q, [w1], [m1], v),
+        "gd": lambda x, y, q, v=None: gd(x, y, q, eta_gd, v),
+        "debiased_gd": lambda x, y, q, v=None: debiased_gd(x, y, q, eta_dgd, valid=v),
+        "bayes": lambda x, y, q, v=None: ridge(x, y, q, sigma2 * d, v),
     }

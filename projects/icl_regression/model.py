@@ -21,7 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from common.attention import dot_product_attention
+from common.attention import Mask, dot_product_attention
 
 Params = dict[str, jax.Array]
 
@@ -65,7 +65,8 @@ def circuits(params: Params) -> tuple[jax.Array, jax.Array]:
 
 
 def forward(params: Params, context: jax.Array, query: jax.Array,
-            mask: jax.Array | None = None, backend: str = "reference") -> jax.Array:
+            mask: jax.Array | None = None, backend: str = "reference",
+            kv_valid: jax.Array | None = None) -> jax.Array:
     """Softmax-attention prediction at the query (the training forward).
 
     The key and value projections are folded into the circuits (``q̃_h = KQ_h z_q``, keys and
@@ -79,6 +80,8 @@ def forward(params: Params, context: jax.Array, query: jax.Array,
       query: ``[batch, D]`` token ``[x_q; 0]``.
       mask: optional ``[H]`` 0/1 head mask.
       backend: attention backend (``reference`` or ``xla`` on CPU).
+      kv_valid: optional ``[batch, L]`` bool, False for padding tokens (prompts of several
+        lengths evaluated in one compiled program).
 
     Returns:
       ``[batch, N]`` predictions ``ŷ_q``.
@@ -88,12 +91,14 @@ def forward(params: Params, context: jax.Array, query: jax.Array,
         ov = ov * mask[:, None, None]
     q = jnp.einsum("hmn,bn->bhm", kq, query)[:, None]  # [b, 1, H, D]
     kv = context[:, :, None, :]  # [b, L, 1, D]
-    out = dot_product_attention(q, kv, kv, scale=1.0, backend=backend).out[:, 0]  # [b, H, D]
+    am = None if kv_valid is None else Mask(kv_valid=kv_valid)
+    out = dot_product_attention(q, kv, kv, mask=am, scale=1.0, backend=backend).out[:, 0]
     return jnp.einsum("bhm,hom->bo", out, ov)
 
 
 def forward_projected(params: Params, context: jax.Array, query: jax.Array,
-                      mask: jax.Array | None = None, backend: str = "reference") -> jax.Array:
+                      mask: jax.Array | None = None, backend: str = "reference",
+                      kv_valid: jax.Array | None = None) -> jax.Array:
     """The same prediction with explicit per-head projections ``q, k, v [b, ·, H, D]``.
 
     Slower than :func:`forward`; kept as the literal transcription of the paper's layer.
@@ -102,7 +107,9 @@ def forward_projected(params: Params, context: jax.Array, query: jax.Array,
     q = jnp.einsum("bm,mhk->bhk", query, params["w_q"])[:, None]  # [b, 1, H, D]
     k = jnp.einsum("blm,mhk->blhk", context, params["w_k"])  # [b, L, H, D]
     v = jnp.einsum("blm,mhk->blhk", context, params["w_v"])  # [b, L, H, D]
-    out = dot_product_attention(q, k, v, scale=1.0 / math.sqrt(width), backend=backend).out
+    am = None if kv_valid is None else Mask(kv_valid=kv_valid)
+    out = dot_product_attention(q, k, v, mask=am, scale=1.0 / math.sqrt(width),
+                                backend=backend).out
     z = out[:, 0]  # [b, H, D]
     if mask is not None:
         z = z * mask[None, :, None]
@@ -110,14 +117,24 @@ def forward_projected(params: Params, context: jax.Array, query: jax.Array,
 
 
 def forward_linear(params: Params, context: jax.Array, query: jax.Array,
-                   mask: jax.Array | None = None, backend: str = "reference") -> jax.Array:
-    """Linear-attention baseline ``ŷ = Σ_h O_h V_h (1/L) Σ_l z_l (K_h z_l)ᵀ(Q_h z_q)/sqrt(D)``.
+                   mask: jax.Array | None = None, backend: str = "reference",
+                   kv_valid: jax.Array | None = None,
+                   norm_length: int | None = None) -> jax.Array:
+    """Linear-attention baseline ``ŷ = Σ_h O_h V_h (1/L₀) Σ_l z_l (K_h z_l)ᵀ(Q_h z_q)/sqrt(D)``.
 
-    Same parameters and shapes as :func:`forward`; no softmax, a hard-coded ``1/L``
-    (``backend`` is ignored: there is no softmax to dispatch).
+    Same parameters and shapes as :func:`forward`; no softmax. ``L₀ = norm_length`` is the
+    hard-coded normaliser (the training length, as in the paper's LinTF, so a longer prompt
+    is not renormalised); None divides by the prompt's own length. ``backend`` is ignored.
     """
     del backend
-    length = context.shape[1]
+    if kv_valid is not None:
+        context = context * kv_valid[..., None]
+    if norm_length is not None:
+        length = norm_length
+    elif kv_valid is None:
+        length = context.shape[1]
+    else:
+        length = jnp.sum(kv_valid, axis=-1)[:, None, None]
     kq, ov = circuits(params)
     if mask is not None:
         ov = ov * mask[:, None, None]

@@ -7,11 +7,12 @@ model axis and trained with ``vmap``; all buckets step together inside one compi
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import ml_collections
 import numpy as np
 
-from projects.icl_regression import data
+from projects.icl_regression import data, model
 
 ATTENTIONS = ("softmax", "linear")
 BACKENDS = ("reference", "xla")
@@ -30,6 +31,7 @@ class Bucket:
       task_masks: ``N`` feature subsets as 0/1 tuples of length ``d``, or None (one task).
       seeds: one seed per model on the model axis.
       cov: ``[d, d]`` covariance as nested tuples, or None for ``I_d``.
+      norm_length: linear attention's hard-coded ``1/L₀`` (the training length), else None.
     """
 
     name: str
@@ -40,6 +42,13 @@ class Bucket:
     task_masks: tuple[tuple[float, ...], ...] | None
     seeds: tuple[int, ...]
     cov: tuple[tuple[float, ...], ...] | None
+    norm_length: int | None = None
+
+    def forward(self):
+        """The model's forward ``(params, context, query, *, backend, kv_valid) -> ŷ [b, N]``."""
+        if self.attention == "linear":
+            return functools.partial(model.forward_linear, norm_length=self.norm_length)
+        return model.forward
 
     @property
     def n_tasks(self) -> int:
@@ -191,5 +200,6 @@ def buckets(config: ml_collections.ConfigDict) -> list[Bucket]:
             out.append(Bucket(f"mt_H{h}", "multitask", d_mt, h, "softmax", masks, seeds, None))
     if config.linear.enabled:
         for h in _heads("linear.heads", config.linear.heads):
-            out.append(Bucket(f"lin_H{h}", "linear", config.d, h, "linear", None, seeds, cov))
+            out.append(Bucket(f"lin_H{h}", "linear", config.d, h, "linear", None, seeds, cov,
+                              norm_length=int(config.length)))
     return out

@@ -7,6 +7,7 @@ checkpoint and continues bit for bit as if it had never stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from common.rundir import MetricsWriter
-from projects.icl_regression import analysis, data, model
+from projects.icl_regression import data, model
 from projects.icl_regression.spec import Bucket
 
 State = dict  # {"params": {bucket: stacked params}, "opt": {bucket: stacked optimiser state}}
@@ -33,13 +34,22 @@ def model_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def init_state(buckets: list[Bucket], optimizer: optax.GradientTransformation) -> State:
-    """Parameters (PyTorch-default init) and optimiser state, stacked per bucket."""
-    params = {}
-    for b in buckets:
-        per = [model.init_params(model_keys(s)[0], b.width, b.heads, b.n_tasks) for s in b.seeds]
-        params[b.name] = jax.tree.map(lambda *a: jnp.stack(a), *per)
-    opt = {name: jax.vmap(optimizer.init)(p) for name, p in params.items()}
-    return {"params": params, "opt": opt}
+    """Parameters (PyTorch-default init) and optimiser state, stacked per bucket (one jit)."""
+    return _init_fn(tuple(buckets), optimizer)()
+
+
+@functools.lru_cache(maxsize=8)
+def _init_fn(buckets: tuple[Bucket, ...], optimizer: optax.GradientTransformation) -> Callable:
+    def init():
+        params = {}
+        for b in buckets:
+            per = [model.init_params(model_keys(s)[0], b.width, b.heads, b.n_tasks)
+                   for s in b.seeds]
+            params[b.name] = jax.tree.map(lambda *a: jnp.stack(a), *per)
+        opt = {name: jax.vmap(optimizer.init)(p) for name, p in params.items()}
+        return {"params": params, "opt": opt}
+
+    return jax.jit(init)
 
 
 def _family(b: Bucket) -> tuple:
@@ -49,7 +59,7 @@ def _family(b: Bucket) -> tuple:
 
 def _bucket_loss_grad(b: Bucket, backend: str) -> Callable:
     """``(params, prompts) -> (loss, grads)`` of one model of the bucket."""
-    fwd = model.FORWARDS[b.attention]
+    fwd = b.forward()
 
     def loss_fn(p, pr):
         return jnp.mean((fwd(p, pr.context, pr.query, backend=backend) - pr.y_q) ** 2)
@@ -63,7 +73,15 @@ def make_chunk(buckets: list[Bucket], config: ml_collections.ConfigDict,
 
     Per step and per family one fresh batch is drawn for each seed (vmapped over the model
     axis); every bucket of the family takes one Adam step on it (vmapped over the model axis).
+    Cached: a resumed run in the same process reuses the compiled program.
     """
+    return _chunk_fn(tuple(buckets), int(config.batch), int(config.length),
+                     float(config.sigma2), str(config.backend), optimizer)
+
+
+@functools.lru_cache(maxsize=8)
+def _chunk_fn(buckets: tuple[Bucket, ...], batch: int, length: int, sigma2: float,
+              backend: str, optimizer: optax.GradientTransformation) -> Callable:
     families: dict[tuple, list[Bucket]] = {}
     for b in buckets:
         families.setdefault(_family(b), []).append(b)
@@ -78,10 +96,9 @@ def make_chunk(buckets: list[Bucket], config: ml_collections.ConfigDict,
 
         def sample(t, b0=b0, cov_sqrt=cov_sqrt, masks=masks, keys=keys):
             return jax.vmap(lambda k: data.sample_prompts(
-                jax.random.fold_in(k, t), config.batch, config.length, b0.d, config.sigma2,
-                cov_sqrt, masks))(keys)
+                jax.random.fold_in(k, t), batch, length, b0.d, sigma2, cov_sqrt, masks))(keys)
 
-        samplers.append((sample, [(b.name, _bucket_loss_grad(b, config.backend)) for b in members]))
+        samplers.append((sample, [(b.name, _bucket_loss_grad(b, backend)) for b in members]))
 
     def update(params, opt_state, grads):
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -112,16 +129,30 @@ def _meta(buckets: list[Bucket], config: ml_collections.ConfigDict) -> dict:
             **{k: config[k] for k in keys}}
 
 
-def _log_patterns(state: State, buckets: list[Bucket]) -> dict[str, dict]:
-    """Per model: ``omega [H]`` and ``mu`` (``[H]``, or ``[H][N]`` with several tasks)."""
-    out = {}
-    for b in buckets:
-        p = jax.device_get(state["params"][b.name])
-        for m, name in enumerate(b.model_names):
-            kq, ov = model.circuits(jax.tree.map(lambda x, m=m: x[m], p))
-            pat = analysis.head_patterns(np.asarray(kq), np.asarray(ov), b.d)
-            out[name] = {"omega": pat["omega"], "mu": pat["mu"]}
-    return out
+@functools.lru_cache(maxsize=8)
+def _adam(lr: float) -> optax.GradientTransformation:
+    """One optimiser object per learning rate (so cached compiled programs are reused)."""
+    return optax.adam(lr)
+
+
+def make_pattern_probe(buckets: list[Bucket]) -> Callable:
+    """Jitted ``params -> {bucket: (omega [M, H], mu [M, H, N])}`` (see :mod:`analysis`)."""
+    return _probe_fn(tuple(buckets))
+
+
+@functools.lru_cache(maxsize=8)
+def _probe_fn(buckets: tuple[Bucket, ...]) -> Callable:
+
+    def probe(params):
+        out = {}
+        for b in buckets:
+            kq, ov = jax.vmap(model.circuits)(params[b.name])  # [M, H, D, D], [M, H, N, D]
+            omega = jnp.mean(jnp.diagonal(kq[..., :b.d, :b.d], axis1=-2, axis2=-1), axis=-1)
+            mu = jnp.stack([ov[..., n, b.d + n] for n in range(b.n_tasks)], axis=-1)
+            out[b.name] = (omega, mu)
+        return out
+
+    return jax.jit(probe)
 
 
 def train(buckets: list[Bucket], config: ml_collections.ConfigDict, ckpt_dir: pathlib.Path,
@@ -153,7 +184,7 @@ def train(buckets: list[Bucket], config: ml_collections.ConfigDict, ckpt_dir: pa
             )
     else:
         meta_path.write_text(json.dumps(meta, indent=2))
-    optimizer = optax.adam(config.lr)
+    optimizer = _adam(float(config.lr))
     state = init_state(buckets, optimizer)
     manager = ocp.CheckpointManager(
         ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
@@ -161,6 +192,7 @@ def train(buckets: list[Bucket], config: ml_collections.ConfigDict, ckpt_dir: pa
     if step:
         state = manager.restore(step, args=ocp.args.StandardRestore(state))
     chunk = make_chunk(buckets, config, optimizer)
+    probe = make_pattern_probe(buckets)
     bar = tqdm(total=config.steps, initial=step, desc="icl_regression train", disable=not progress,
                unit="step", dynamic_ncols=True)
     n_chunks = 0
@@ -177,11 +209,14 @@ def train(buckets: list[Bucket], config: ml_collections.ConfigDict, ckpt_dir: pa
                             f"training diverged: model {name} has loss {losses[b.name][m]} at "
                             f"step {step} (lower config.lr?)")
             if metrics is not None:
-                pats = _log_patterns(state, buckets)
+                pats = jax.device_get(probe(state["params"]))
                 for b in buckets:
+                    omega, mu = pats[b.name]
                     for m, name in enumerate(b.model_names):
+                        mu_m = mu[m, :, 0] if b.n_tasks == 1 else mu[m]
                         metrics.write(step, model=name, bucket=b.name, seed=b.seeds[m],
-                                      train_loss=float(losses[b.name][m]), **pats[name])
+                                      train_loss=float(losses[b.name][m]), omega=omega[m],
+                                      mu=mu_m)
             if step % config.ckpt_every == 0 or step == config.steps:
                 manager.save(step, args=ocp.args.StandardSave(state))
             bar.update(n)

@@ -36,7 +36,12 @@ the kernel keeps two accumulators (sink and non-sink mass) so the calibrated pat
 row. Forward only: ACT is an inference-time edit.
 """
 
-from common.attention.pallas.api import flash_attention, interpret_mode, pallas_attention
+from common.attention.pallas.api import (
+    flash_attention,
+    interpret_mode,
+    pallas_attention,
+    recompute_pattern,
+)
 from common.attention.pallas.block_mask import PineMask, block_states, mask_operands
 from common.attention.pallas.block_sizes import BlockSizes
 
@@ -48,4 +53,5 @@ __all__ = [
     "interpret_mode",
     "mask_operands",
     "pallas_attention",
+    "recompute_pattern",
 ]

@@ -166,6 +166,44 @@ def flash_attention(
     return out
 
 
+def recompute_pattern(
+    q: jax.Array,
+    k: jax.Array,
+    lse: jax.Array,
+    heads,
+    *,
+    mask: Mask | None = None,
+    scale: float | jax.Array | None = None,
+    softcap: float | None = None,
+) -> jax.Array:
+    """The exact pattern ``[batch, len(heads), q_len, kv_len]`` of chosen heads from the lse.
+
+    ``lse [batch, heads, q_len]`` is :func:`flash_attention`'s ``return_lse`` output; only the
+    chosen heads' logits are formed (f32), so a fast forward plus this costs
+    ``O(len(heads)·q_len·kv_len)`` instead of every head's pattern.
+    """
+    b, sq, h, d = q.shape
+    skv, kvh = k.shape[1], k.shape[2]
+    heads = jnp.asarray(heads, jnp.int32)
+    if scale is None:
+        scale = d**-0.5
+    scale = jnp.broadcast_to(jnp.asarray(scale, jnp.float32), (h,))[heads]
+    qh = jnp.take(q, heads, axis=2)
+    kh = jnp.take(k, heads // (h // kvh), axis=2)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh, preferred_element_type=jnp.float32)
+    logits = logits * scale[None, :, None, None]
+    if softcap is not None:
+        logits = softcap * jnp.tanh(logits / softcap)
+    lse_h = jnp.take(lse, heads, axis=1)
+    p = jnp.exp(logits - jnp.where(jnp.isfinite(lse_h), lse_h, 0.0)[..., None])
+    if mask is not None:
+        m = mask.materialize(b, sq, skv)
+        if m is not None:
+            m = m if m.shape[1] == 1 else jnp.take(m, heads, axis=1)
+            p = jnp.where(m, p, 0.0)
+    return jnp.where(jnp.isfinite(lse_h)[..., None], p, 0.0)
+
+
 GPU_OPT_IN = "HEADLAB_PALLAS_GPU"
 
 

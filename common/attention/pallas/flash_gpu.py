@@ -151,9 +151,9 @@ def gpu_flash_forward(q, k, v, *, causal: bool, q_len: int, kv_len: int, block_k
 
     return plgpu.kernel(
         body,
-        out_shape=[jax.ShapeDtypeStruct(q.shape, dtype),
-                   jax.ShapeDtypeStruct((b, h, sq), jnp.float32)],
-        scratch_shapes=[
+        out_type=[jax.ShapeDtypeStruct(q.shape, dtype),
+                  jax.ShapeDtypeStruct((b, h, sq), jnp.float32)],
+        scratch_types=[
             plgpu.SMEM((BLOCK_Q, d), dtype, transforms=transforms),
             plgpu.SMEM((2, block_kv, d), dtype, transforms=transforms),
             plgpu.SMEM((2, block_kv, d), dtype, transforms=transforms),

@@ -183,11 +183,11 @@ def flash_forward(
         pl.BlockSpec((None, None, block_q, d), lambda bi, hi, qi, ki, *_: (bi, hi, qi, 0)),
         pl.BlockSpec(
             (None, None, block_kv, d),
-            lambda bi, hi, qi, ki, *p: (bi, hi // g, fetch(bi, hi, qi, ki, *p), 0),
+            lambda bi, hi, qi, ki, *p: (bi, jax.lax.div(hi, g), fetch(bi, hi, qi, ki, *p), 0),
         ),
         pl.BlockSpec(
             (None, None, block_kv, d),
-            lambda bi, hi, qi, ki, *p: (bi, hi // g, fetch(bi, hi, qi, ki, *p), 0),
+            lambda bi, hi, qi, ki, *p: (bi, jax.lax.div(hi, g), fetch(bi, hi, qi, ki, *p), 0),
         ),
     ]
     arrays = [q, k, v]
@@ -444,7 +444,8 @@ def flash_backward_dq(
     def qspec(last):
         return pl.BlockSpec((None, None, block_q, last), lambda bi, hi, qi, *_: (bi, hi, qi, 0))
 
-    kvspec = pl.BlockSpec((None, None, block_kv, d), lambda *a: (a[0], a[1] // g, kf(*a), 0))
+    kvspec = pl.BlockSpec(
+        (None, None, block_kv, d), lambda *a: (a[0], jax.lax.div(a[1], g), kf(*a), 0))
     m_arrays, m_specs = _mask_specs(cfg, ops, block_q, block_kv, q_map, kv_map,
                                     lambda bi, hi, *_: hi)
     n_mask = len(m_arrays)

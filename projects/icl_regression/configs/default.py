@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """``arg``: None / ``"full"`` for the full run, ``"quick"`` for the small CPU run."""
     if arg not in (None, "", "full", "quick"):
         raise ValueError(f"icl_regression get_config: unknown argument {arg!r} (use 'quick')")
-    c = ml_collections.ConfigDict()
+    # type_safe=False: ``covariance`` may be a name ("identity", "toeplitz:0.5") or a matrix.
+    c = ml_collections.ConfigDict(type_safe=False)
     # ---- task (single-task regression, §2) ----
     c.d = 5
     c.length = 40  # training prompt length L
@@ -40,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 500
     c.ckpt_every = 5_000
     # ---- extensions (§9), trained in the same program ----
-    c.noniso = ml_collections.ConfigDict()
+    c.noniso = ml_collections.ConfigDict(type_safe=False)
     c.noniso.enabled = True
     c.noniso.heads = 2
     c.noniso.covariance = "toeplitz:0.5"
@@ -67,9 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.theory.heatmap_grid = 20  # approx-vs-true loss heatmap (grid × grid cells)
     c.theory.heatmap_draws = 4_000
     if arg == "quick":
-        c.steps = 6_000
-        c.log_every = 250
-        c.ckpt_every = 1_500
+        c.steps = 4_000
+        c.log_every = 200
+        c.ckpt_every = 1_000
         c.lr = 3e-3
         c.multitask.heads = (3, 4)
         c.eval.lengths = (10, 20, 40, 60, 100)

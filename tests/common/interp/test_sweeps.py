@@ -20,6 +20,7 @@ from common.interp import (
     head_ablation_sweep,
     logit_diff,
     metric_value,
+    patch_sweep,
     run_with_cache,
 )
 from common.interp.views import W_U
@@ -32,6 +33,17 @@ A, B = 3, 5  # answer / wrong tokens of the logit-difference metric
 @pytest.fixture(scope="module")
 def metric():
     return logit_diff(jnp.asarray([A, 9]), jnp.asarray([B, 4]))
+
+
+def _one_hot_patch(cache, site, layer, head, pos=None, weight=True):
+    """A patch of ``site`` at (layer, head[, pos]) from ``cache``, spelled over all layers with a
+    one-hot mask so that every (layer, head) runs the same compiled program."""
+    value = cache.stack(site).values  # [L, b, s, h, d]
+    shape = (L, 1, value.shape[2] if pos is not None else 1, value.shape[3], 1)
+    idx = (layer, 0, 0 if pos is None else pos, head, 0)
+    where = jnp.zeros(shape, type(weight)).at[idx].set(weight)
+    return Intervention(patches=(Patch(site=site, layers=tuple(range(L)), value=value,
+                                       where=where),))
 
 
 def _metric_by_hand(logits):
@@ -51,7 +63,7 @@ def test_patching_sweep_equals_a_loop_of_single_head_patches(tiny, ids, corrupte
     want = np.zeros((L, H))
     for layer in range(L):
         for h in range(H):
-            iv = Intervention.patch(TINY, clean, "z", heads=[(layer, h)])
+            iv = _one_hot_patch(clean, "z", layer, h)
             want[layer, h] = _metric_by_hand(forward(tiny, corrupted, intervention=iv))
     np.testing.assert_allclose(np.asarray(scores), want, atol=1e-5, rtol=0)
     assert np.ptp(want) > 1e-2  # heads differ
@@ -63,7 +75,7 @@ def test_per_position_and_kv_head_sweeps(tiny, ids, corrupted, metric):
     assert scores.axes == ("layer", "kv_head", "pos") and scores.shape == (L, KV, ids.shape[1])
     _, bad = run_with_cache(tiny, corrupted, names_filter="v")
     for layer, kv, pos in [(0, 0, 0), (0, 1, 4), (1, 1, 5), (1, 0, 2)]:
-        iv = Intervention.patch(TINY, bad, "v", heads=[(layer, kv)], positions=[pos])
+        iv = _one_hot_patch(bad, "v", layer, kv, pos)
         want = _metric_by_hand(forward(tiny, ids, intervention=iv))
         np.testing.assert_allclose(float(scores.values[layer, kv, pos]), want, atol=1e-5)
 
@@ -73,11 +85,15 @@ def test_ablation_sweep_zero_and_mean(tiny, ids, corrupted, metric):
     mean = head_ablation_sweep(tiny, ids, metric, kind="mean", reference_ids=corrupted)
     _, ref = run_with_cache(tiny, corrupted, names_filter="z")
     for layer, h in [(0, 0), (0, 3), (1, 2)]:
-        got = _metric_by_hand(forward(tiny, ids, intervention=Intervention.ablate(TINY, [(layer, h)])))
+        iv = Intervention.ablate(TINY, [(layer, h)])
+        got = _metric_by_hand(forward(tiny, ids, intervention=iv))
         np.testing.assert_allclose(float(zero.values[layer, h]), got, atol=1e-5)
         iv = Intervention.mean_ablate(TINY, [(layer, h)], ref)
         got = _metric_by_hand(forward(tiny, ids, intervention=iv))
         np.testing.assert_allclose(float(mean.values[layer, h]), got, atol=1e-5)
+    # Zeroing head_out (computed per head on request) is zeroing z.
+    np.testing.assert_allclose(np.asarray(patch_sweep(tiny, ids, 0.0, metric, site="head_out")),
+                               np.asarray(zero), atol=1e-5)
     # A plain metric function of the full logits gives the same numbers.
     full = head_ablation_sweep(tiny, ids, lambda lg: jnp.mean(lg[0, -1, A] - lg[0, -1, B]
                                                               + lg[1, -1, 9] - lg[1, -1, 4]) / 1)
@@ -92,9 +108,8 @@ def test_attribution_patching_is_the_directional_derivative(tiny, ids, corrupted
     eps = 1e-2
 
     def f(layer, h, e):
-        where = jnp.zeros((1, 1, 1, H, 1)).at[0, 0, 0, h, 0].set(e)
-        p = Patch(site="z", layers=(layer,), value=clean["z", layer][None], where=where)
-        return _metric_by_hand(forward(tiny, corrupted, intervention=Intervention(patches=(p,))))
+        iv = _one_hot_patch(clean, "z", layer, h, weight=e)
+        return _metric_by_hand(forward(tiny, corrupted, intervention=iv))
 
     for layer, h in [(0, 1), (1, 3)]:
         fd = (f(layer, h, eps) - f(layer, h, -eps)) / (2 * eps)

@@ -22,6 +22,15 @@ def tiny_hf_model(arch: str, seed: int = 0):
                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
                              max_position_embeddings=128, tie_word_embeddings=True)
         model = tf.LlamaForCausalLM(cfg)
+    elif arch == "llama3_scaled":
+        cfg = tf.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=128,
+                             rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                           "original_max_position_embeddings": 8},
+                             rope_theta=500000.0, tie_word_embeddings=False)
+        model = tf.LlamaForCausalLM(cfg)
     elif arch == "qwen2":
         cfg = tf.Qwen2Config(vocab_size=97, hidden_size=64, intermediate_size=96,
                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -48,7 +57,7 @@ def tiny_hf_model(arch: str, seed: int = 0):
 
 
 def hf_arch(arch: str) -> str:
-    return {"llama": "llama", "llama_tied": "llama", "qwen2": "llama", "gpt2": "gpt2",
+    return {"llama": "llama", "llama_tied": "llama", "llama3_scaled": "llama", "qwen2": "llama", "gpt2": "gpt2",
             "neox": "neox"}[arch]
 
 

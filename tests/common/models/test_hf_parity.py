@@ -11,7 +11,7 @@ import pytest
 from common.models.pretrained import build_model
 from tests.common.models.hf_reference import hf_arch, hf_logits, state_dict_numpy, tiny_hf_model
 
-ARCHS = ["llama", "llama_tied", "qwen2", "gpt2", "neox"]
+ARCHS = ["llama", "llama_tied", "llama3_scaled", "qwen2", "gpt2", "neox"]
 
 
 def _ours(arch, hf, **kw):

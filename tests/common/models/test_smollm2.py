@@ -20,13 +20,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def hf_model(smollm2_path):
-    import torch
-    import transformers
-
-    m = transformers.AutoModelForCausalLM.from_pretrained(
-        str(smollm2_path.parent), gguf_file=smollm2_path.name, dtype=torch.float32)
-    return m.eval()
+def hf_model(hf_smollm2):
+    return hf_smollm2
 
 
 @nnx.jit

@@ -11,7 +11,6 @@ from common.attention import MultiHeadAttention
 from common.sharding import (
     AXES,
     CONTEXT_RULES,
-    MeshConfig,
     logical_to_spec,
     make_mesh,
     opt_state_specs,

@@ -173,3 +173,12 @@ def test_fused_act_calibration():
     plain, _ = reference(q, k, v, allowed, scale)
     np.testing.assert_allclose(out[:, :, 1], plain[:, :, 1], rtol=2e-5, atol=2e-5)  # β = 1
     assert np.abs(np.asarray(out[:, :, 0]) - np.asarray(plain[:, :, 0])).max() > 1e-2
+
+
+def test_fetch_indices_repeat_the_last_computed_block():
+    """Skipped steps name an already-resident K/V block, so the pipeline copies nothing."""
+    from common.attention.pallas.block_mask import fetch_indices
+
+    st = jnp.array([[EMPTY, PARTIAL, EMPTY, FULL, EMPTY], [EMPTY] * 5, [FULL, EMPTY, EMPTY,
+                                                                        PARTIAL, EMPTY]])
+    np.testing.assert_array_equal(fetch_indices(st), [[1, 1, 1, 3, 3], [0] * 5, [0, 0, 0, 3, 3]])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from common.attention.masks import Mask
-from common.attention.pallas import BlockSizes, PineMask, flash_attention
+from common.attention.pallas import BlockSizes, PineMask, flash_attention, recompute_pattern
 from tests.common.attention.pallas.helpers import brute_force_mask, compiled, reference
 
 
@@ -91,7 +91,7 @@ def test_causal_and_full(name):
     _check(mask, allowed, b=b, sq=sq, skv=skv, h=h, kvh=kvh, d=d, blocks=BlockSizes(bq, bk))
 
 
-@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("causal", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_padding_and_segments(causal):
     """Packed sequences plus right padding, GQA 4:1, odd length, causal on/off."""
     rng = np.random.default_rng(1 + causal)
@@ -136,7 +136,14 @@ def test_pine_block_sparse():
     mask = PineMask(causal=True, doc_ids=jnp.asarray(doc))
     allowed = brute_force_mask(b, n, n, causal=True, doc=doc)
     np.testing.assert_array_equal(np.asarray(mask.materialize(b, n, n)), allowed)
-    _check(mask, allowed, b=b, sq=n, skv=n, h=h, kvh=kvh, d=d, blocks=BlockSizes(8, 8))
+    _, lse = _check(mask, allowed, b=b, sq=n, skv=n, h=h, kvh=kvh, d=d, blocks=BlockSizes(8, 8))
+    # The kernel's lse recovers head 1's exact pattern (probabilities of the brute-force mask).
+    q, k, _, _, _, scale = _inputs(0, b, n, n, h, kvh, d, jnp.float32)
+    pat = recompute_pattern(q, k, lse, [1], mask=mask, scale=scale)
+    logits = np.einsum("bqd,bkd->bqk", q[:, :, 1], k[:, :, 0]) * float(scale[1])
+    want = np.where(allowed[:, 0], np.exp(logits - logits.max(-1, keepdims=True)), 0.0)
+    want /= want.sum(-1, keepdims=True)
+    np.testing.assert_allclose(pat[:, 0], want, rtol=1e-5, atol=1e-6)
 
 
 def test_dense_per_head_mask_bf16():

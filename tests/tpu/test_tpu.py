@@ -1,0 +1,92 @@
+"""tpu/: presets, the launcher (dry run), the worker wrapper, and the AOT check where libtpu is."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from common.sharding import parse_mesh
+from tpu.presets import PRESETS, get_preset
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_meshes_fit_their_slice(name):
+    p = PRESETS[name]
+    ici, dcn = parse_mesh(p.mesh).shapes(p.chips)
+    assert dcn == (1, 1, 1, 1)
+    assert p.chips % p.hosts == 0
+
+
+def test_unknown_preset_is_named():
+    with pytest.raises(KeyError, match="unknown TPU preset 'v9-1'"):
+        get_preset("v9-1")
+
+
+def test_launcher_dry_run_targets_every_worker():
+    out = subprocess.run(
+        ["bash", "tpu/launch.sh", "--dry-run", "--sync", "--setup", "my-tpu", "us-central2-b",
+         "--", "python", "-m", "common.train", "lm", "--mesh", "data=2,tensor=4"],
+        cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HEADLAB_RUN_ID="r1"),
+        timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    ssh = [ln for ln in lines if " ssh my-tpu " in ln]
+    assert ssh and all("--worker=all" in ln for ln in ssh)
+    run = ssh[-1]
+    assert "HEADLAB_DISTRIBUTED=1" in run and "tpu/worker.sh" in run and "common.train" in run
+    assert any(" scp " in ln and "logs/r1" in ln for ln in lines)
+    assert not (ROOT / "logs" / "r1").exists()
+
+
+def test_launcher_usage_error():
+    out = subprocess.run(["bash", "tpu/launch.sh", "my-tpu"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "usage" in out.stderr
+
+
+def test_worker_wrapper_records_env_log_and_status(tmp_path):
+    env = dict(os.environ, HEADLAB_RUN_ID="r2", HEADLAB_LOG_DIR=str(tmp_path),
+               HEADLAB_PROCESS_ID="3")
+    env.pop("TPU_WORKER_ID", None)
+    env.pop("SLURM_PROCID", None)
+    out = subprocess.run(["bash", str(ROOT / "tpu/worker.sh"), sys.executable, "-c",
+                          "print('hello'); raise SystemExit(5)"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 5
+    d = tmp_path / "r2"
+    assert (d / "worker-3.log").read_text().strip() == "hello"
+    assert (d / "worker-3.status").read_text().strip() == "5"
+    info = (d / "worker-3.env").read_text()
+    assert "jax=" in info and "HEADLAB_PROCESS_ID=3" in info
+
+
+def _libtpu_path():
+    if importlib.util.find_spec("libtpu") is not None:
+        return ""
+    path = os.environ.get("HEADLAB_LIBTPU_PATH")
+    if path and (pathlib.Path(path) / "libtpu").is_dir():
+        return path
+    return None
+
+
+# Needs libtpu (not a TPU): compiles for the topology on this CPU machine.
+@pytest.mark.parametrize("preset", ["v5e-16", "v6e-256"])
+def test_aot_compile_for_a_tpu_topology(preset):
+    path = _libtpu_path()
+    if path is None:
+        pytest.skip("libtpu not importable; set HEADLAB_LIBTPU_PATH to a folder holding it")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(p for p in (path, str(ROOT)) if p))
+    out = subprocess.run([sys.executable, "-m", "tpu.aot", "lm", "--preset", preset],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    import json
+
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["platform"] == "tpu" and res["devices"] == PRESETS[preset].chips
+    assert res["temp_size_in_bytes"] > 0
