@@ -20,15 +20,32 @@ BUILTIN = {"lm": "common.train.lm"}
 
 
 def target_module(target: str):
-    """The module implementing ``target`` (built-in or ``projects.<target>.train``)."""
+    """The module implementing ``target`` (built-in or ``projects.<target>.train``).
+
+    It must define ``build(config, workdir)`` and ``get_config(arg)`` (a project's
+    ``get_config`` may instead live in ``projects.<target>.configs.default``).
+    """
     name = BUILTIN.get(target, f"projects.{target}.train")
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name not in (name, f"projects.{target}"):
             raise
         raise ValueError(f"unknown train target {target!r}: no built-in and no module {name} "
                          f"(built-ins: {sorted(BUILTIN)})") from None
+    if not hasattr(module, "build"):
+        raise ValueError(f"train target {target!r}: {name} has no build(config, workdir) -> "
+                         "(Task, tx, dataset, TrainConfig, eval_fn); see common/train/lm.py")
+    if not hasattr(module, "get_config"):
+        try:
+            defaults = importlib.import_module(f"projects.{target}.configs.default")
+        except ModuleNotFoundError:
+            defaults = None
+        if defaults is None or not hasattr(defaults, "get_config"):
+            raise ValueError(f"train target {target!r}: no get_config in {name} or "
+                             f"projects.{target}.configs.default")
+        module.get_config = defaults.get_config
+    return module
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:

@@ -98,10 +98,17 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class TrainResult:
+    """The final state, how to rebuild the model, the summary, and each iteration's wall time.
+
+    ``step_times[i]`` covers iteration ``i`` of this run (data, dispatch, waiting for the
+    previous step, metrics, checkpoint save call, eval); the first one includes compilation.
+    """
+
     state: TrainState
     model_def: ModelDef
     init: ShardedInit
     summary: dict
+    step_times: list[float] = dataclasses.field(default_factory=list)
 
     def model(self) -> nnx.Module:
         """The trained model (parameters keep their shardings)."""
@@ -153,13 +160,25 @@ def train(
     on_device = dataset is None
     if on_device and task.device_data is None:
         raise ValueError("train: dataset=None needs a Task with device_data")
+    base_step = make_train_step(init.model_def, task.loss_fn, tx, grad_accum=config.grad_accum,
+                                compute_dtype=compute_dtype,
+                                device_data=task.device_data if on_device else None,
+                                batch_shardings=batch_shardings)
+    metric_names: list[str] = []  # filled when the step is traced
+
+    def packed_step(state, batch):
+        # metrics and guard flags in one float32 vector: one device->host copy per step
+        state, metrics, finite = base_step(state, batch)
+        metric_names[:] = sorted(metrics)
+        packed = jnp.concatenate([jnp.stack([metrics[k].astype(jnp.float32)
+                                             for k in metric_names]),
+                                  finite.astype(jnp.float32)])
+        return state, packed
+
     step_fn = jax.jit(
-        make_train_step(init.model_def, task.loss_fn, tx, grad_accum=config.grad_accum,
-                        compute_dtype=compute_dtype,
-                        device_data=task.device_data if on_device else None,
-                        batch_shardings=batch_shardings),
+        packed_step,
         in_shardings=(init.shardings, None if on_device else batch_shardings),
-        out_shardings=(init.shardings, replicated, replicated),
+        out_shardings=(init.shardings, replicated),
         donate_argnums=0,
     )
 
@@ -191,8 +210,11 @@ def train(
                     for k, v in local.items()}
 
     def check(pending) -> dict:
-        step, metrics, finite = pending
-        metrics, finite = jax.device_get((metrics, finite))
+        step, packed = pending
+        packed = jax.device_get(packed)
+        n = len(metric_names)
+        metrics = dict(zip(metric_names, packed[:n].tolist(), strict=True))
+        finite = packed[n:] > 0
         if not finite.all():
             raise NonFiniteError(step + 1, [guarded[i] for i in np.flatnonzero(~finite)])
         return metrics
@@ -222,10 +244,10 @@ def train(
                     local, local_crc = next(data_iter)
                     crc = zlib.crc32(local_crc.to_bytes(4, "little"), crc)
                     batch = put(local)
-                state, metrics, finite = step_fn(state, batch)
+                state, packed = step_fn(state, batch)
                 if pending is not None:  # fetch the previous step while this one runs
                     window.append(check(pending))
-                pending = (step, metrics, finite)
+                pending = (step, packed)
                 done = step + 1
                 at = lambda every, done=done: every and (done % every == 0 or done == config.steps)
                 if at(config.log_every) or at(config.checkpoint_every) or at(config.eval_every):
@@ -277,4 +299,5 @@ def train(
         "final_wait_s": t_closed - t_end,
         **{f"final_{k}": v for k, v in last.items()},
     }
-    return TrainResult(state=state, model_def=init.model_def, init=init, summary=summary)
+    return TrainResult(state=state, model_def=init.model_def, init=init, summary=summary,
+                       step_times=step_times)

@@ -72,7 +72,7 @@ def circuits(kq: np.ndarray, ov: np.ndarray, d: int, title: str, name: str,
              out: pathlib.Path) -> list[str]:
     """(3) Per-head KQ ``[H, D, D]`` and OV ``[H, N, D]`` heatmaps (dashed x / y split)."""
     h = kq.shape[0]
-    fig, axes = plt.subplots(2, h, figsize=(2.3 * h + 0.6, 3.9), squeeze=False,
+    fig, axes = plt.subplots(2, h, figsize=(max(2.3 * h + 0.6, 5.0), 3.9), squeeze=False,
                              gridspec_kw={"height_ratios": [kq.shape[1], 1.6 * ov.shape[1]]})
     for i in range(h):
         for row, mat, lab in ((0, kq[i], "KQ"), (1, ov[i], "OV")):
@@ -86,7 +86,7 @@ def circuits(kq: np.ndarray, ov: np.ndarray, d: int, title: str, name: str,
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=8 if h > 1 else 7, wrap=True)
     return save(fig, out, name)
 
 
@@ -224,12 +224,14 @@ def theory(th: dict, out: pathlib.Path) -> list[str]:
     xi = np.asarray(th["xi"])
     ax.plot(xi, th["prop_gd"], label="debiased GD (η*), limit")
     ax.plot(xi, th["prop_bayes"], label="Bayes (ridge), limit")
-    ax.plot(xi, th["prop_ratio"], "k:", label="ratio")
-    ax.plot(xi, th["prop_bound"], "r--", label="Theorem 1.3 bound")
     ax.set_xlabel("ξ = d / L")
-    ax.set_ylabel("Risk / ratio")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("Risk (incl. σ²)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax3 = ax.twinx()
+    ax3.plot(xi, th["prop_ratio"], "k:", label="risk ratio GD / Bayes")
+    ax3.plot(xi, th["prop_bound"], "r--", label="Theorem 1.3 bound")
+    ax3.set_ylabel("ratio")
+    ax3.legend(fontsize=7, loc="lower right")
     ax.set_title(f"Proportional limit, σ²={th['prop_sigma2']}", fontsize=9)
     ax = axes[3]
     diff = np.asarray(th["heat_diff"])

@@ -77,8 +77,8 @@ def render(s: dict, paper: dict, config: ml_collections.ConfigDict, heads: list[
                   f"{_f(min(mse[m][L] for m in multi))}; Bayes below both: {_f(mse['bayes'][L])}.",
                   ""]
     lines += ["## Circuits (seed " + str(config.seeds[0]) + ")", "",
-              "| H | ω per head | μ per head | KQ offdiag/diag | |Σμ| (rel) | Σ₊μ | "
-              "std|ω|/mean|ω| | KQ diag ratio (paper) | OV last ratio (paper) | dummy heads |",
+              "| H | ω per head | μ per head | KQ offdiag/diag | abs(Σμ) (rel. to Σ abs μ) | Σ₊μ | "
+              "std/mean of abs ω | KQ diag ratio (paper) | OV last ratio (paper) | dummy heads |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for h in heads:
         p = s["patterns"][f"H{h}"]
@@ -88,6 +88,21 @@ def render(s: dict, paper: dict, config: ml_collections.ConfigDict, heads: list[
             f"{_f(p['omega_abs_cv'])} | {_f(p['kq_diag_ratio'], 4)} "
             f"({_f(paper['kq_diag_ratio'].get(f'H{h}'), 4)}) | {_f(p['ov_last_ratio'], 4)} "
             f"({_f(paper['ov_last_ratio'].get(f'H{h}'), 4)}) | {p['n_dummy']} |")
+    multi_h = [h for h in heads if h >= 2]
+    if multi_h:
+        offd = {h: s["patterns"][f"H{h}"]["kq_offdiag_ratio"] for h in multi_h}
+        zs = {h: s["patterns"][f"H{h}"]["ov_zero_sum_rel"] for h in multi_h}
+        lines += [
+            "",
+            "**Claim: KQ off-diagonal mass under 10% of the diagonal** (‖offdiag‖_F / ‖diag‖₂ "
+            "over non-dummy heads): " + ", ".join(
+                f"H{h} {v:.3f} {'✓' if v < 0.1 else '✗'}" for h, v in offd.items())
+            + ". The paper's diag ratios (H2 0.99926, H4 0.99928, H8 0.97839) correspond to "
+            "0.038 / 0.038 / 0.21 on this scale; off-diagonal mass keeps shrinking with training.",
+            "",
+            "**Claim: OV μ sums to ~0 across heads** (abs(Σμ) / Σ abs μ): " + ", ".join(
+                f"H{h} {v:.3f} {'✓' if v < 0.05 else '✗'}" for h, v in zs.items()) + ".",
+        ]
     lines += [
         "",
         f"Paper at convergence (5·10⁵ steps): |ω| ≈ {paper['omega_abs']}, Σ₊μ ≈ "

@@ -231,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                        {k: mse[k][str(L)] for k in ("debiased_gd", "bayes", "single_head")}, fig)
     for b in main:
         kq, ov = circ[b.name]
-        plots.circuits(kq, ov, d, f"{b.name}: KQ = KᵀQ/√(d+1) and OV = O·V per head "
+        plots.circuits(kq, ov, d, f"{b.name}: KQ = KᵀQ/√(d+1), OV = O·V\n"
                        f"(seed {b.seeds[0]}, step {step})", f"circuits_{b.name}", fig)
     plots.pattern_bars(pats, heads, fig)
     dyn_name = "H2" if "H2" in by_name else main[-1].name

@@ -6,6 +6,7 @@ model axis and trained with ``vmap``; all buckets step together inside one compi
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 
@@ -75,6 +76,11 @@ def parse_covariance(value, d: int, field: str) -> np.ndarray | None:
 
     Raises ``ValueError`` naming ``field`` for a wrong shape, a non-symmetric or non-PSD matrix.
     """
+    if isinstance(value, str) and value.lstrip().startswith("["):  # a matrix given via --set
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"{field}: cannot parse the matrix {value!r}") from e
     if isinstance(value, str):
         if value == "identity":
             return None

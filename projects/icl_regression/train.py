@@ -119,7 +119,8 @@ def _chunk_fn(buckets: tuple[Bucket, ...], batch: int, length: int, sigma2: floa
         state, losses = jax.lax.scan(body, state, t0 + jnp.arange(n))
         return state, jax.tree.map(lambda x: jnp.mean(x, axis=0), losses)
 
-    return jax.jit(chunk, static_argnums=2, donate_argnums=0)
+    # No buffer donation: orbax may still be reading the previous state while saving.
+    return jax.jit(chunk, static_argnums=2)
 
 
 def _meta(buckets: list[Bucket], config: ml_collections.ConfigDict) -> dict:

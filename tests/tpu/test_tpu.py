@@ -75,18 +75,21 @@ def _libtpu_path():
 
 
 # Needs libtpu (not a TPU): compiles for the topology on this CPU machine.
-@pytest.mark.parametrize("preset", ["v5e-16", "v6e-256"])
-def test_aot_compile_for_a_tpu_topology(preset):
+@pytest.mark.parametrize("preset,slices", [("v5e-16", 1), ("v6e-256", 1), ("v5e-16", 2)])
+def test_aot_compile_for_a_tpu_topology(preset, slices):
     path = _libtpu_path()
     if path is None:
         pytest.skip("libtpu not importable; set HEADLAB_LIBTPU_PATH to a folder holding it")
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(p for p in (path, str(ROOT)) if p))
-    out = subprocess.run([sys.executable, "-m", "tpu.aot", "lm", "--preset", preset],
+    out = subprocess.run([sys.executable, "-m", "tpu.aot", "lm", "--preset", preset,
+                          "--slices", str(slices)],
                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     import json
 
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["platform"] == "tpu" and res["devices"] == PRESETS[preset].chips
+    assert res["platform"] == "tpu" and res["devices"] == PRESETS[preset].chips * slices
+    if slices > 1:  # the hybrid ICI x DCN mesh: slices are data-parallel replicas
+        assert res["mesh"]["data"] == slices
     assert res["temp_size_in_bytes"] > 0

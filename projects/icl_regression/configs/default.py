@@ -1,10 +1,11 @@
 """Configs of the icl_regression project (He et al. 2025).
 
-Full run (CPU, well under an hour on 2 cores; all models train in one compiled program):
+Full run (CPU: ~45 minutes on 2 shared cores, all 10 models stepping together at 30-70 steps/s
+in one compiled program; slower when other jobs load the CPU):
 
     headlab run icl_regression
 
-Quick CPU run (about 2-3 minutes alone on 2 cores; patterns and curve ordering, not the slow
+Quick CPU run (about 3 minutes on 2 shared cores; patterns and curve ordering, not the slow
 drift of |ω| towards 0.13):
 
     headlab run icl_regression --quick        # same as --config ...default.py:quick

@@ -1,5 +1,7 @@
 """``headlab train``: target lookup and ``--set`` overrides."""
 
+import sys
+
 import pytest
 
 from common.train import lm
@@ -30,3 +32,17 @@ def test_targets():
     assert target_module("lm") is lm
     with pytest.raises(ValueError, match="unknown train target 'nosuch'"):
         target_module("nosuch")
+
+
+def test_project_without_a_train_target_is_named(tmp_path, monkeypatch, request):
+    pkg = tmp_path / "projects_stub"
+    (pkg / "projects" / "demo").mkdir(parents=True)
+    (pkg / "projects" / "demo" / "__init__.py").write_text("")
+    (pkg / "projects" / "demo" / "train.py").write_text("def train():\n    pass\n")
+    import projects
+
+    monkeypatch.setattr(projects, "__path__", [*projects.__path__, str(pkg / "projects")])
+    request.addfinalizer(lambda: [sys.modules.pop(m, None)
+                                  for m in ("projects.demo.train", "projects.demo")])
+    with pytest.raises(ValueError, match="has no build"):
+        target_module("demo")

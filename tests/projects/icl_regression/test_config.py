@@ -55,6 +55,16 @@ def test_non_psd_covariance():
         spec.validate(c)
 
 
+def test_covariance_as_text_from_the_command_line():
+    c = get_config("quick")
+    c.d = 2
+    c.noniso.covariance = "[[2.0, 0.5], [0.5, 1.0]]"
+    spec.validate(c)
+    c.noniso.covariance = "[[1.0, 3.0], [3.0, 1.0]]"
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        spec.validate(c)
+
+
 def test_psd_but_singular_covariance_is_accepted():
     c = get_config("quick")
     c.covariance = [[1.0 if i == j else (1.0 if i < 2 and j < 2 else 0.0) for j in range(5)]
