@@ -19,6 +19,19 @@ class AttentionOutput(NamedTuple):
     pattern: jax.Array | None
 
 
+def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
+    """Raise ValueError unless ``q [b, sq, heads, d]`` and ``k, v [b, skv, kv_heads, d]`` fit."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            f"q, k, v must be [batch, seq, heads, head_dim]; got {q.shape}, {k.shape}, {v.shape}"
+        )
+    b, _, h, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"k {k.shape} / v {v.shape} do not fit q {q.shape}")
+    if h % k.shape[2]:
+        raise ValueError(f"heads ({h}) must be a multiple of kv_heads ({k.shape[2]})")
+
+
 def head_scale(scale: float | jax.Array | None, heads: int, head_dim: int) -> jax.Array:
     """Per-head softmax scale ``[heads]`` float32 (default ``1/sqrt(head_dim)``)."""
     if scale is None:
@@ -59,15 +72,8 @@ def dot_product_attention(
     Returns:
       :class:`AttentionOutput` with ``out [batch, q_len, heads, head_dim]``.
     """
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(
-            f"q, k, v must be [batch, seq, heads, head_dim]; got {q.shape}, {k.shape}, {v.shape}"
-        )
+    check_qkv(q, k, v)
     b, sq, h, d = q.shape
-    if k.shape != v.shape[:3] + (k.shape[3],) or k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"k {k.shape} / v {v.shape} do not fit q {q.shape}")
-    if h % k.shape[2]:
-        raise ValueError(f"heads ({h}) must be a multiple of kv_heads ({k.shape[2]})")
     if backend not in _b.BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {_b.BACKENDS}")
     s = head_scale(scale, h, d)

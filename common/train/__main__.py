@@ -13,7 +13,8 @@ from common.train.cli import train_main
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m common.train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m common.train",
+                                description="Train (or resume) a target; prints the summary.")
     p.add_argument("target", help="lm, or a project with a train module")
     p.add_argument("--mesh", default=None, help="e.g. data=2,tensor=4 (dcn:data=2 across slices)")
     p.add_argument("--workdir", default=None)

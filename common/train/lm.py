@@ -6,6 +6,11 @@ through ``tfds.data_source`` + grain). The sequences repeat their first half, so
 second half falls toward zero once the model forms induction heads.
 
     headlab train lm --mesh data=2,tensor=4 --set train.steps=200 --set model.n_layers=2
+
+Expected with the defaults (600 steps, about 30 s on 2 CPU cores): the copy accuracy on the
+second half reaches 1.0 (eval) and the loss falls from ln 127 = 4.84 to about 2.37, close to
+the floor of an ideal copier, 15/31 * ln 127 = 2.34 (the 15 prefix targets after the first are
+random; the rest can be copied).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=3e-3, warmup_steps=20, weight_decay=0.0, clip_norm=1.0))
     c.train = ml_collections.ConfigDict(dict(
-        steps=300, grad_accum=1, compute_dtype="", log_every=10, checkpoint_every=100,
+        steps=600, grad_accum=1, compute_dtype="", log_every=10, checkpoint_every=100,
         keep_checkpoints=3, async_checkpoint=True, eval_every=0, progress=True))
     if arg == "quick":
         c.train.steps = 40

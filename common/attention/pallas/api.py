@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from common.attention.backends import BackendUnsupported
+from common.attention.core import check_qkv
 from common.attention.masks import Mask
 from common.attention.pallas import flash_gpu, flash_tpu
 from common.attention.pallas.block_mask import block_states, mask_operands
@@ -55,14 +56,8 @@ def _lcm(*xs: int) -> int:
 
 
 def _check(q, k, v, scale):
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"q, k, v must be [batch, seq, heads, head_dim]; got {q.shape}, "
-                         f"{k.shape}, {v.shape}")
-    b, _, h, d = q.shape
-    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"k {k.shape} / v {v.shape} do not fit q {q.shape}")
-    if h % k.shape[2]:
-        raise ValueError(f"heads ({h}) must be a multiple of kv_heads ({k.shape[2]})")
+    check_qkv(q, k, v)
+    h = q.shape[2]
     if scale.shape != (h,):
         raise ValueError(f"scale must be [{h}] (one per head), got {scale.shape}")
 

@@ -182,3 +182,17 @@ def test_jit_and_grad_through_core():
     e = jnp.zeros_like(q).at[0, 2, 1, 3].set(eps)
     fd = (f(q + e) - f(q - e)) / (2 * eps)
     np.testing.assert_allclose(float(g[0, 2, 1, 3]), float(fd), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("s", [128, 150])
+def test_cpu_chunked_causal_path_matches_brute_force(s):
+    """Long square causal prefills on CPU take the chunked path (odd tail chunk at 150)."""
+    from common.attention.backends import CAUSAL_CHUNK
+
+    assert s >= 2 * CAUSAL_CHUNK
+    rng = np.random.default_rng(s)
+    q, k, v = _qkv(rng, 1, s, s, 2, 1, 4)
+    got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                                mask=Mask(causal=True), backend="xla").out
+    want = brute_force(q, k, v, _allowed(1, 2, s, s, causal=True), np.full(2, 0.5))
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)

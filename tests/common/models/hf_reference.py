@@ -57,8 +57,8 @@ def tiny_hf_model(arch: str, seed: int = 0):
 
 
 def hf_arch(arch: str) -> str:
-    return {"llama": "llama", "llama_tied": "llama", "llama3_scaled": "llama", "qwen2": "llama", "gpt2": "gpt2",
-            "neox": "neox"}[arch]
+    return {"llama": "llama", "llama_tied": "llama", "llama3_scaled": "llama", "qwen2": "llama",
+            "gpt2": "gpt2", "neox": "neox"}[arch]
 
 
 def state_dict_numpy(model) -> dict[str, np.ndarray]:
