@@ -24,29 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tools.roofline import best_time as _best
+from tools.roofline import jax_matmul_gflops
+
 PROMPT = (
     "In the quiet village by the sea, Mary and John walked to the old market every morning. "
     "They bought fresh bread, apples and fish, then sat on the stone wall to watch the boats. "
     "One day John found a small brass key under the bench. He looked at it for a long time, "
     "turned it over in his hand, and then, smiling, he gave the key to"
 )
-
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def jax_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """float32 GFLOP/s of a jitted ``n x n`` matmul (this CPU's practical roofline for JAX)."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    return 2 * n**3 / _best(lambda: f(a).block_until_ready(), repeats) / 1e9
 
 
 def torch_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

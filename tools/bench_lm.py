@@ -20,32 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 GFLOP/s of an ``n x n`` jitted matmul."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    t = _best(lambda: f(a).block_until_ready(), repeats)
-    return 2 * n**3 / t / 1e9
-
-
-def read_bandwidth_gbs(mib: int = 1024, repeats: int = 5) -> float:
-    """Measured memory read bandwidth (GB/s) of a jitted reduction over ``mib`` MiB."""
-    x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
-    f = jax.jit(jnp.sum)
-    f(x).block_until_ready()
-    t = _best(lambda: f(x).block_until_ready(), repeats)
-    return x.nbytes / t / 1e9
+from tools.roofline import best_time as _best
+from tools.roofline import jax_matmul_gflops as matmul_gflops
+from tools.roofline import read_bandwidth_gbs
 
 
 def load_peak_rss_mib(path: str) -> float:
