@@ -125,9 +125,9 @@ def cmd_run(args) -> int:
     if summary is not None:
         import json
 
-        from common.rundir import _jsonable
+        from common.rundir import to_jsonable
 
-        print(json.dumps(_jsonable(summary), indent=1)[:4000])
+        print(json.dumps(to_jsonable(summary), indent=1)[:4000])
     return 0
 
 

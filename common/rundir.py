@@ -14,14 +14,14 @@ import tempfile
 from typing import Any
 
 
-def _jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
     """Convert numpy / jax scalars and arrays to plain Python for JSON."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
+        return to_jsonable(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     return obj
@@ -45,7 +45,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (numpy/jax values converted)."""
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 class MetricsWriter:
@@ -57,7 +57,7 @@ class MetricsWriter:
 
     def write(self, step: int, **metrics: Any) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(_jsonable({"step": int(step), **metrics})) + "\n")
+            f.write(json.dumps(to_jsonable({"step": int(step), **metrics})) + "\n")
 
 
 class RunDir:

@@ -16,8 +16,6 @@ All constraints are ANDed:
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -44,9 +42,6 @@ class Mask:
     kv_segment_ids: jax.Array | None = None
     kv_valid: jax.Array | None = None
     dense: jax.Array | None = None
-
-    def replace(self, **kw) -> Mask:  # noqa: D102 - dataclasses.replace with a shorter name
-        return dataclasses.replace(self, **kw)
 
     @property
     def is_plain_causal(self) -> bool:

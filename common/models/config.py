@@ -92,15 +92,6 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
 
-def _rope_theta(hf: dict, default: float) -> float:
-    if "rope_theta" in hf and hf["rope_theta"] is not None:
-        return float(hf["rope_theta"])
-    rp = hf.get("rope_parameters") or {}
-    if isinstance(rp, dict) and rp.get("rope_theta") is not None:
-        return float(rp["rope_theta"])
-    return float(hf.get("rotary_emb_base", default))
-
-
 def _rope_scaling(hf: dict) -> tuple | None:
     rs = hf.get("rope_scaling") or hf.get("rope_parameters")
     if not isinstance(rs, dict):
@@ -115,22 +106,31 @@ def _rope_scaling(hf: dict) -> tuple | None:
 
 
 def config_from_hf(arch: str, hf: dict, **overrides: Any) -> ModelConfig:
-    """Build a :class:`ModelConfig` from a Hugging Face ``config.json`` dict."""
+    """Build a :class:`ModelConfig` from a Hugging Face ``config.json`` dict.
+
+    The dict is first completed by ``common.weights.checkpoint.normalise_config`` (transformers'
+    class defaults; ``rope_theta`` and NeoX's ``rotary_pct`` lifted out of ``rope_parameters``).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {ARCHS}")
+    from common.weights.checkpoint import normalise_config  # lazy: keeps model import light
+
+    hf = normalise_config(hf, arch)
     try:
         if arch == "llama":
             heads = hf["num_attention_heads"]
             d = hf["hidden_size"]
-            act = hf.get("hidden_act", "silu")
+            act = hf["hidden_act"]
             cfg = dict(
                 vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"],
                 n_heads=heads, n_kv_heads=hf.get("num_key_value_heads") or heads,
                 d_head=hf.get("head_dim") or d // heads, d_mlp=hf["intermediate_size"],
-                norm="rms", norm_eps=hf.get("rms_norm_eps", 1e-6),
+                norm="rms", norm_eps=hf["rms_norm_eps"],
                 act={"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}[act],
-                gated_mlp=True, pos="rope", rope_theta=_rope_theta(hf, 10000.0),
+                gated_mlp=True, pos="rope", rope_theta=float(hf["rope_theta"]),
                 rope_scaling=_rope_scaling(hf),
-                max_position=hf.get("max_position_embeddings", 2048),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                max_position=hf["max_position_embeddings"],
+                tie_embeddings=bool(hf["tie_word_embeddings"]),
                 qkv_bias=bool(hf.get("attention_bias", hf.get("model_type") == "qwen2")),
                 o_bias=bool(hf.get("attention_bias", False)) and hf.get("model_type") != "qwen2",
                 mlp_bias=bool(hf.get("mlp_bias", False)),
@@ -140,36 +140,31 @@ def config_from_hf(arch: str, hf: dict, **overrides: Any) -> ModelConfig:
             cfg = dict(
                 vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["n_layer"],
                 n_heads=hf["n_head"], d_mlp=hf.get("n_inner") or 4 * d, norm="layer",
-                norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                norm_eps=hf["layer_norm_epsilon"],
                 act={"gelu_new": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-                     "gelu_pytorch_tanh": "gelu_tanh"}[hf.get("activation_function", "gelu_new")],
+                     "gelu_pytorch_tanh": "gelu_tanh"}[hf["activation_function"]],
                 gated_mlp=False, pos="learned", max_position=hf["n_positions"],
-                tie_embeddings=bool(hf.get("tie_word_embeddings", True)), qkv_bias=True,
+                tie_embeddings=bool(hf["tie_word_embeddings"]), qkv_bias=True,
                 o_bias=True, mlp_bias=True,
             )
         elif arch == "neox":
             d = hf["hidden_size"]
             heads = hf["num_attention_heads"]
             d_head = d // heads
-            pct = hf.get("rotary_pct", hf.get("partial_rotary_factor"))
-            if pct is None:
-                pct = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0)
             cfg = dict(
                 vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"],
                 n_heads=heads, d_mlp=hf["intermediate_size"], norm="layer",
-                norm_eps=hf.get("layer_norm_eps", 1e-5),
+                norm_eps=hf["layer_norm_eps"],
                 act={"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                     "relu": "relu"}[hf.get("hidden_act", "gelu")],
-                gated_mlp=False, pos="rope", rope_theta=_rope_theta(hf, 10000.0),
-                rotary_dim=int(d_head * float(pct)),
-                max_position=hf.get("max_position_embeddings", 2048),
-                parallel_residual=bool(hf.get("use_parallel_residual", True)),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                     "relu": "relu"}[hf["hidden_act"]],
+                gated_mlp=False, pos="rope", rope_theta=float(hf["rope_theta"]),
+                rotary_dim=int(d_head * float(hf["rotary_pct"])),
+                max_position=hf["max_position_embeddings"],
+                parallel_residual=bool(hf["use_parallel_residual"]),
+                tie_embeddings=bool(hf["tie_word_embeddings"]),
                 qkv_bias=bool(hf.get("attention_bias", True)), o_bias=bool(hf.get("attention_bias", True)),
                 mlp_bias=True,
             )
-        else:
-            raise ValueError(f"unknown architecture {arch!r}; known: {ARCHS}")
     except KeyError as e:
         raise ValueError(f"config.json for {arch}: missing field {e.args[0]!r}") from e
     cfg.update(arch=arch, bos_token_id=hf.get("bos_token_id"))

@@ -51,10 +51,6 @@ def _interpret_for(platform: str):
     return platform == "cpu"  # no Pallas lowering for CPU: interpret there
 
 
-def _lcm(*xs: int) -> int:
-    return math.lcm(*xs)
-
-
 def _check(q, k, v, scale):
     check_qkv(q, k, v)
     h = q.shape[2]
@@ -110,8 +106,10 @@ def flash_attention(
     blocks = tuple(
         (fit_block(bq, sq), fit_block(bk, skv, kv_align)) for bq, bk in (bs.fwd, bs.dkv, bs.dq)
     )
-    q_pad = -(-sq // _lcm(*(bq for bq, _ in blocks))) * _lcm(*(bq for bq, _ in blocks))
-    kv_pad = -(-skv // _lcm(*(bk for _, bk in blocks))) * _lcm(*(bk for _, bk in blocks))
+    lq = math.lcm(*(bq for bq, _ in blocks))
+    lk = math.lcm(*(bk for _, bk in blocks))
+    q_pad = -(-sq // lq) * lq
+    kv_pad = -(-skv // lk) * lk
     ops = mask_operands(mask, b, sq, skv, q_pad, kv_pad)
     cfg = flash_tpu.KernelConfig(
         causal=ops.causal,

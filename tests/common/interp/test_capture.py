@@ -9,6 +9,7 @@ import pytest
 
 import common.attention.backends as backends
 from common.interp import ActivationCache, Labelled, forward, run_with_cache
+from tests.common.interp.by_hand import causal_pattern_and_z
 from tests.common.interp.conftest import TINY, make_model
 
 
@@ -66,21 +67,12 @@ def _rms(x, scale, eps):
     return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps) * scale
 
 
-def test_pattern_and_z_by_hand(full_cache, ids):
+def test_pattern_and_z_by_hand(full_cache):
     """pattern = softmax(rot_q rot_kᵀ / sqrt(d) + causal) with GQA by hand; z = pattern @ v."""
     c = full_cache[1]
-    g = TINY.n_heads // TINY.n_kv_heads
-    s = ids.shape[1]
     for layer in range(TINY.n_layers):
-        q = np.asarray(c["rot_q", layer], np.float64)
-        k = np.repeat(np.asarray(c["rot_k", layer], np.float64), g, axis=2)
-        v = np.repeat(np.asarray(c["v", layer], np.float64), g, axis=2)
-        logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(TINY.d_head)
-        logits = np.where(np.tril(np.ones((s, s), bool)), logits, -np.inf)
-        p = np.exp(logits - logits.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
+        p, z = causal_pattern_and_z(c, layer, TINY.n_heads, TINY.n_kv_heads, TINY.d_head)
         np.testing.assert_allclose(np.asarray(c["pattern", layer]), p, atol=2e-6, rtol=0)
-        z = np.einsum("bhqk,bkhd->bqhd", p, v)
         np.testing.assert_allclose(np.asarray(c["z", layer]), z, atol=2e-6, rtol=0)
 
 

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from common.interp import Intervention, Patch, activation_patching, forward, logit_diff, run_with_cache
+from tests.common.interp.by_hand import causal_pattern_and_z
 
 pytestmark = pytest.mark.smollm2
 
@@ -47,21 +48,12 @@ def test_captured_pattern_z_and_head_out_by_hand(smollm2, prompts):
     model = smollm2[0]
     ids = prompts[0]
     cfg = model.config
-    g = cfg.n_heads // cfg.n_kv_heads
     _, c = run_with_cache(model, ids, layers=[0, 29], names_filter=(
         "rot_q", "rot_k", "v", "pattern", "z", "head_out", "attn_out"))
-    s = ids.shape[1]
     for layer in (0, 29):
-        q = np.asarray(c["rot_q", layer], np.float64)
-        k = np.repeat(np.asarray(c["rot_k", layer], np.float64), g, axis=2)
-        v = np.repeat(np.asarray(c["v", layer], np.float64), g, axis=2)
-        logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(cfg.d_head)
-        logits = np.where(np.tril(np.ones((s, s), bool)), logits, -np.inf)
-        p = np.exp(logits - logits.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
+        p, z = causal_pattern_and_z(c, layer, cfg.n_heads, cfg.n_kv_heads, cfg.d_head)
         np.testing.assert_allclose(np.asarray(c["pattern", layer]), p, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(np.asarray(c["z", layer]), np.einsum("bhqk,bkhd->bqhd", p, v),
-                                   atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(c["z", layer]), z, atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(np.asarray(c["head_out", layer]).sum(2),
                                    np.asarray(c["attn_out", layer]), atol=1e-4, rtol=1e-4)
 
