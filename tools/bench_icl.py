@@ -26,7 +26,7 @@ def _config(steps: int, seeds: tuple[int, ...]):
     c.lr = 1e-3
     c.steps, c.log_every, c.ckpt_every = steps, steps, steps
     c.seeds = seeds
-    c.noniso.enabled = c.multitask.enabled = c.linear.enabled = False
+    c.noniso.enabled = c.multitask.enabled = c.linear.enabled = c.activation.enabled = False
     return c
 
 

@@ -62,7 +62,9 @@ def model_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict:
     """Model-level summary of a single-task model (``N = 1``) over its non-dummy heads.
 
     Returns a dict with ``omega, mu`` (lists, all heads), ``dummy`` (list of bools),
-    ``kq_offdiag_ratio`` (``Σ‖offdiag‖_F / Σ‖diag‖₂`` over active heads), ``kq_diag_ratio``,
+    ``kq_offdiag_ratio`` (``Σ‖offdiag‖_F / Σ‖diag‖₂`` over active heads), its per-head values
+    ``kq_offdiag_per_head`` and ``kq_offdiag_ratio_mu_weighted`` (heads weighted by ``|μ_h|``,
+    their share of the prediction; a diagnostic, not the paper's metric), ``kq_diag_ratio``,
     ``kq_diag_var``, ``ov_last_ratio`` (means over active heads), ``ov_zero_sum_abs = |Σ_h μ_h|``,
     ``ov_zero_sum_rel = |Σμ| / Σ|μ|``, ``omega_abs_cv = std|ω| / mean|ω|`` over active heads,
     ``sign_match`` (fraction of active heads with sign ω = sign μ), ``mu_pos_sum`` (``Σ_{H₊} μ``),
@@ -84,6 +86,9 @@ def model_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict:
         "dummy": p["dummy"].tolist(),
         "n_dummy": int(p["dummy"].sum()),
         "kq_offdiag_ratio": float(off[active].sum() / diag_norm[active].sum()),
+        "kq_offdiag_per_head": p["offdiag_ratio"].tolist(),
+        "kq_offdiag_ratio_mu_weighted": float(
+            (np.abs(mu) * off)[active].sum() / (np.abs(mu) * diag_norm)[active].sum()),
         "kq_diag_ratio": float(p["diag_ratio"][active].mean()),
         "kq_diag_var": float(p["diag_var"][active].mean()),
         "kq_bottom_row": float(p["bottom_row"][active].mean()),

@@ -17,6 +17,7 @@ An optional ``mask [H]`` (0/1) switches heads off (head ablation, e.g. of dummy 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -140,6 +141,55 @@ def forward_linear(params: Params, context: jax.Array, query: jax.Array,
         ov = ov * mask[:, None, None]
     scores = jnp.einsum("blm,hmn,bn->bhl", context, kq, query) / length
     return jnp.einsum("bhl,blm,hom->bo", scores, context, ov)
+
+
+def _affine(x: jax.Array, c: float) -> jax.Array:
+    # Clipped at 0 so the weights stay a distribution: 1 + Cx alone can make Σ_l f(ν_l) cross 0
+    # (a division by ~0) once |ω| grows; identical to 1 + Cx while every logit is above -1/C.
+    return jnp.maximum(1.0 + c * x, 0.0)
+
+
+def _quadratic(x: jax.Array, c: float) -> jax.Array:
+    return (1.0 + c * x) ** 2
+
+
+def _one_plus_tanh(x: jax.Array, c: float) -> jax.Array:
+    return 1.0 + jnp.tanh(c * x)
+
+
+# The blog's activation ablation (§8 of the spec): exp is replaced by f and renormalised,
+# σ(ν)_l = f(ν_l) / Σ_l' f(ν_l'). ``C_f = f'(0) / f(0)`` sets the effective GD step
+# η_eff = 2·C_f·‖ω‖∞·‖μ‖∞ of a ± head pair at small logits.
+ACTIVATIONS: dict[str, Callable[[jax.Array, float], jax.Array]] = {
+    "affine": _affine,  # max(1 + Cx, 0), C_f = C
+    "quadratic": _quadratic,  # (1 + Cx)², C_f = 2C
+    "tanh": _one_plus_tanh,  # 1 + tanh(Cx), C_f = C
+}
+ACTIVATION_SLOPE = {"affine": 1.0, "quadratic": 2.0, "tanh": 1.0}  # C_f / C
+
+
+def forward_activation(params: Params, context: jax.Array, query: jax.Array,
+                       mask: jax.Array | None = None, backend: str = "reference",
+                       kv_valid: jax.Array | None = None, *, activation: str = "tanh",
+                       c: float = 1.0) -> jax.Array:
+    """:func:`forward` with ``exp`` replaced by ``f = ACTIVATIONS[activation]`` (then normalised).
+
+    ``ŷ = Σ_h OV_h Σ_l w_{h,l} z_l / Σ_l w_{h,l}`` with ``w_{h,l} = f(z_lᵀ KQ_h z_q; c)``. Same
+    parameters and shapes as :func:`forward`; ``backend`` is ignored (the core's attention is
+    softmax only). Padding tokens (``kv_valid`` False) get weight 0.
+    """
+    del backend
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    kq, ov = circuits(params)
+    if mask is not None:
+        ov = ov * mask[:, None, None]
+    q = jnp.einsum("hmn,bn->bhm", kq, query)  # [b, H, D]
+    w = ACTIVATIONS[activation](jnp.einsum("bhm,blm->bhl", q, context), c)  # [b, H, L]
+    if kv_valid is not None:
+        w = w * kv_valid[:, None, :]
+    out = jnp.einsum("bhl,blm->bhm", w, context) / jnp.sum(w, axis=-1, keepdims=True)
+    return jnp.einsum("bhm,hom->bo", out, ov)
 
 
 FORWARDS = {"softmax": forward, "linear": forward_linear}

@@ -259,3 +259,45 @@ def linear_vs_softmax(curves: dict, lengths: list[int], names: dict, train_lengt
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     return save(fig, out, "linear_vs_softmax")
+
+
+def softmax_norm_histograms(hists: list[dict], out: pathlib.Path) -> list[str]:
+    """(10) Why L̃ works: ``‖softmax(s·x_lᵀx_q)‖₂`` over draws, against ``1/sqrt(L)`` (uniform).
+
+    ``hists``: one panel per dict ``{"title", "series": [{"label", "length", "norms"}]}``.
+    """
+    fig, axes = plt.subplots(1, len(hists), figsize=(5.0 * len(hists), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], hists, strict=True):
+        colors = plt.cm.viridis(np.linspace(0.0, 0.8, len(panel["series"])))
+        for ser, c in zip(panel["series"], colors, strict=True):
+            ax.hist(ser["norms"], bins=60, density=True, alpha=0.55, color=c, label=ser["label"])
+            ax.axvline(1.0 / np.sqrt(ser["length"]), color=c, ls="--", lw=0.8)
+        ax.set_xlabel("Norm ‖softmax‖₂ (dashed: uniform, 1/√L)")
+        ax.set_ylabel("density")
+        ax.set_xscale("log")
+        ax.legend(fontsize=7)
+        ax.set_title(panel["title"], fontsize=9)
+    return save(fig, out, "softmax_norm_histograms")
+
+
+def activations(models: dict, out: pathlib.Path) -> list[str]:
+    """(11) Activation ablation: per-head ω and μ of models whose exp was replaced by f.
+
+    ``models``: label -> ``{"omega": [H], "mu": [H], "mse": float, "eta_eff": float}``.
+    """
+    fig, axes = plt.subplots(2, len(models), figsize=(3.2 * len(models), 5.0), squeeze=False)
+    for col, (label, m) in enumerate(models.items()):
+        h = np.arange(1, len(m["omega"]) + 1)
+        for row, (key, name) in enumerate((("omega", "ω_h (mean KQ diagonal)"),
+                                           ("mu", "μ_h (last OV entry)"))):
+            ax = axes[row, col]
+            v = np.asarray(m[key])
+            ax.bar(h, v, color=np.where(v >= 0, "#A32015", "#0D2758"))
+            ax.axhline(0.0, color="k", lw=0.6)
+            ax.set_xticks(h)
+            ax.set_xlabel("head")
+            if col == 0:
+                ax.set_ylabel(name)
+        axes[0, col].set_title(f"{label}\nMSE@L {m['mse']:.3f}, η_eff {m['eta_eff']:.2f}",
+                               fontsize=8)
+    return save(fig, out, "activation_ablation")

@@ -49,6 +49,9 @@ PAPER = {  # §5-§7 of the spec (notebook outputs; trained-model values have th
 }
 
 
+FUNCTION_LABEL = {"affine": "max(1+Cx, 0)", "quadratic": "(1+Cx)²", "tanh": "1+tanh(Cx)"}
+
+
 def _read_history(path: pathlib.Path, model_name: str) -> dict:
     """``{"step", "omega" [T, H], "mu" [T, H]}`` of one model from metrics.jsonl (last write wins)."""
     rows = {}
@@ -103,7 +106,18 @@ def _theory(config: ml_collections.ConfigDict, key: jax.Array) -> dict:
     true = np.asarray(jax.lax.map(lambda a: true_loss(a[0], a[1]), (ww_j, mm_j)))
     approx = np.asarray(theory.approx_loss(jnp.stack([ww_j, -ww_j], -1),
                                            jnp.stack([mm_j, -mm_j], -1), d, L, s2))
+    hists = []
+    kn = jax.random.fold_in(kh, 1)
+    for title, scale, sizes in ((f"s = 0.5, d = {d}", 0.5, [(40, d), (100, d), (500, d)]),
+                                ("s = 0.5, L = 8d", 0.5, [(40, 5), (200, 25), (800, 100)]),
+                                ("s = 0.35, L = 8d", 0.35, [(40, 5), (200, 25), (800, 100)])):
+        series = [{"label": f"L={n_l}, d={n_d}", "length": n_l,
+                   "norms": theory.softmax_norms(jax.random.fold_in(kn, 7 * n_l + n_d),
+                                                 tc.norm_draws, n_l, n_d, scale)}
+                  for n_l, n_d in sizes]
+        hists.append({"title": title, "series": series})
     return {
+        "softmax_norms": hists,
         "flow2": flow2, "flow4": flow4,
         "gamma": gamma, "mu_gamma": theory.mu_gamma(gamma, d, L, s2),
         "eta_gamma": 2 * gamma * theory.mu_gamma(gamma, d, L, s2),
@@ -155,7 +169,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     reduced = {}
     if "H2" in pats:
         reduced["reduced_H2"] = (pats["H2"]["omega"], pats["H2"]["mu"])
-    fam = [b for b in buckets if b.kind in ("single", "linear")]
+    fam = [b for b in buckets if b.kind in ("single", "linear", "activation")]
     mse, se = {}, {}
     res_all = evaluate.evaluate_family(
         fam, params, lambda n_len: evaluate.single_task_predictors(
@@ -220,6 +234,29 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         extra["multitask"] = mt
         plots.multitask({k: v for k, v in mt.items() if k.startswith("mt_")},
                         [list(s) for s in config.multitask.subsets], rd.figures)
+    ab = [b for b in buckets if b.kind == "activation"]
+    if ab:
+        acts = {}
+        for b in ab:
+            kq, ov = (np.asarray(a) for a in model.circuits(train.unstack(state, b)[0]))
+            p = analysis.model_patterns(kq, ov, b.d)
+            f = b.attention[4:]
+            slope = model.ACTIVATION_SLOPE[f] * b.act_c
+            acts[b.name] = {
+                "function": f, "c": b.act_c, "mse": mse[b.name][str(L)],
+                "omega": p["omega"], "mu": p["mu"], "dummy": p["dummy"],
+                "kq_offdiag_ratio": p["kq_offdiag_ratio"], "ov_last_ratio": p["ov_last_ratio"],
+                "ov_zero_sum_rel": p["ov_zero_sum_rel"], "sign_match": p["sign_match"],
+                "n_pos": p["n_pos"], "n_neg": p["n_neg"],
+                "eta_eff": slope * p["eta_eff"]}
+        extra["activation"] = acts
+        shown = {f"softmax (exp), {b.name}": {"omega": pats[b.name]["omega"],
+                                              "mu": pats[b.name]["mu"],
+                                              "mse": mse[b.name][str(L)],
+                                              "eta_eff": pats[b.name]["eta_eff"]}
+                 for b in main if b.heads == ab[0].heads}
+        shown.update({f"{FUNCTION_LABEL[a['function']]}, C={a['c']:g}": a for a in acts.values()})
+        plots.activations(shown, rd.figures)
     lap("extensions")
     # ------------------------------------------------------------------ theory + figures
     th = _theory(config, jax.random.fold_in(key, 999))
@@ -238,6 +275,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     hist = _read_history(rd.root / "metrics.jsonl", by_name[dyn_name].model_names[0])
     plots.dynamics({dyn_name: hist}, th["flow2"], th["flow4"], config.theory.gamma_ref, 3.5, fig)
     plots.theory(th, fig)
+    plots.softmax_norm_histograms(th["softmax_norms"], fig)
     lin = [b for b in buckets if b.kind == "linear"]
     if lin:
         names = {lin[0].name: f"linear attention, H={lin[0].heads}"}
@@ -265,6 +303,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             "flow4_final": {"omega": th["flow4"]["omega"][-1].tolist(),
                             "mu": th["flow4"]["mu"][-1].tolist()},
             "heatmap_max_abs_true_minus_approx": float(np.abs(th["heat_diff"]).max()),
+            "softmax_norm_median_times_sqrt_L": {
+                f"{p['title']}: {ser['label']}": float(np.median(ser["norms"])
+                                                       * np.sqrt(ser["length"]))
+                for p in th["softmax_norms"] for ser in p["series"]},
         },
         **extra,
         "steps": step,

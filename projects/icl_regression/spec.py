@@ -15,7 +15,7 @@ import numpy as np
 
 from projects.icl_regression import data, model
 
-ATTENTIONS = ("softmax", "linear")
+ATTENTIONS = ("softmax", "linear", *(f"act:{a}" for a in model.ACTIVATIONS))
 BACKENDS = ("reference", "xla")
 
 
@@ -24,15 +24,17 @@ class Bucket:
     """Static description of models trained together under ``vmap``.
 
     Attributes:
-      name: bucket name, e.g. ``H2``, ``noniso_H2``, ``mt_H3``, ``lin_H1``.
-      kind: ``single`` (the main experiment), ``noniso``, ``multitask`` or ``linear``.
+      name: bucket name, e.g. ``H2``, ``noniso_H2``, ``mt_H3``, ``lin_H1``, ``act_tanh_H2``.
+      kind: ``single`` (the main experiment), ``noniso``, ``multitask``, ``linear`` or
+        ``activation``.
       d: covariate dimension.
       heads: number of heads ``H``.
-      attention: ``softmax`` or ``linear``.
+      attention: ``softmax``, ``linear`` or ``act:<f>`` (exp replaced by ``model.ACTIVATIONS[f]``).
       task_masks: ``N`` feature subsets as 0/1 tuples of length ``d``, or None (one task).
       seeds: one seed per model on the model axis.
       cov: ``[d, d]`` covariance as nested tuples, or None for ``I_d``.
       norm_length: linear attention's hard-coded ``1/L₀`` (the training length), else None.
+      act_c: the constant ``C`` of an ``act:`` attention.
     """
 
     name: str
@@ -44,11 +46,15 @@ class Bucket:
     seeds: tuple[int, ...]
     cov: tuple[tuple[float, ...], ...] | None
     norm_length: int | None = None
+    act_c: float = 1.0
 
     def forward(self):
         """The model's forward ``(params, context, query, *, backend, kv_valid) -> ŷ [b, N]``."""
         if self.attention == "linear":
             return functools.partial(model.forward_linear, norm_length=self.norm_length)
+        if self.attention.startswith("act:"):
+            return functools.partial(model.forward_activation,
+                                     activation=self.attention[4:], c=self.act_c)
         return model.forward
 
     @property
@@ -167,11 +173,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 )
     if config.linear.enabled:
         _heads("linear.heads", config.linear.heads)
+    if config.activation.enabled:
+        _heads("activation.heads", config.activation.heads)
+        fs = tuple(config.activation.functions)
+        if not fs or any(f not in model.ACTIVATIONS for f in fs) or len(set(fs)) != len(fs):
+            raise ValueError(f"config.activation.functions must be distinct names from "
+                             f"{sorted(model.ACTIVATIONS)}, got {fs}")
+        if not config.activation.c > 0:
+            raise ValueError(f"config.activation.c must be > 0, got {config.activation.c!r}")
     lengths = tuple(config.eval.lengths)
     if not lengths or any(int(n) != n or n < 1 for n in lengths):
         raise ValueError(f"config.eval.lengths must be prompt lengths >= 1, got {lengths}")
     _positive_int("eval.n_test", config.eval.n_test)
     _positive_int("theory.flow_steps", config.theory.flow_steps)
+    _positive_int("theory.norm_draws", config.theory.norm_draws)
 
 
 def _check_keys(got: dict, ref: dict, where: str) -> None:
@@ -208,4 +223,9 @@ def buckets(config: ml_collections.ConfigDict) -> list[Bucket]:
         for h in _heads("linear.heads", config.linear.heads):
             out.append(Bucket(f"lin_H{h}", "linear", config.d, h, "linear", None, seeds, cov,
                               norm_length=int(config.length)))
+    if config.activation.enabled:
+        for f in config.activation.functions:
+            for h in _heads("activation.heads", config.activation.heads):
+                out.append(Bucket(f"act_{f}_H{h}", "activation", config.d, h, f"act:{f}", None,
+                                  seeds, cov, act_c=float(config.activation.c)))
     return out

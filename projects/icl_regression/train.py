@@ -1,8 +1,9 @@
 """Training of every bucket of models in one compiled program (vmap over seeds, scan over steps).
 
 Each step draws a fresh batch per model inside the compiled step (key ``fold_in(seed, step)``),
-so a run is a pure function of (config, step): a killed run resumes from its last orbax
-checkpoint and continues bit for bit as if it had never stopped.
+so a run is a pure function of (config, step): a killed run resumes from its last checkpoint
+(``common.train.Checkpointer``: orbax, size-verified, a damaged step is set aside) and continues
+bit for bit as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from common.rundir import MetricsWriter
+from common.train.checkpoint import Checkpointer
 from projects.icl_regression import data, model
 from projects.icl_regression.spec import Bucket
 
@@ -55,6 +56,23 @@ def _init_fn(buckets: tuple[Bucket, ...], optimizer: optax.GradientTransformatio
 def _family(b: Bucket) -> tuple:
     """Buckets of one family (same ``d``, covariance and tasks) train on the same prompts."""
     return (b.d, b.cov, b.task_masks, b.seeds)
+
+
+def over_models(fn: Callable) -> Callable:
+    """``jax.vmap(fn)`` over the leading model axis, or ``fn`` on the one model when it is 1.
+
+    A model axis of size 1 costs nothing in math but slowed XLA:CPU's loops by 1.4x (the one-seed
+    runs of ``tools/bench_icl.py``); dropping it makes a one-model bucket run the plain step.
+    """
+    vfn = jax.vmap(fn)
+
+    def run(*args):
+        if jax.tree.leaves(args)[0].shape[0] != 1:
+            return vfn(*args)
+        out = fn(*jax.tree.map(lambda x: x[0], args))
+        return jax.tree.map(lambda x: x[None], out)
+
+    return run
 
 
 def _bucket_loss_grad(b: Bucket, backend: str) -> Callable:
@@ -95,7 +113,7 @@ def _chunk_fn(buckets: tuple[Bucket, ...], batch: int, length: int, sigma2: floa
         keys = jnp.stack([model_keys(s)[1] for s in b0.seeds])
 
         def sample(t, b0=b0, cov_sqrt=cov_sqrt, masks=masks, keys=keys):
-            return jax.vmap(lambda k: data.sample_prompts(
+            return over_models(lambda k: data.sample_prompts(
                 jax.random.fold_in(k, t), batch, length, b0.d, sigma2, cov_sqrt, masks))(keys)
 
         samplers.append((sample, [(b.name, _bucket_loss_grad(b, backend)) for b in members]))
@@ -104,7 +122,7 @@ def _chunk_fn(buckets: tuple[Bucket, ...], batch: int, length: int, sigma2: floa
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    vupdate = jax.vmap(update)
+    vupdate = over_models(update)
 
     def chunk(state, t0, n):
         def body(st, t):
@@ -112,7 +130,7 @@ def _chunk_fn(buckets: tuple[Bucket, ...], batch: int, length: int, sigma2: floa
             for sample, members in samplers:
                 prompts = sample(t)  # leaves [M, batch, ...]
                 for name, loss_grad in members:
-                    losses[name], grads = jax.vmap(loss_grad)(st["params"][name], prompts)
+                    losses[name], grads = over_models(loss_grad)(st["params"][name], prompts)
                     params[name], opt[name] = vupdate(st["params"][name], st["opt"][name], grads)
             return {"params": params, "opt": opt}, losses
 
@@ -187,11 +205,13 @@ def train(buckets: list[Bucket], config: ml_collections.ConfigDict, ckpt_dir: pa
         meta_path.write_text(json.dumps(meta, indent=2))
     optimizer = _adam(float(config.lr))
     state = init_state(buckets, optimizer)
-    manager = ocp.CheckpointManager(
-        ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    step = manager.latest_step() or 0
-    if step:
-        state = manager.restore(step, args=ocp.args.StandardRestore(state))
+    ckpt = Checkpointer(ckpt_dir, keep=2)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            state)
+    restored = ckpt.restore(abstract)
+    step = 0
+    if restored is not None:
+        step, state, _ = restored
     chunk = make_chunk(buckets, config, optimizer)
     probe = make_pattern_probe(buckets)
     bar = tqdm(total=config.steps, initial=step, desc="icl_regression train", disable=not progress,
@@ -219,15 +239,14 @@ def train(buckets: list[Bucket], config: ml_collections.ConfigDict, ckpt_dir: pa
                                       train_loss=float(losses[b.name][m]), omega=omega[m],
                                       mu=mu_m)
             if step % config.ckpt_every == 0 or step == config.steps:
-                manager.save(step, args=ocp.args.StandardSave(state))
+                ckpt.save(step, state, {"step": step})
             bar.update(n)
             bar.set_postfix({b.name: f"{float(np.mean(losses[b.name])):.3f}" for b in buckets[:4]})
             n_chunks += 1
             if stop_after_chunks is not None and n_chunks >= stop_after_chunks:
                 break
     finally:
-        manager.wait_until_finished()
-        manager.close()
+        ckpt.close()
         bar.close()
     return state, step
 

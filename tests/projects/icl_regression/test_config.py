@@ -14,6 +14,7 @@ def test_configs_are_valid():
         names = [b.name for b in spec.buckets(c)]
         assert names[:4] == ["H1", "H2", "H4", "H8"]
         assert "noniso_H2" in names and "lin_H1" in names
+        assert {"act_affine_H2", "act_quadratic_H2", "act_tanh_H2"} <= set(names)
     with pytest.raises(ValueError, match="unknown argument"):
         get_config("huge")
 
@@ -33,6 +34,19 @@ def test_configs_are_valid():
 def test_bad_fields(field, value, match):
     c = get_config("quick")
     c[field] = value
+    with pytest.raises(ValueError, match=match):
+        spec.validate(c)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("functions", ("tanh", "relu"), "config.activation.functions must be distinct names"),
+    ("functions", (), "config.activation.functions must be distinct names"),
+    ("c", 0.0, "config.activation.c must be > 0"),
+    ("heads", 0, "config.activation.heads: every H must be an integer >= 1"),
+])
+def test_bad_activation_fields(field, value, match):
+    c = get_config("quick")
+    c.activation[field] = value
     with pytest.raises(ValueError, match=match):
         spec.validate(c)
 

@@ -10,7 +10,14 @@ import pytest
 from projects.icl_regression import data, model
 
 
-def brute_force(params, context, query, linear=False):
+ACT_LOOP = {  # f(ν) written out again, independently of model.ACTIVATIONS
+    "affine": lambda v, c: max(1.0 + c * v, 0.0),
+    "quadratic": lambda v, c: (1.0 + c * v) ** 2,
+    "tanh": lambda v, c: 1.0 + math.tanh(c * v),
+}
+
+
+def brute_force(params, context, query, linear=False, act=None, c=1.0):
     """ŷ_q = Σ_h O_h V_h Σ_l softmax_l((Q_h z_q)ᵀ(K_h z_l)/sqrt(D)) z_l, one loop per index."""
     w_q, w_k, w_v, w_o = (np.asarray(params[k], np.float64) for k in ("w_q", "w_k", "w_v", "w_o"))
     b, length, width = context.shape
@@ -23,6 +30,9 @@ def brute_force(params, context, query, linear=False):
                                for l in range(length)])
             if linear:
                 p = logits / length
+            elif act is not None:
+                p = np.array([ACT_LOOP[act](v, c) for v in logits])
+                p /= p.sum()
             else:
                 p = np.exp(logits - logits.max())
                 p /= p.sum()
@@ -76,7 +86,32 @@ def test_multi_output_and_head_mask():
         brute_force(only_first, ctx, q), rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("fn", [model.forward, model.forward_linear])
+@pytest.mark.parametrize("act", sorted(model.ACTIVATIONS))
+def test_activation_forward_matches_loop(setup, act):
+    params, ctx, q = setup
+    params = jax.tree.map(lambda x: x / 3.0, params)  # logits near 0: 1 + Cx not clipped
+    c = 0.7
+    got = model.forward_activation(params, jnp.asarray(ctx, jnp.float32),
+                                   jnp.asarray(q, jnp.float32), activation=act, c=c)
+    np.testing.assert_allclose(np.asarray(got), brute_force(params, ctx, q, act=act, c=c),
+                               rtol=2e-5, atol=2e-6)
+
+
+def test_affine_activation_is_clipped_at_zero(setup):
+    params, ctx, q = setup
+    big = jax.tree.map(lambda x: 4.0 * x, params)  # logits well below -1: clipping is active
+    logits = np.einsum("bld,hde,be->bhl", ctx, np.asarray(model.circuits(big)[0]), q)
+    assert (logits < -1).any()
+    got = model.forward_activation(big, jnp.asarray(ctx, jnp.float32), jnp.asarray(q, jnp.float32),
+                                   activation="affine", c=1.0)
+    np.testing.assert_allclose(np.asarray(got), brute_force(big, ctx, q, act="affine"),
+                               rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="unknown activation"):
+        model.forward_activation(big, jnp.asarray(ctx), jnp.asarray(q), activation="relu")
+
+
+@pytest.mark.parametrize("fn", [model.forward, model.forward_linear,
+                                lambda *a, **k: model.forward_activation(*a, **k, activation="tanh")])
 def test_padding_equals_short_prompt(setup, fn):
     params, ctx, q = setup
     short = fn(params, jnp.asarray(ctx[:, :4], jnp.float32), jnp.asarray(q, jnp.float32))

@@ -21,6 +21,8 @@ def tiny_run_config():
     c.theory.flow_steps = 2000
     c.theory.heatmap_grid = 3
     c.theory.heatmap_draws = 100
+    c.theory.norm_draws = 300
+    c.activation.functions = ("tanh", "affine")
     return c
 
 
@@ -36,6 +38,8 @@ def check_run_directory(tmp_path, c, figures):
     assert set(on_disk["kq_offdiag_ratio"]) == {"H1", "H2"}
     assert set(on_disk["ov_zero_sum_abs"]) == {"H1", "H2"}
     assert s["steps"] == 40
+    assert set(on_disk["activation"]) == {"act_tanh_H2", "act_affine_H2"}
+    assert set(on_disk["mse"]["act_tanh_H2"]) == {"4", "8", "16"}
     figs = {p.name for p in (tmp_path / "figures").iterdir()}
     for name in figures:
         assert f"{name}.png" in figs and f"{name}.pdf" in figs, name
@@ -48,7 +52,8 @@ def check_run_directory(tmp_path, c, figures):
 
 
 FIGURES = ("mse_vs_length", "mse_vs_heads", "circuits_H1", "circuits_H2", "pattern_metrics",
-           "dynamics", "theory", "linear_vs_softmax")
+           "dynamics", "theory", "linear_vs_softmax", "softmax_norm_histograms",
+           "activation_ablation")
 
 
 def test_end_to_end_run_directory(tmp_path):

@@ -70,3 +70,19 @@ def test_softmax_norms_shrink_with_length():
     a = T.softmax_norms(jax.random.key(0), 500, 40, 5, 0.5).mean()
     b = T.softmax_norms(jax.random.key(0), 500, 400, 5, 0.5).mean()
     assert b < a and a > 1 / np.sqrt(40)
+
+
+def test_softmax_norms_chunks_and_uniform_limit():
+    # scale 0: every pattern is uniform, norm exactly 1/sqrt(L); n not a multiple of the chunk
+    z = T.softmax_norms(jax.random.key(1), 70, 9, 3, 0.0, chunk=32)
+    assert z.shape == (70,)
+    np.testing.assert_allclose(z, 1 / np.sqrt(9), rtol=1e-6)
+    # one draw by hand: the same keys the function uses for its first chunk
+    got = T.softmax_norms(jax.random.key(2), 4, 6, 3, 0.7, chunk=4)
+    kx, kq = jax.random.split(jax.random.split(jax.random.key(2), 1)[0])
+    x = np.asarray(jax.random.normal(kx, (4, 6, 3)), np.float64)
+    q = np.asarray(jax.random.normal(kq, (4, 3)), np.float64)
+    for i in range(4):
+        s = 0.7 * np.array([x[i, l] @ q[i] for l in range(6)])
+        p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+        assert got[i] == pytest.approx(np.sqrt((p**2).sum()), rel=1e-5)

@@ -21,6 +21,7 @@ def tiny_config():
     c.noniso.covariance = "toeplitz:0.5"
     c.multitask.enabled = False
     c.linear.enabled = False
+    c.activation.enabled = False
     return c
 
 
@@ -79,3 +80,55 @@ def test_mismatched_checkpoint_is_refused(straight):
     c2.lr = 0.5
     with pytest.raises(ValueError, match="holds checkpoints of a different run"):
         train.train(spec.buckets(c2), c2, d / "ck", None, progress=False)
+
+
+KILLED_RUN = """
+import sys, time
+from common.rundir import MetricsWriter
+from projects.icl_regression import spec, train
+from tests.projects.icl_regression.test_train import tiny_config
+
+
+class SlowMetrics(MetricsWriter):  # slows each chunk down so the kill lands mid-run
+    def write(self, *args, **kwargs):
+        time.sleep(0.3)
+        super().write(*args, **kwargs)
+
+
+c = tiny_config()
+train.train(spec.buckets(c), c, sys.argv[1], SlowMetrics(sys.argv[2]), progress=False)
+"""
+
+
+def test_sigkill_then_rerun_is_bit_exact(straight, tmp_path):
+    """A run killed with SIGKILL after its first checkpoint resumes and ends bit-identical."""
+    import os
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    c, state, step, _ = straight
+    ck = tmp_path / "ck"
+    root = pathlib.Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(ck), str(tmp_path / "m.jsonl")],
+                            cwd=root, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    saved = lambda: sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) if ck.exists() else []
+    try:
+        deadline = time.time() + 300
+        while not saved():
+            assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()[-3000:]}"
+            assert time.time() < deadline
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+    finally:
+        proc.kill()
+    on_disk = saved()
+    assert 0 < on_disk[-1] < step, f"the kill did not land mid-run: {on_disk}"
+    resumed, s2 = train.train(spec.buckets(c), c, ck, None, progress=False)
+    assert s2 == step
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
