@@ -43,15 +43,15 @@ def einsum_unit_free(spec: str, a: jax.Array, b: jax.Array, **kwargs) -> jax.Arr
     ins, out = spec.split("->")
     specs = ins.split(",")
     sizes: dict[str, set[int]] = {}
-    for sp, x in zip(specs, (a, b)):
-        for c, n in zip(sp, x.shape):
+    for sp, x in zip(specs, (a, b), strict=True):
+        for c, n in zip(sp, x.shape, strict=True):
             sizes.setdefault(c, set()).add(n)
     unit = {c for c, ns in sizes.items() if ns == {1}}
     if not unit:
         return jnp.einsum(spec, a, b, **kwargs)
 
     def drop(sp: str, x: jax.Array) -> tuple[str, jax.Array]:
-        kept = [(c, n) for c, n in zip(sp, x.shape) if c not in unit]
+        kept = [(c, n) for c, n in zip(sp, x.shape, strict=True) if c not in unit]
         return "".join(c for c, _ in kept), x.reshape([n for _, n in kept])
 
     (sa, a2), (sb, b2) = drop(specs[0], a), drop(specs[1], b)

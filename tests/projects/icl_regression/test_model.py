@@ -9,7 +9,6 @@ import pytest
 
 from projects.icl_regression import data, model
 
-
 ACT_LOOP = {  # f(ν) written out again, independently of model.ACTIVATIONS
     "affine": lambda v, c: max(1.0 + c * v, 0.0),
     "quadratic": lambda v, c: (1.0 + c * v) ** 2,
