@@ -61,7 +61,7 @@ def _family(b: Bucket) -> tuple:
 def over_models(fn: Callable) -> Callable:
     """``jax.vmap(fn)`` over the leading model axis, or ``fn`` on the one model when it is 1.
 
-    A model axis of size 1 costs nothing in math but slowed XLA:CPU's loops by 1.4x (the one-seed
+    A model axis of size 1 costs nothing in math but slowed XLA:CPU's loops by 1.3x (the one-seed
     runs of ``tools/bench_icl.py``); dropping it makes a one-model bucket run the plain step.
     """
     vfn = jax.vmap(fn)

@@ -132,3 +132,23 @@ def test_sigkill_then_rerun_is_bit_exact(straight, tmp_path):
     assert s2 == step
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_damaged_checkpoint_is_set_aside(straight, tmp_path):
+    """A truncated file in the newest step: that step is moved aside, the run redoes it."""
+    import shutil
+
+    from common.train.checkpoint import CorruptCheckpointWarning
+
+    c, state, step, d = straight
+    ck = tmp_path / "ck"
+    shutil.copytree(d / "ck", ck)
+    files = sorted((p for p in (ck / str(step)).rglob("*") if p.is_file() and p.stat().st_size > 64),
+                   key=lambda p: p.stat().st_size)
+    with open(files[-1], "r+b") as f:
+        f.truncate(files[-1].stat().st_size // 2)
+    with pytest.warns(CorruptCheckpointWarning, match=f"step {step}"):
+        redone, s2 = train.train(spec.buckets(c), c, ck, None, progress=False)
+    assert s2 == step and (ck / f"{step}.corrupt").is_dir()
+    for a, b in zip(jax.tree.leaves(redone), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
