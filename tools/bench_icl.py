@@ -5,13 +5,18 @@
 Same model (one layer, H full-width softmax heads, d = 5, L = 40), same batch (256 fresh
 prompts drawn every step), same optimiser (Adam 1e-3), all on CPU in this process. Prints
 steps/s and the ratios (targets: ours ≥ 2× PyTorch eager; vmapped seeds ≥ 4× sequential).
-Timings exclude compilation unless stated; on a shared CPU they are noisy.
+Timings exclude compilation unless stated; on a shared CPU they are noisy. With several cores
+the seeds are also spread over one host device per core (``train.place_models``, the layout
+``train.train`` uses on a multi-device machine), measured in a fresh process.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -31,12 +36,15 @@ def _config(steps: int, seeds: tuple[int, ...]):
 
 
 def jax_steps_per_s(heads: int, steps: int, seeds: tuple[int, ...]) -> tuple[float, float]:
-    """``(steps/s of the whole bucket, compile seconds)`` for one bucket of ``len(seeds)`` models."""
+    """``(steps/s of the whole bucket, compile seconds)`` for one bucket of ``len(seeds)`` models.
+
+    The models are spread over the process's devices as ``train.train`` does.
+    """
     c = _config(steps, seeds)
     c.heads = (heads,)
     buckets = spec.buckets(c)
     opt = optax.adam(c.lr)
-    state = train.init_state(buckets, opt)
+    state = train.place_models(train.init_state(buckets, opt))
     chunk = train.make_chunk(buckets, c, opt)
     t0 = time.perf_counter()
     state, loss = chunk(state, 0, steps)
@@ -99,12 +107,28 @@ def torch_steps_per_s(heads: int, steps: int, d: int = 5, length: int = 40,
     return steps / (time.perf_counter() - t0)
 
 
+def sharded_steps_per_s(heads: int, steps: int, seeds: int, devices: int) -> float:
+    """Vmapped ``seeds`` models spread over ``devices`` host CPU devices (a fresh process)."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={devices}").strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.bench_icl", "--child-sharded", "--heads", str(heads),
+         "--steps", str(steps), "--seeds", str(seeds)],
+        env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--child-sharded", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.child_sharded:  # run by sharded_steps_per_s with several host devices
+        print(jax_steps_per_s(a.heads, a.steps, tuple(range(a.seeds)))[0])
+        return
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; H={a.heads}, d=5, L=40, "
           f"batch 256, Adam; {a.steps} timed steps per measurement")
     ours, comp1 = jax_steps_per_s(a.heads, a.steps, (0,))
@@ -139,6 +163,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ratio vmapped / sequential, wall incl. compile ({total} steps per run) "
           f"{seq_wall / vm_wall:6.2f}x")
     print(f"vmapped ours / pytorch eager (model-steps/s) {vm * a.seeds / torch_sps:6.2f}x")
+    cores = os.cpu_count() or 1
+    if cores > 1 and a.seeds % cores == 0:
+        sh = sharded_steps_per_s(a.heads, a.steps, a.seeds, cores)
+        print(f"vmapped {a.seeds} seeds over {cores} host devices (one per core) "
+              f"{sh * a.seeds:8.1f} model-steps/s")
+        print(f"ratio sharded vmapped / sequential, steps only {seq_run / (a.steps / sh):6.2f}x  "
+              f"(target >= 4x)")
 
 
 if __name__ == "__main__":

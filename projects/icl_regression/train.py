@@ -53,6 +53,25 @@ def _init_fn(buckets: tuple[Bucket, ...], optimizer: optax.GradientTransformatio
     return jax.jit(init)
 
 
+def place_models(state: State) -> State:
+    """Spread every leading model axis over this process's devices where it divides evenly.
+
+    One device: unchanged. Several (GPUs, TPU cores, or ``--xla_force_host_platform_device_count``
+    CPU devices): the compiled step follows the placement (GSPMD), so each device trains its
+    share of the seeds; axes that do not divide stay replicated. Single-process only.
+    """
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return state
+    mesh = jax.sharding.Mesh(np.array(devices), ("models",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("models"))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(
+        lambda x: jax.device_put(x, split if x.ndim and x.shape[0] % len(devices) == 0 else whole),
+        state)
+
+
 def _family(b: Bucket) -> tuple:
     """Buckets of one family (same ``d``, covariance and tasks) train on the same prompts."""
     return (b.d, b.cov, b.task_masks, b.seeds)
@@ -204,7 +223,7 @@ def train(buckets: list[Bucket], config: ml_collections.ConfigDict, ckpt_dir: pa
     else:
         meta_path.write_text(json.dumps(meta, indent=2))
     optimizer = _adam(float(config.lr))
-    state = init_state(buckets, optimizer)
+    state = place_models(init_state(buckets, optimizer))
     ckpt = Checkpointer(ckpt_dir, keep=2)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             state)

@@ -152,3 +152,39 @@ def test_damaged_checkpoint_is_set_aside(straight, tmp_path):
     assert s2 == step and (ck / f"{step}.corrupt").is_dir()
     for a, b in zip(jax.tree.leaves(redone), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+SHARDED_RUN = """
+import sys
+import jax, numpy as np
+from projects.icl_regression import spec, train
+from tests.projects.icl_regression.test_train import tiny_config
+
+assert jax.device_count() == 2
+c = tiny_config()
+state, _ = train.train(spec.buckets(c), c, sys.argv[1], None, progress=False)
+assert "models" in str(state["params"]["H2"]["w_q"].sharding.spec)
+np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(state)])
+"""
+
+
+def test_seeds_sharded_over_two_devices_match_one_device(straight, tmp_path):
+    """Two fake CPU devices, one seed each: the same models as on one device."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    _, state, _, _ = straight
+    root = pathlib.Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root),
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-c", SHARDED_RUN, str(tmp_path / "ck"),
+                          str(tmp_path / "s.npz")], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = np.load(tmp_path / "s.npz")
+    want = jax.tree.leaves(state)
+    assert len(got.files) == len(want)
+    for i, w in enumerate(want):
+        np.testing.assert_allclose(got[f"arr_{i}"], np.asarray(w), rtol=1e-5, atol=1e-6)
