@@ -22,7 +22,7 @@ def tiny_run_config():
     c.theory.heatmap_grid = 3
     c.theory.heatmap_draws = 100
     c.theory.norm_draws = 300
-    c.activation.functions = ("tanh", "affine")
+    c.activation.functions = ("tanh",)
     return c
 
 
@@ -38,7 +38,7 @@ def check_run_directory(tmp_path, c, figures):
     assert set(on_disk["kq_offdiag_ratio"]) == {"H1", "H2"}
     assert set(on_disk["ov_zero_sum_abs"]) == {"H1", "H2"}
     assert s["steps"] == 40
-    assert set(on_disk["activation"]) == {"act_tanh_H2", "act_affine_H2"}
+    assert set(on_disk["activation"]) == {"act_tanh_H2"}
     assert set(on_disk["mse"]["act_tanh_H2"]) == {"4", "8", "16"}
     figs = {p.name for p in (tmp_path / "figures").iterdir()}
     for name in figures:

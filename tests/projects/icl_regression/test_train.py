@@ -34,6 +34,7 @@ def straight(tmp_path_factory):
     return c, state, step, d
 
 
+@pytest.mark.slow  # the default run keeps test_sigkill_then_rerun_is_bit_exact
 def test_resume_after_interrupt_is_bit_exact(straight, tmp_path):
     c, state, step, _ = straight
     buckets = spec.buckets(c)
@@ -126,6 +127,7 @@ def test_sigkill_then_rerun_is_bit_exact(straight, tmp_path):
         assert proc.wait() == -signal.SIGKILL
     finally:
         proc.kill()
+        proc.stderr.close()
     on_disk = saved()
     assert 0 < on_disk[-1] < step, f"the kill did not land mid-run: {on_disk}"
     resumed, s2 = train.train(spec.buckets(c), c, ck, None, progress=False)
