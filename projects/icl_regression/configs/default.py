@@ -1,7 +1,7 @@
 """Configs of the icl_regression project (He et al. 2025).
 
-Full run, the paper's 5·10⁵ Adam steps (CPU: about 40 minutes on 2 idle cores, all 13 models
-stepping together at about 210 steps/s in one compiled program; slower when other jobs load
+Full run, the paper's 5·10⁵ Adam steps (CPU: 54 minutes measured on 2 cores, all 13 models
+stepping together at 160-176 steps/s in one compiled program; slower when other jobs load
 the CPU):
 
     headlab run icl_regression
