@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -157,22 +158,29 @@ def _one_plus_tanh(x: jax.Array, c: float) -> jax.Array:
     return 1.0 + jnp.tanh(c * x)
 
 
+class Activation(NamedTuple):
+    """One f of the activation ablation: ``fn(x, C)``, ``slope = C_f / C``, a plot label."""
+
+    fn: Callable[[jax.Array, float], jax.Array]
+    slope: float
+    label: str
+
+
 # The blog's activation ablation (§8 of the spec): exp is replaced by f and renormalised,
 # σ(ν)_l = f(ν_l) / Σ_l' f(ν_l'). ``C_f = f'(0) / f(0)`` sets the effective GD step
 # η_eff = 2·C_f·‖ω‖∞·‖μ‖∞ of a ± head pair at small logits.
-ACTIVATIONS: dict[str, Callable[[jax.Array, float], jax.Array]] = {
-    "affine": _affine,  # max(1 + Cx, 0), C_f = C
-    "quadratic": _quadratic,  # (1 + Cx)², C_f = 2C
-    "tanh": _one_plus_tanh,  # 1 + tanh(Cx), C_f = C
+ACTIVATIONS: dict[str, Activation] = {
+    "affine": Activation(_affine, 1.0, "max(1+Cx, 0)"),
+    "quadratic": Activation(_quadratic, 2.0, "(1+Cx)²"),
+    "tanh": Activation(_one_plus_tanh, 1.0, "1+tanh(Cx)"),
 }
-ACTIVATION_SLOPE = {"affine": 1.0, "quadratic": 2.0, "tanh": 1.0}  # C_f / C
 
 
 def forward_activation(params: Params, context: jax.Array, query: jax.Array,
                        mask: jax.Array | None = None, backend: str = "reference",
                        kv_valid: jax.Array | None = None, *, activation: str = "tanh",
                        c: float = 1.0) -> jax.Array:
-    """:func:`forward` with ``exp`` replaced by ``f = ACTIVATIONS[activation]`` (then normalised).
+    """:func:`forward` with ``exp`` replaced by ``f = ACTIVATIONS[activation].fn`` (normalised).
 
     ``ŷ = Σ_h OV_h Σ_l w_{h,l} z_l / Σ_l w_{h,l}`` with ``w_{h,l} = f(z_lᵀ KQ_h z_q; c)``. Same
     parameters and shapes as :func:`forward`; ``backend`` is ignored (the core's attention is
@@ -185,11 +193,9 @@ def forward_activation(params: Params, context: jax.Array, query: jax.Array,
     if mask is not None:
         ov = ov * mask[:, None, None]
     q = jnp.einsum("hmn,bn->bhm", kq, query)  # [b, H, D]
-    w = ACTIVATIONS[activation](jnp.einsum("bhm,blm->bhl", q, context), c)  # [b, H, L]
+    w = ACTIVATIONS[activation].fn(jnp.einsum("bhm,blm->bhl", q, context), c)  # [b, H, L]
     if kv_valid is not None:
         w = w * kv_valid[:, None, :]
     out = jnp.einsum("bhl,blm->bhm", w, context) / jnp.sum(w, axis=-1, keepdims=True)
     return jnp.einsum("bhm,hom->bo", out, ov)
 
-
-FORWARDS = {"softmax": forward, "linear": forward_linear}

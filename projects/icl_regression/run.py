@@ -49,9 +49,6 @@ PAPER = {  # §5-§7 of the spec (notebook outputs; trained-model values have th
 }
 
 
-FUNCTION_LABEL = {"affine": "max(1+Cx, 0)", "quadratic": "(1+Cx)²", "tanh": "1+tanh(Cx)"}
-
-
 def _read_history(path: pathlib.Path, model_name: str) -> dict:
     """``{"step", "omega" [T, H], "mu" [T, H]}`` of one model from metrics.jsonl (last write wins)."""
     rows = {}
@@ -241,7 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             kq, ov = (np.asarray(a) for a in model.circuits(train.unstack(state, b)[0]))
             p = analysis.model_patterns(kq, ov, b.d)
             f = b.attention[4:]
-            slope = model.ACTIVATION_SLOPE[f] * b.act_c
+            slope = model.ACTIVATIONS[f].slope * b.act_c
             acts[b.name] = {
                 "function": f, "c": b.act_c, "mse": mse[b.name][str(L)],
                 "omega": p["omega"], "mu": p["mu"], "dummy": p["dummy"],
@@ -255,7 +252,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                                               "mse": mse[b.name][str(L)],
                                               "eta_eff": pats[b.name]["eta_eff"]}
                  for b in main if b.heads == ab[0].heads}
-        shown.update({f"{FUNCTION_LABEL[a['function']]}, C={a['c']:g}": a for a in acts.values()})
+        shown.update({f"{model.ACTIVATIONS[a['function']].label}, C={a['c']:g}": a
+                      for a in acts.values()})
         plots.activations(shown, rd.figures)
     lap("extensions")
     # ------------------------------------------------------------------ theory + figures

@@ -15,7 +15,6 @@ import numpy as np
 
 from projects.icl_regression import data, model
 
-ATTENTIONS = ("softmax", "linear", *(f"act:{a}" for a in model.ACTIVATIONS))
 BACKENDS = ("reference", "xla")
 
 
