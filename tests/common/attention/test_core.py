@@ -184,15 +184,16 @@ def test_jit_and_grad_through_core():
     np.testing.assert_allclose(float(g[0, 2, 1, 3]), float(fd), rtol=1e-2, atol=1e-3)
 
 
-@pytest.mark.parametrize("s", [128, 150])
-def test_cpu_chunked_causal_path_matches_brute_force(s):
-    """Long square causal prefills on CPU take the chunked path (odd tail chunk at 150)."""
+@pytest.mark.parametrize("s,heads,kv_heads", [(128, 2, 1), (150, 6, 2)])
+def test_cpu_chunked_causal_path_matches_brute_force(s, heads, kv_heads):
+    """Long square causal prefills on CPU take the chunked path (odd tail chunk at 150; query
+    groups folded into the rows of each KV head)."""
     from common.attention.backends import CAUSAL_CHUNK
 
     assert s >= 2 * CAUSAL_CHUNK
     rng = np.random.default_rng(s)
-    q, k, v = _qkv(rng, 1, s, s, 2, 1, 4)
+    q, k, v = _qkv(rng, 2, s, s, heads, kv_heads, 4)
     got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
                                 mask=Mask(causal=True), backend="xla").out
-    want = brute_force(q, k, v, _allowed(1, 2, s, s, causal=True), np.full(2, 0.5))
+    want = brute_force(q, k, v, _allowed(2, heads, s, s, causal=True), np.full(heads, 0.5))
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
