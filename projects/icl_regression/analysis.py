@@ -13,6 +13,12 @@ Per head ``h``:
 * ``last_ratio = |μ| / ‖OV_h‖₂`` (the last-entry-only pattern);
 * ``bottom_row = ‖KQ_h[d:, :d]‖ / ‖KQ_h[:d, :d]‖`` (the y-row of KQ, 0 in the paper);
 * ``dummy``: the head's share ``|ω_h μ_h|`` of the effective step is under 5% of the largest.
+
+Model level, the effective preconditioner ``Γ = Σ_h μ_h KQ_h[:d, :d]``: for small logits,
+``softmax_l ≈ (1 + s_l - s̄)/L`` gives ``ŷ ≈ (Σ_h μ_h) ȳ + (1/L) Σ_l y_l (x_l - x̄)ᵀ Γ x_q``, so
+once ``Σμ ≈ 0`` the prediction depends on the heads only through ``Γ`` (debiased GD has
+``Γ = η* I``). Heads may trade directions among themselves (one head's off-diagonal part
+cancelled by another's) without changing ``Γ``.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ def model_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict:
     their share of the prediction; a diagnostic, not the paper's metric), ``kq_diag_ratio``,
     ``kq_diag_var``, ``ov_last_ratio`` (means over active heads), ``ov_zero_sum_abs = |Σ_h μ_h|``,
     ``ov_zero_sum_rel = |Σμ| / Σ|μ|``, ``omega_abs_cv = std|ω| / mean|ω|`` over active heads,
+    ``gamma`` (``Γ [d, d]``, see the module docstring) and ``gamma_offdiag_ratio``
+    (``‖Γ - diag Γ‖_F / ‖diag Γ‖₂``, the function-level counterpart of ``kq_offdiag_ratio``),
     ``sign_match`` (fraction of active heads with sign ω = sign μ), ``mu_pos_sum`` (``Σ_{H₊} μ``),
     ``eta_eff = Σ_h ω_h μ_h`` (the debiased-GD step the heads implement at small ω: ``2γμ_γ``
     for the symmetric pair ``(γ, -γ), (μ_γ, -μ_γ)``).
@@ -80,6 +88,7 @@ def model_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict:
     diag_norm = np.linalg.norm(np.diagonal(kq_block, axis1=1, axis2=2), axis=1)
     off = p["offdiag_ratio"] * diag_norm
     abs_w = np.abs(omega[active])
+    gamma = effective_preconditioner(kq, mu, d)
     return {
         "omega": omega.tolist(),
         "mu": mu.tolist(),
@@ -89,6 +98,8 @@ def model_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict:
         "kq_offdiag_per_head": p["offdiag_ratio"].tolist(),
         "kq_offdiag_ratio_mu_weighted": float(
             (np.abs(mu) * off)[active].sum() / (np.abs(mu) * diag_norm)[active].sum()),
+        "gamma": gamma.tolist(),
+        "gamma_offdiag_ratio": offdiag_ratio(gamma),
         "kq_diag_ratio": float(p["diag_ratio"][active].mean()),
         "kq_diag_var": float(p["diag_var"][active].mean()),
         "kq_bottom_row": float(p["bottom_row"][active].mean()),
@@ -103,6 +114,20 @@ def model_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict:
         "n_neg": int((active & (omega < 0)).sum()),
         "eta_eff": float(np.sum(omega * mu)),
     }
+
+
+def effective_preconditioner(kq: np.ndarray, mu: np.ndarray, d: int) -> np.ndarray:
+    """``Γ = Σ_h μ_h KQ_h[:d, :d]`` ``[d, d]`` from ``KQ [H, D, D]`` and ``μ [H]``."""
+    return np.einsum("h,hij->ij", np.asarray(mu, np.float64),
+                     np.asarray(kq, np.float64)[:, :d, :d])
+
+
+def offdiag_ratio(m: np.ndarray) -> float:
+    """``‖M - diag M‖_F / ‖diag M‖₂`` of a square matrix."""
+    m = np.asarray(m, np.float64)
+    diag = np.diagonal(m)
+    off = np.sqrt(max(np.linalg.norm(m) ** 2 - np.linalg.norm(diag) ** 2, 0.0))
+    return float(off / (np.linalg.norm(diag) + 1e-30))
 
 
 def preconditioner(kq: np.ndarray, omega: np.ndarray, d: int, active: np.ndarray) -> np.ndarray:

@@ -111,7 +111,12 @@ def render(s: dict, paper: dict, config: ml_collections.ConfigDict, heads: list[
             + ". Weighted by |μ_h| (the heads' share of the prediction; not the paper's "
             "metric): " + ", ".join(
                 f"H{h} {s['patterns'][f'H{h}']['kq_offdiag_ratio_mu_weighted']:.3f}"
-                for h in multi_h) + ".",
+                for h in multi_h) + ". To first order in the logits the prediction depends on "
+            "the heads only through Γ = Σ_h μ_h KQ_h[:d, :d] (ŷ ≈ (1/L) Σ_l y_l (x_l - x̄)ᵀ Γ x_q "
+            "once Σμ ≈ 0), so heads can trade off-diagonal mass among themselves; Γ's "
+            "off-diagonal / diagonal: " + ", ".join(
+                f"H{h} {s['patterns'][f'H{h}']['gamma_offdiag_ratio']:.3f}" for h in multi_h)
+            + ".",
             "",
             "**Claim: OV μ sums to ~0 across heads** (abs(Σμ) / Σ abs μ): " + ", ".join(
                 f"H{h} {v:.3f} {'✓' if v < 0.05 else '✗'}" for h, v in zs.items()) + ".",

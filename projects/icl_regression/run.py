@@ -288,6 +288,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "omega": {k: p["omega"] for k, p in pats.items()},
         "mu": {k: p["mu"] for k, p in pats.items()},
         "kq_offdiag_ratio": {k: p["kq_offdiag_ratio"] for k, p in pats.items()},
+        "gamma_offdiag_ratio": {k: p["gamma_offdiag_ratio"] for k, p in pats.items()},
         "ov_zero_sum_abs": {k: p["ov_zero_sum_abs"] for k, p in pats.items()},
         "patterns": pats,
         "eta_star": estimators.eta_star(d, L, s2),

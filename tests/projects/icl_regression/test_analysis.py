@@ -85,3 +85,47 @@ def test_preconditioner_and_cosine():
     pre = analysis.preconditioner(kq, np.array([0.2, -0.2]), d, np.array([True, True]))
     np.testing.assert_allclose(pre, 0.1 * omega_mat)
     assert analysis.cosine(pre, omega_mat) == pytest.approx(1.0)
+
+
+def test_effective_preconditioner_is_what_the_prediction_depends_on():
+    """Heads that trade off-diagonal mass among themselves leave Γ = Σ_h μ_h KQ_h and, to first
+    order in the logits, the prediction unchanged; the per-head ratio still reports them."""
+    from projects.icl_regression import data
+
+    d, width, length, omega, mu = 3, 4, 20, 0.02, np.array([2.0, -2.0])
+    rng = np.random.default_rng(3)
+    b = 0.02 * rng.standard_normal((d, d)) * (1 - np.eye(d))
+
+    def circuits(blocks):
+        kq = np.zeros((2, width, width))
+        ov = np.zeros((2, 1, width))
+        for h in range(2):
+            kq[h, :d, :d] = blocks[h]
+            ov[h, 0, d] = mu[h]
+        return kq, ov
+
+    eye = np.eye(d)
+    traded = circuits([omega * eye + b, -omega * eye + b])  # Γ = 4ω·I, b cancels
+    clean = circuits([omega * eye, -omega * eye])  # Γ = 4ω·I
+    shifted = circuits([omega * eye + b, -omega * eye - b])  # Γ = 4ω·I + 4b
+
+    s = analysis.model_patterns(*traded, d)
+    np.testing.assert_allclose(s["gamma"], 4 * omega * eye, atol=1e-12)
+    assert s["gamma_offdiag_ratio"] < 1e-9
+    assert s["kq_offdiag_ratio"] > 0.5  # the per-head metric sees the traded mass
+    assert analysis.model_patterns(*shifted, d)["gamma_offdiag_ratio"] > 0.5
+
+    import jax
+
+    pr = data.sample_prompts(jax.random.key(0), 4096, length, d, 0.1)
+    pred = {name: np.asarray(model.forward(planted_params(*c), pr.context, pr.query))[:, 0]
+            for name, c in [("traded", traded), ("clean", clean), ("shifted", shifted)]}
+    # First order: ŷ ≈ (Σμ) ȳ + (1/L) Σ_l y_l (x_l - x̄)ᵀ Γ x_q with Σμ = 0.
+    x, y, xq = (np.asarray(a, np.float64) for a in (pr.x, pr.y[..., 0], pr.x_q))
+    first = np.einsum("bl,bld,de,be->b", y, x - x.mean(1, keepdims=True),
+                      np.asarray(s["gamma"]), xq) / length
+    scale = np.sqrt(np.mean(first**2))
+    assert np.sqrt(np.mean((pred["traded"] - first) ** 2)) < 0.1 * scale
+    moved = np.sqrt(np.mean((pred["shifted"] - pred["clean"]) ** 2))
+    traded_gap = np.sqrt(np.mean((pred["traded"] - pred["clean"]) ** 2))
+    assert traded_gap < 0.1 * moved

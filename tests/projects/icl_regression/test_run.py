@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from projects.icl_regression import run
@@ -36,6 +37,8 @@ def check_run_directory(tmp_path, c, figures):
         assert set(on_disk["mse"][k]) == {"4", "8", "16"}
     assert len(on_disk["omega"]["H2"]) == 2 and len(on_disk["mu"]["H2"]) == 2
     assert set(on_disk["kq_offdiag_ratio"]) == {"H1", "H2"}
+    assert set(on_disk["gamma_offdiag_ratio"]) == {"H1", "H2"}
+    assert np.shape(on_disk["patterns"]["H2"]["gamma"]) == (c.d, c.d)
     assert set(on_disk["ov_zero_sum_abs"]) == {"H1", "H2"}
     assert s["steps"] == 40
     assert set(on_disk["activation"]) == {"act_tanh_H2"}
@@ -44,7 +47,7 @@ def check_run_directory(tmp_path, c, figures):
     for name in figures:
         assert f"{name}.png" in figs and f"{name}.pdf" in figs, name
     report = (tmp_path / "report.md").read_text()
-    assert "debiased_gd" in report and "Gaps and deviations" in report
+    assert "debiased_gd" in report and "Gaps and deviations" in report and "Γ's" in report
     # Exact closed forms agree with their Monte-Carlo twins in the run (400 draws: loose).
     for n in ("8", "16"):
         assert on_disk["mse"]["debiased_gd"][n] == pytest.approx(
