@@ -44,7 +44,6 @@ def head_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict[str, np.ndarra
     diag = np.diagonal(block, axis1=1, axis2=2)  # [H, d]
     diag_norm = np.linalg.norm(diag, axis=1)
     fro = np.linalg.norm(block, axis=(1, 2))
-    off = np.sqrt(np.maximum(fro**2 - diag_norm**2, 0.0))
     omega = diag.mean(axis=1)
     mu_all = np.stack([ov[:, n, d + n] for n in range(n_out)], axis=1)  # [H, N]
     eps = 1e-30
@@ -57,7 +56,7 @@ def head_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict[str, np.ndarra
         "mu": mu_all[:, 0] if n_out == 1 else mu_all,
         "diag_ratio": diag_norm / (fro + eps),
         "diag_var": diag.var(axis=1) / (omega**2 + eps),
-        "offdiag_ratio": off / (diag_norm + eps),
+        "offdiag_ratio": offdiag_ratio(block),
         "last_ratio": last_ratio,
         "bottom_row": np.linalg.norm(kq[:, d:, :d], axis=(1, 2)) / (fro + eps),
         "dummy": dummy,
@@ -99,7 +98,7 @@ def model_patterns(kq: np.ndarray, ov: np.ndarray, d: int) -> dict:
         "kq_offdiag_ratio_mu_weighted": float(
             (np.abs(mu) * off)[active].sum() / (np.abs(mu) * diag_norm)[active].sum()),
         "gamma": gamma.tolist(),
-        "gamma_offdiag_ratio": offdiag_ratio(gamma),
+        "gamma_offdiag_ratio": float(offdiag_ratio(gamma)),
         "kq_diag_ratio": float(p["diag_ratio"][active].mean()),
         "kq_diag_var": float(p["diag_var"][active].mean()),
         "kq_bottom_row": float(p["bottom_row"][active].mean()),
@@ -122,12 +121,12 @@ def effective_preconditioner(kq: np.ndarray, mu: np.ndarray, d: int) -> np.ndarr
                      np.asarray(kq, np.float64)[:, :d, :d])
 
 
-def offdiag_ratio(m: np.ndarray) -> float:
-    """``‖M - diag M‖_F / ‖diag M‖₂`` of a square matrix."""
+def offdiag_ratio(m: np.ndarray) -> np.ndarray:
+    """``‖M - diag M‖_F / ‖diag M‖₂`` of square matrices ``[..., d, d]`` -> ``[...]``."""
     m = np.asarray(m, np.float64)
-    diag = np.diagonal(m)
-    off = np.sqrt(max(np.linalg.norm(m) ** 2 - np.linalg.norm(diag) ** 2, 0.0))
-    return float(off / (np.linalg.norm(diag) + 1e-30))
+    diag_norm = np.linalg.norm(np.diagonal(m, axis1=-2, axis2=-1), axis=-1)
+    fro = np.linalg.norm(m, axis=(-2, -1))
+    return np.sqrt(np.maximum(fro**2 - diag_norm**2, 0.0)) / (diag_norm + 1e-30)
 
 
 def preconditioner(kq: np.ndarray, omega: np.ndarray, d: int, active: np.ndarray) -> np.ndarray:
