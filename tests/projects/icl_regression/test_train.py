@@ -172,19 +172,13 @@ np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(state)])
 
 def test_seeds_sharded_over_two_devices_match_one_device(straight, tmp_path):
     """Two fake CPU devices, one seed each: the same models as on one device."""
-    import os
-    import pathlib
-    import subprocess
     import sys
 
+    from tests.common.train._runs import env, run
+
     _, state, _, _ = straight
-    root = pathlib.Path(__file__).resolve().parents[3]
-    env = {**os.environ, "PYTHONPATH": str(root),
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
-    out = subprocess.run([sys.executable, "-c", SHARDED_RUN, str(tmp_path / "ck"),
-                          str(tmp_path / "s.npz")], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    run([sys.executable, "-c", SHARDED_RUN, str(tmp_path / "ck"), str(tmp_path / "s.npz")],
+        env(devices=2))
     got = np.load(tmp_path / "s.npz")
     want = jax.tree.leaves(state)
     assert len(got.files) == len(want)
