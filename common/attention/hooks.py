@@ -6,51 +6,101 @@ The base class does nothing, so a forward with :data:`NO_HOOKS` is the plain for
 ``common.interp`` implements interventions and capture on top of this protocol; the model
 is never monkey-patched.
 
-Sites (shapes for a decoder with ``heads`` query heads, ``kv_heads`` key/value heads):
-
-===============  ===========================================
-``resid_pre``    ``[batch, seq, d_model]``
-``q``            ``[batch, seq, heads, head_dim]`` before RoPE
-``k`` / ``v``    ``[batch, seq, kv_heads, head_dim]`` (``k`` before RoPE)
-``rot_q``        ``[batch, seq, heads, head_dim]`` after RoPE
-``rot_k``        ``[batch, seq, kv_heads, head_dim]`` after RoPE
-``pattern``      ``[batch, heads, q_len, kv_len]`` (only when wanted)
-``z``            ``[batch, seq, heads, head_dim]`` per-head output before ``W_O``
-``head_out``     ``[batch, seq, heads, d_model]`` (only when wanted)
-``attn_out``     ``[batch, seq, d_model]``
-``resid_mid``    ``[batch, seq, d_model]``
-``mlp_out``      ``[batch, seq, d_model]``
-``resid_post``   ``[batch, seq, d_model]``
-===============  ===========================================
+Sites are declared once, in :data:`SITE_TABLE` (name, axes of one layer's value, whether it
+costs extra); every list of site names, axes, head axes and position axes derives from it.
+Axis names: ``batch``, ``pos`` (``query_pos``/``key_pos`` for the pattern), ``head`` (query
+heads), ``kv_head`` (key/value heads), ``d_head``, ``d_model``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 
 from common.attention.masks import Mask
 
-SITES = (
-    "resid_pre",
-    "q",
-    "k",
-    "v",
-    "rot_q",
-    "rot_k",
-    "pattern",
-    "z",
-    "head_out",
-    "attn_out",
-    "resid_mid",
-    "mlp_out",
-    "resid_post",
-)
 
-# Sites that are only computed when some hook wants them.
-OPTIONAL_SITES = ("pattern", "head_out")
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One hook point of the forward pass.
+
+    Attributes:
+      name: the site name, e.g. ``"z"``.
+      axes: axis names of one layer's value, e.g. ``("batch", "pos", "head", "d_head")``.
+      doc: what the value is.
+      optional: computed only when a hook wants it (it costs extra: ``pattern`` forces the
+        reference attention path, ``head_out`` a ``[batch, pos, head, d_model]`` product).
+    """
+
+    name: str
+    axes: tuple[str, ...]
+    doc: str
+    optional: bool = False
+
+    @property
+    def head_axis(self) -> int | None:
+        """Index of the (query or key/value) head axis in :attr:`axes`, or None."""
+        for name in ("head", "kv_head"):
+            if name in self.axes:
+                return self.axes.index(name)
+        return None
+
+    @property
+    def pos_axis(self) -> int:
+        """Index of the (query) position axis in :attr:`axes`."""
+        return self.axes.index("query_pos" if "query_pos" in self.axes else "pos")
+
+    @property
+    def kv(self) -> bool:
+        """Whether the head axis counts key/value heads (``k``, ``v``, ``rot_k``)."""
+        return "kv_head" in self.axes
+
+
+_RESID = ("batch", "pos", "d_model")
+_HEADS = ("batch", "pos", "head", "d_head")
+_KV_HEADS = ("batch", "pos", "kv_head", "d_head")
+
+# One line per site, in forward order. Adding a site is one line here (and the model's call).
+SITE_TABLE: dict[str, Site] = {s.name: s for s in (
+    Site("resid_pre", _RESID, "residual stream entering the block"),
+    Site("q", _HEADS, "queries before RoPE"),
+    Site("k", _KV_HEADS, "keys before RoPE"),
+    Site("v", _KV_HEADS, "values"),
+    Site("rot_q", _HEADS, "queries after RoPE"),
+    Site("rot_k", _KV_HEADS, "keys after RoPE"),
+    Site("pattern", ("batch", "head", "query_pos", "key_pos"), "attention probabilities",
+         optional=True),
+    Site("z", _HEADS, "per-head attention output before W_O"),
+    Site("head_out", ("batch", "pos", "head", "d_model"), "per-head output after W_O",
+         optional=True),
+    Site("attn_out", _RESID, "attention output (sum over heads, with the bias)"),
+    Site("resid_mid", _RESID, "residual stream after attention"),
+    Site("mlp_out", _RESID, "MLP output"),
+    Site("resid_post", _RESID, "residual stream leaving the block"),
+)}
+
+SITES: tuple[str, ...] = tuple(SITE_TABLE)
+"""Every site name, in forward order."""
+OPTIONAL_SITES: tuple[str, ...] = tuple(n for n, s in SITE_TABLE.items() if s.optional)
+"""Sites computed only when some hook wants them."""
+SITE_AXES: dict[str, tuple[str, ...]] = {n: s.axes for n, s in SITE_TABLE.items()}
+"""Axis names of one layer's value of each site."""
+HEAD_AXIS: dict[str, int] = {n: s.head_axis for n, s in SITE_TABLE.items()
+                             if s.head_axis is not None}
+"""Axis of the head (or kv-head) index in one layer's value of each per-head site."""
+POS_AXIS: dict[str, int] = {n: s.pos_axis for n, s in SITE_TABLE.items()}
+"""Axis of the (query) position in one layer's value of each site."""
+
+
+def site(name: str) -> Site:
+    """The :class:`Site` called ``name``; a KeyError listing the known sites otherwise."""
+    try:
+        return SITE_TABLE[name]
+    except KeyError:
+        raise KeyError(f"unknown site {name!r}; known sites: {', '.join(SITES)}") from None
 
 
 class AttentionEdit(NamedTuple):
@@ -86,3 +136,18 @@ class Hooks:
 
 
 NO_HOOKS = Hooks()
+
+
+def resolve_hooks(intervention: Any, config: Any) -> Hooks:
+    """``None`` -> no hooks; a :class:`Hooks` as is; else ``intervention.hooks(config)``.
+
+    ``intervention`` is typically a ``common.interp.Intervention``; ``config`` the model's
+    ``ModelConfig``.
+    """
+    if intervention is None:
+        return NO_HOOKS
+    if isinstance(intervention, Hooks):
+        return intervention
+    if hasattr(intervention, "hooks"):
+        return intervention.hooks(config)
+    raise TypeError(f"intervention: expected None, a Hooks or an Intervention, got {type(intervention)}")

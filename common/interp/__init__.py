@@ -5,12 +5,14 @@ patching sweeps and figures.
 >>> cache["z", 3].shape, cache.axes("z")          # [batch, pos, head, d_head]
 >>> model(ids, intervention=Intervention.ablate(model.config, [(3, 1)]))
 >>> scores = activation_patching(model, clean, corrupted, logit_diff(a, b))  # [layer, head]
+
+Capture itself (``run_with_cache``, ``forward``, ``ActivationCache``) lives with the models
+(``common.models.capture``) so that ``model.run_with_cache`` needs nothing from this package; it
+is re-exported here with the rest of the researcher's toolbox.
 """
 
-from common.interp.cache import ActivationCache
-from common.interp.capture import CaptureHooks, forward, resolve_sites, run_with_cache
+from common.attention.hooks import SITE_AXES
 from common.interp.intervention import Intervention, InterventionHooks, Patch, make_patch
-from common.interp.labelled import SITE_AXES, Labelled
 from common.interp.metrics import FullLogitsMetric, LogitMetric, as_metric, logit_diff, logit_of
 from common.interp.sweeps import (
     ablation_attribution,
@@ -24,6 +26,9 @@ from common.interp.sweeps import (
     site_gradients,
 )
 from common.interp.views import OV, QK, W_E, W_K, W_O, W_Q, W_U, W_V, b_O, effective_embedding
+from common.labelled import Labelled
+from common.models.activation_cache import ActivationCache
+from common.models.capture import CaptureHooks, forward, resolve_sites, run_with_cache
 
 __all__ = [
     "OV",

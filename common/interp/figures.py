@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from common.interp.labelled import Labelled
+from common.labelled import Labelled
 
 
 def _save(fig: Figure, path, pdf: bool) -> pathlib.Path:

@@ -30,19 +30,21 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from common.attention.hooks import SITES, AttentionEdit, Hooks
+from common.attention.hooks import (
+    HEAD_AXIS,
+    POS_AXIS,
+    SITE_AXES,
+    SITE_TABLE,
+    SITES,
+    AttentionEdit,
+    Hooks,
+)
 from common.attention.masks import Mask
-from common.interp.labelled import SITE_AXES
-
-# Axis of the head (or kv-head) index in one layer's value of each per-head site.
-HEAD_AXIS = {"q": 2, "k": 2, "v": 2, "rot_q": 2, "rot_k": 2, "pattern": 1, "z": 2, "head_out": 2}
-# Axis of the (query) position in one layer's value of each site.
-POS_AXIS = {s: (2 if s == "pattern" else 1) for s in SITES}
 
 
 def _heads_of(site: str, config) -> int:
     """Number of heads along the head axis of ``site`` (kv heads for k, v, rot_k)."""
-    return config.n_kv_heads if site in ("k", "v", "rot_k") else config.n_heads
+    return config.n_kv_heads if SITE_TABLE[site].kv else config.n_heads
 
 
 def _shape_error(field: str, want: str, got) -> ValueError:

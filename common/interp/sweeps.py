@@ -20,13 +20,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.attention.hooks import NO_HOOKS, Hooks
+from common.attention.hooks import HEAD_AXIS, NO_HOOKS, POS_AXIS, SITE_AXES, Hooks
 from common.attention.masks import Mask
-from common.interp.capture import _capture, resolve_layers, run_with_cache
-from common.interp.intervention import HEAD_AXIS, POS_AXIS
-from common.interp.labelled import SITE_AXES, Labelled
 from common.interp.metrics import as_metric, evaluate
 from common.interp.views import W_O, W_U
+from common.labelled import Labelled
+from common.models.capture import capture_store, resolve_layers, run_with_cache
 
 
 class _PatchSite(Hooks):
@@ -148,7 +147,7 @@ def patch_sweep(
     positions, mask = _default_positions_mask(b, s, positions, mask)
     graphdef, state = nnx.split(model)
     _, store = jax.eval_shape(
-        lambda st: _capture(nnx.merge(graphdef, st), base_ids, positions, mask, None, (site,),
+        lambda st: capture_store(nnx.merge(graphdef, st), base_ids, positions, mask, None, (site,),
                             (0,), True), state)
     site_shape = tuple(store[(site, 0)].shape)
     _, cache = run_with_cache(model, base_ids, names_filter="resid_pre", positions=positions,
@@ -269,7 +268,7 @@ def _grad_jit(graphdef, state, ids, metric, positions, mask, *, site):
 
     def shapes(st):
         m = nnx.merge(graphdef, st)
-        return _capture(m, ids, positions, mask, None, (site,), tuple(range(n)), True)[1]
+        return capture_store(m, ids, positions, mask, None, (site,), tuple(range(n)), True)[1]
 
     shp = jax.eval_shape(shapes, state)
     deltas = {i: jnp.zeros(shp[(site, i)].shape, shp[(site, i)].dtype) for i in range(n)}

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 import jax
 import jax.numpy as jnp
 
-from common.interp.capture import resolve_layers
-from common.interp.labelled import Labelled
+from common.labelled import Labelled
+from common.models.capture import resolve_layers
 
 
 def _stack(model, layers, fn) -> tuple[jax.Array, tuple[int, ...]]:

@@ -1,7 +1,8 @@
 """Decoder LMs built from the per-head attention core, generation, and pretrained loading."""
 
+from common.attention.hooks import resolve_hooks
 from common.models.config import ARCHS, ModelConfig, config_from_hf
-from common.models.decoder import Block, DecoderLM, KVCache, init_cache, resolve_hooks
+from common.models.decoder import Block, DecoderLM, KVCache, init_cache
 
 __all__ = [
     "ARCHS",

@@ -108,12 +108,12 @@ def _rope_scaling(hf: dict) -> tuple | None:
 def config_from_hf(arch: str, hf: dict, **overrides: Any) -> ModelConfig:
     """Build a :class:`ModelConfig` from a Hugging Face ``config.json`` dict.
 
-    The dict is first completed by ``common.weights.checkpoint.normalise_config`` (transformers'
+    The dict is first completed by ``common.weights.loaded_checkpoint.normalise_config`` (transformers'
     class defaults; ``rope_theta`` and NeoX's ``rotary_pct`` lifted out of ``rope_parameters``).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {ARCHS}")
-    from common.weights.checkpoint import normalise_config  # lazy: keeps model import light
+    from common.weights.loaded_checkpoint import normalise_config  # lazy: keeps model import light
 
     hf = normalise_config(hf, arch)
     try:

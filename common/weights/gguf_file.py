@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from common.weights.checkpoint import Checkpoint, WeightsError, check_tensors, normalise_config
+from common.weights.errors import WeightsError
 from common.weights.gguf_reader import dequantize, read_header
+from common.weights.loaded_checkpoint import Checkpoint, check_tensors, normalise_config
+from common.weights.tokenizer import Tokenizer
 
 # GGUF ``general.architecture`` -> (Hugging Face model_type, Q/K rows permuted by llama.cpp).
 _ARCHS = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
@@ -47,28 +49,6 @@ _GLOBAL_NAMES = {
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
 
 _MISSING = object()
-
-
-def reader_field_value(field: Any) -> Any:
-    """The value of a ``gguf.ReaderField`` (from ``GGUFReader.fields``): scalar, str or list."""
-    from gguf import GGUFValueType
-
-    kind = field.types[0]
-    if kind == GGUFValueType.ARRAY:
-        item = field.types[-1] if len(field.types) > 1 else None
-        if item == GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
-        if not field.data:
-            return []
-        return np.concatenate([field.parts[i] for i in field.data]).tolist()
-    if kind == GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
-    return field.parts[field.data[0]][0].item()
-
-
-def plain_metadata(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """``{key: value}`` from either plain values or ``GGUFReader.fields``."""
-    return {k: reader_field_value(v) if hasattr(v, "parts") else v for k, v in fields.items()}
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -186,8 +166,6 @@ def load_gguf(path: str | os.PathLike, dtype=np.float32) -> Checkpoint:
       WeightsError: not a GGUF file, corrupt or truncated, unknown architecture, tensors that
         do not fit the metadata.
     """
-    from common.tokenizer import Tokenizer
-
     path = pathlib.Path(path).expanduser()
     header, buf = read_header(path)
     meta = header.metadata

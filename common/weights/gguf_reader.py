@@ -18,11 +18,12 @@ import mmap
 import os
 import pathlib
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from common.weights.checkpoint import WeightsError
+from common.weights.errors import WeightsError
 
 MAGIC = b"GGUF"
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
@@ -183,3 +184,25 @@ def dequantize(buf: mmap.mmap, info: TensorInfo) -> np.ndarray:
     raw = np.frombuffer(buf, np.uint8, info.n_bytes, info.offset).reshape(*shape[:-1], row_bytes)
     values = dequantize(raw, kind)
     return values.reshape(info.shape)
+
+
+def reader_field_value(field: Any) -> Any:
+    """The value of a ``gguf.ReaderField`` (from ``GGUFReader.fields``): scalar, str or list."""
+    from gguf import GGUFValueType
+
+    kind = field.types[0]
+    if kind == GGUFValueType.ARRAY:
+        item = field.types[-1] if len(field.types) > 1 else None
+        if item == GGUFValueType.STRING:
+            return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
+        if not field.data:
+            return []
+        return np.concatenate([field.parts[i] for i in field.data]).tolist()
+    if kind == GGUFValueType.STRING:
+        return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+    return field.parts[field.data[0]][0].item()
+
+
+def plain_metadata(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``{key: value}`` from either plain values or ``GGUFReader.fields``."""
+    return {k: reader_field_value(v) if hasattr(v, "parts") else v for k, v in fields.items()}

@@ -13,14 +13,10 @@ import pathlib
 
 import numpy as np
 
-from common.weights.checkpoint import (
-    Checkpoint,
-    WeightsError,
-    arch_of,
-    check_tensors,
-    normalise_config,
-)
+from common.weights.errors import WeightsError
+from common.weights.loaded_checkpoint import Checkpoint, arch_of, check_tensors, normalise_config
 from common.weights.safetensors_file import read_safetensors
+from common.weights.tokenizer import Tokenizer
 
 
 def _read_json(path: pathlib.Path, what: str) -> dict:
@@ -92,7 +88,6 @@ def load_hf_folder(path: str | os.PathLike, dtype=np.float32) -> Checkpoint:
       WeightsError: missing config.json or weights, unknown architecture, corrupt or
         truncated files, tensors that do not fit the config.
     """
-    from common.tokenizer import Tokenizer
 
     folder = pathlib.Path(path).expanduser()
     if not folder.is_dir():

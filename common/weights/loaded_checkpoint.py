@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common.weights.errors import WeightsError
+
 if TYPE_CHECKING:
-    from common.tokenizer import Tokenizer
+    from common.weights.tokenizer import Tokenizer
 
 # Hugging Face ``model_type`` -> the architecture family our models implement.
 ARCH_OF_MODEL_TYPE = {
@@ -48,10 +50,6 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
              "use_parallel_residual": True, "tie_word_embeddings": False, "hidden_act": "gelu",
              "max_position_embeddings": 2048},
 }
-
-
-class WeightsError(ValueError):
-    """A checkpoint file or folder is unusable; the message names the file and the fault."""
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ import struct
 import ml_dtypes
 import numpy as np
 
-from common.weights.checkpoint import WeightsError
+from common.weights.errors import WeightsError
 
 _DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),

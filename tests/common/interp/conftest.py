@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from common.attention.hooks import SITES
 from common.models import DecoderLM, ModelConfig
 
 # Grouped-query attention (4 query heads on 2 key/value heads), RoPE, RMSNorm, SwiGLU.
@@ -59,8 +60,7 @@ def corrupted(ids):
     return jnp.asarray(np.roll(np.asarray(ids), 1, axis=1), jnp.int32)
 
 
-ALL_SITES = ("resid_pre", "q", "k", "v", "rot_q", "rot_k", "pattern", "z", "head_out",
-             "attn_out", "resid_mid", "mlp_out", "resid_post")
+ALL_SITES = SITES  # every site of the table, the optional ones included
 
 
 @pytest.fixture(scope="session")

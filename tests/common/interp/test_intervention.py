@@ -10,7 +10,7 @@ from flax import nnx
 
 from common.attention.masks import Mask
 from common.interp import Intervention, Patch, forward, run_with_cache
-from common.interp.capture import _capture_jit
+from common.models.capture import _capture_jit
 from tests.common.interp.conftest import ALL_SITES, TINY, make_model
 
 L, H, KV, D = TINY.n_layers, TINY.n_heads, TINY.n_kv_heads, TINY.d_head

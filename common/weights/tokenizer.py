@@ -27,6 +27,9 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
+from common.weights.errors import WeightsError
+from common.weights.gguf_reader import plain_metadata, read_header
+
 # llama.cpp token types (``tokenizer.ggml.token_type``).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -168,8 +171,6 @@ class Tokenizer:
         try:
             backend = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:
-            from common.weights.checkpoint import WeightsError
-
             raise WeightsError(f"{path}: cannot read tokenizer ({type(e).__name__}: {e})") from None
         config: dict = {}
         config_path = path.with_name("tokenizer_config.json")
@@ -177,8 +178,6 @@ class Tokenizer:
             try:
                 config = json.loads(config_path.read_text())
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                from common.weights.checkpoint import WeightsError
-
                 raise WeightsError(f"{config_path}: corrupt tokenizer config (not JSON: {e})"
                                    ) from None
 
@@ -204,8 +203,6 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike) -> Tokenizer:
         """The tokenizer in a GGUF file's metadata (reads the header only)."""
-        from common.weights.gguf_reader import read_header
-
         header, _ = read_header(path)
         return cls.from_gguf_metadata(header.metadata, source=path)
 
@@ -219,8 +216,6 @@ class Tokenizer:
         Llama 3, Qwen2, SmolLM2). Control tokens become special added tokens and user-defined
         ones plain added tokens, so both are matched whole in text.
         """
-        from common.weights.checkpoint import WeightsError
-        from common.weights.gguf_file import plain_metadata
 
         meta = plain_metadata(metadata)
         get = meta.get

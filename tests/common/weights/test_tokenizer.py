@@ -17,8 +17,8 @@ import json
 import pytest
 import regex
 
-from common.tokenizer import Tokenizer, byte_alphabet
 from common.weights import load_gguf
+from common.weights.tokenizer import Tokenizer, byte_alphabet
 from tests.common.weights import tiny
 
 STRINGS = [

@@ -2,7 +2,7 @@
 
 ``cache["z", 3]`` is layer 3's ``z [batch, pos, head, d_head]`` (a bare array);
 ``cache.axes("z")`` names its axes; ``cache["z"]`` (or ``cache.stack("z")``) is a
-:class:`~common.interp.labelled.Labelled` ``[layer, batch, pos, head, d_head]`` over the
+:class:`~common.labelled.Labelled` ``[layer, batch, pos, head, d_head]`` over the
 captured layers. The cache is a JAX pytree, so it can be returned from and passed into
 jitted functions (mean ablation and patching read it).
 """
@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
-from common.interp.labelled import SITE_AXES, Labelled
+from common.attention.hooks import SITE_AXES
+from common.labelled import Labelled
 
 
 @jax.tree_util.register_pytree_node_class

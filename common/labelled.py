@@ -1,7 +1,7 @@
 """Labelled arrays: an array with a name for every axis (and optional coordinates).
 
-Results of ``common.interp`` are never bare tensors whose axis order must be guessed: a
-``[layer, head]`` score comes back as ``Labelled(values, axes=("layer", "head"))``. A
+Results of ``common.interp`` and the activation cache are never bare tensors whose axis order
+must be guessed: a ``[layer, head]`` score comes back as ``Labelled(values, axes=("layer", "head"))``. A
 :class:`Labelled` is a JAX pytree (the values are its only leaf), so it passes through
 ``jax.jit`` and ``jax.vmap`` unchanged.
 """
@@ -14,23 +14,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-# Axis names of every site (see ``common.attention.hooks``), without the leading layer axis.
-SITE_AXES: dict[str, tuple[str, ...]] = {
-    "resid_pre": ("batch", "pos", "d_model"),
-    "q": ("batch", "pos", "head", "d_head"),
-    "k": ("batch", "pos", "kv_head", "d_head"),
-    "v": ("batch", "pos", "kv_head", "d_head"),
-    "rot_q": ("batch", "pos", "head", "d_head"),
-    "rot_k": ("batch", "pos", "kv_head", "d_head"),
-    "pattern": ("batch", "head", "query_pos", "key_pos"),
-    "z": ("batch", "pos", "head", "d_head"),
-    "head_out": ("batch", "pos", "head", "d_model"),
-    "attn_out": ("batch", "pos", "d_model"),
-    "resid_mid": ("batch", "pos", "d_model"),
-    "mlp_out": ("batch", "pos", "d_model"),
-    "resid_post": ("batch", "pos", "d_model"),
-}
 
 
 @jax.tree_util.register_pytree_node_class
