@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.train.checkpoint import MANIFEST, Checkpointer, CorruptCheckpointWarning
+from common.train.orbax_checkpoint import MANIFEST, Checkpointer, CorruptCheckpointWarning
 
 
 def w(v):
