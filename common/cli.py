@@ -3,7 +3,7 @@
 ::
 
     headlab list
-    headlab run PROJECT [--config FILE[:ARGS]] [--quick] [--workdir DIR] [--set key=value ...]
+    headlab run PROJECT [--config NAME[:ARG,k=v,...]] [--quick] [--workdir DIR] [--set k=v ...]
     headlab train TARGET [--mesh data=2,tensor=4] [--workdir DIR] [--set key=value ...]
     headlab generate "prompt" [--model NAME_OR_PATH] [--max-new-tokens N] [--temperature T]
 """
@@ -11,24 +11,26 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as _dt
 import importlib
-import importlib.util
 import pathlib
 import sys
 
-PROJECTS = ("icl_regression", "successor_heads", "soft_injection", "act_calibration", "pine", "oat")
+from common.configs import ConfigError, find_projects, find_train_targets, load_config
 
 
-class CLIError(Exception):
-    """A user error: printed without a traceback, exit status 2."""
+class CLIError(ConfigError):
+    """A user error: printed as one line without a traceback, exit status 2."""
 
 
 def project_module(name: str, sub: str | None = None):
     """Import ``projects.<name>[.<sub>]`` with clear errors for unknown/unbuilt projects."""
-    if name not in PROJECTS:
-        raise CLIError(f"unknown project {name!r}; known projects: {', '.join(PROJECTS)}")
+    known = find_projects()
+    if name not in known:
+        hint = (f" ({name!r} is a train target: headlab train {name})"
+                if name in find_train_targets() else "")
+        raise CLIError(f"unknown project {name!r}; known projects: {', '.join(known) or '(none)'}"
+                       + hint)
     mod = f"projects.{name}" + (f".{sub}" if sub else "")
     try:
         return importlib.import_module(mod)
@@ -38,75 +40,12 @@ def project_module(name: str, sub: str | None = None):
         raise
 
 
-def load_config(project: str, spec: str | None, quick: bool):
-    """``--config FILE[:ARGS]`` (default: the project's configs/default.py) -> ConfigDict."""
-    arg = None
-    if spec:
-        path, _, arg = spec.partition(":")
-        path = pathlib.Path(path)
-        if not path.is_file():
-            raise CLIError(f"--config: no such file {str(path)!r}")
-        s = importlib.util.spec_from_file_location(f"_headlab_config_{path.stem}", path)
-        module = importlib.util.module_from_spec(s)
-        s.loader.exec_module(module)
-        arg = arg or None
-    else:
-        module = project_module(project, "configs.default")
-    if not hasattr(module, "get_config"):
-        raise CLIError(f"--config: {module.__name__} has no get_config(arg)")
-    if quick:
-        arg = "quick" if not arg else f"quick,{arg}"
-    return module.get_config(arg)
-
-
-def _parse_value(text: str, current):
-    if isinstance(current, bool):
-        low = text.lower()
-        if low in ("1", "true", "yes"):
-            return True
-        if low in ("0", "false", "no"):
-            return False
-        raise CLIError(f"--set: expected a boolean, got {text!r}")
-    if isinstance(current, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    if isinstance(current, float) and isinstance(value, int):
-        value = float(value)
-    if current is not None and not isinstance(value, type(current)) and not (
-        isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))
-    ):
-        raise CLIError(f"--set: expected {type(current).__name__}, got {text!r}")
-    return value
-
-
-def apply_overrides(config, overrides: list[str]):
-    """Apply ``key.sub=value`` overrides; unknown keys are errors naming the key."""
-    for item in overrides or []:
-        key, eq, text = item.partition("=")
-        if not eq:
-            raise CLIError(f"--set: expected key=value, got {item!r}")
-        node = config
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if p not in node:
-                raise CLIError(f"--set: unknown config key {key!r}")
-            node = node[p]
-        if parts[-1] not in node:
-            raise CLIError(f"--set: unknown config key {key!r}")
-        node[parts[-1]] = _parse_value(text, node[parts[-1]])
-    return config
-
-
 def cmd_list(_args) -> int:
-    for name in PROJECTS:
-        try:
-            desc = getattr(project_module(name), "DESCRIPTION", "")
-        except CLIError:
-            desc = "(not implemented yet)"
-        print(f"{name:18s} {desc}")
+    for name in find_projects():
+        print(f"{name:18s} {getattr(project_module(name), 'DESCRIPTION', '')}")
+    targets = find_train_targets()
+    if targets:
+        print(f"\ntrain targets (headlab train TARGET): {', '.join(targets)}")
     return 0
 
 
@@ -114,7 +53,8 @@ def cmd_run(args) -> int:
     from common.rundir import RunDir
 
     run_mod = project_module(args.project, "run")
-    config = apply_overrides(load_config(args.project, args.config, args.quick), args.set)
+    config = load_config(args.config, f"projects.{args.project}.configs.default",
+                         quick=args.quick, overrides=args.set or ())
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = pathlib.Path(args.workdir or f"runs/{args.project}/{stamp}")
     rd = RunDir(workdir)
@@ -162,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a paper's experiment")
     r.add_argument("project")
-    r.add_argument("--config", help="FILE[:ARGS], default the project's configs/default.py")
+    r.add_argument("--config", metavar="NAME[:ARG,KEY=VALUE,...]",
+                   help="a config file or a name in the project's configs/ (default: default), "
+                        "the argument of its get_config, overrides")
     r.add_argument("--quick", action="store_true", help="the config's small CPU variant")
     r.add_argument("--workdir", help="run directory (default runs/PROJECT/<timestamp>)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
@@ -189,10 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``headlab`` command; called without ``argv`` it is the program and owns the process,
+    so it opts in to the CPU flags of :mod:`common.xla_flags` (before any JAX backend exists)."""
+    if argv is None:
+        from common.xla_flags import enable_xnn
+
+        enable_xnn()
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except CLIError as e:
+    except ConfigError as e:
         print(f"headlab: error: {e}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,8 @@ import tempfile
 import jax
 import numpy as np
 
+from common.configs import ConfigError
+
 
 class LibtpuUnavailable(RuntimeError):
     """libtpu is not importable here: TPU topologies cannot be described."""
@@ -45,9 +47,10 @@ def aot_compile(target: str = "lm", preset: str = "v5e-16", overrides: list[str]
     ``slices > 1`` compiles for that many slices joined over DCN; the default mesh then runs
     them as data-parallel replicas (``<preset mesh>;dcn:data=<slices>``).
     """
+    from common.configs import apply_overrides
     from common.sharding import make_mesh, sharded_init
     from common.sharding.rules import logical_to_spec
-    from common.train.cli import apply_overrides, target_module
+    from common.train.cli import target_module
     from common.train.step import make_train_step
     from tpu.presets import get_preset
 
@@ -56,8 +59,7 @@ def aot_compile(target: str = "lm", preset: str = "v5e-16", overrides: list[str]
     mesh_obj = make_mesh(mesh or (p.mesh if slices == 1 else f"{p.mesh};dcn:data={slices}"),
                          devices=devices)
     module = target_module(target)
-    config = module.get_config(None)
-    apply_overrides(config, list(overrides))
+    config = apply_overrides(module.get_config(None), overrides)
     with tempfile.TemporaryDirectory() as tmp:
         task, tx, dataset, train_config, _ = module.build(config, tmp)
         example = dataset[0]  # one process here: the local batch is the global batch
@@ -92,7 +94,10 @@ def main(argv=None) -> None:
     ap.add_argument("--slices", type=int, default=1, help="slices joined over DCN")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     a = ap.parse_args(argv)
-    print(json.dumps(aot_compile(a.target, a.preset, a.overrides, a.mesh, a.slices)))
+    try:
+        print(json.dumps(aot_compile(a.target, a.preset, a.overrides, a.mesh, a.slices)))
+    except ConfigError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
 
 
 if __name__ == "__main__":

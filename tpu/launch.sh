@@ -12,7 +12,7 @@
 # which on a TPU VM finds the coordinator and its own process id from the TPU metadata.
 # Logs and an environment snapshot of each worker come back to ./logs/<run id>/.
 #
-# Example (v5e-16, 4 workers):
+# Example (v5e-16, 4 workers; `lm` is the train target projects/lm/train.py):
 #   tpu/launch.sh --sync --setup my-v5e us-west4-a -- \
 #     python -m common.train lm --mesh fsdp=4,tensor=4 --workdir /tmp/run1 --set train.steps=1000
 set -euo pipefail

@@ -20,7 +20,7 @@ from common.models import DecoderLM, ModelConfig  # noqa: E402
 from common.sharding import make_mesh, sharded_init  # noqa: E402
 from common.sharding.rules import logical_to_spec  # noqa: E402
 from common.train import Checkpointer, make_train_step  # noqa: E402
-from common.train.lm import loss_fn  # noqa: E402
+from projects.lm.train import loss_fn  # noqa: E402
 
 CFG = ModelConfig(arch="llama", vocab_size=128, d_model=64, n_layers=1, n_heads=8, n_kv_heads=4,
                   d_mlp=128, attn_backend="reference")

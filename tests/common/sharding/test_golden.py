@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from common.sharding.golden import dump, golden_models
+from tests.common.sharding.golden_dump import dump, golden_models
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
@@ -18,7 +18,7 @@ def test_partition_specs_match_golden_dump(name):
     assert sorted(got["params"]) == sorted(want["params"]), "parameter names changed"
     diff = {k: (want["params"][k], v) for k, v in got["params"].items() if v != want["params"][k]}
     assert not diff, (f"sharding changed for {len(diff)} params (regenerate with `python -m "
-                      f"common.sharding.golden {GOLDEN}` if intended): {diff}")
+                      f"tests.common.sharding.golden_dump {GOLDEN}` if intended): {diff}")
 
 
 def test_golden_dumps_show_head_parallelism():

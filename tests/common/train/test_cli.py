@@ -4,8 +4,11 @@ import sys
 
 import pytest
 
-from common.train import lm
-from common.train.cli import apply_overrides, target_module
+from common.configs import ConfigError, apply_overrides
+from common.train.cli import target_module
+from projects.lm import train as lm
+
+TRAIN_KEYS = "async_checkpoint, checkpoint_every, compute_dtype, eval_every, grad_accum"
 
 
 def test_overrides_are_parsed_to_the_field_type():
@@ -16,22 +19,37 @@ def test_overrides_are_parsed_to_the_field_type():
     assert c.train.progress is False and c.data.source == "tfds" and c.model.n_layers == 3
 
 
-@pytest.mark.parametrize("item,exc,match", [
-    ("train.stepz=3", KeyError, "no config field 'train.stepz'"),
-    ("nope.steps=3", KeyError, "no config field 'nope'"),
-    ("train.steps=3.5", ValueError, "train.steps is a int"),
-    ("train.progress=maybe", ValueError, "is a bool"),
-    ("train.steps", ValueError, "expected key=value"),
+@pytest.mark.parametrize("item,match", [
+    ("train.stepz=3", f"unknown config key 'train.stepz' \\(no 'stepz' in 'train'\\); "
+                      f"valid keys: {TRAIN_KEYS}, keep_checkpoints, log_every, progress, steps$"),
+    ("nope.steps=3", "unknown config key 'nope.steps' \\(no 'nope' at the top level\\); "
+                     "valid keys: data, model, optim, seed, train$"),
+    ("train.steps=3.5", "expected int for 'train.steps', got '3.5'"),
+    ("train.progress=maybe", "expected bool .* for 'train.progress', got 'maybe'"),
+    ("train.steps", "expected key=value"),
 ])
-def test_bad_overrides_are_named(item, exc, match):
-    with pytest.raises(exc, match=match):
+def test_bad_overrides_are_named(item, match):
+    with pytest.raises(ConfigError, match=match):
         apply_overrides(lm.get_config(), [item])
 
 
 def test_targets():
     assert target_module("lm") is lm
-    with pytest.raises(ValueError, match="unknown train target 'nosuch'"):
+    with pytest.raises(ValueError, match="unknown train target 'nosuch'.*train targets: lm"):
         target_module("nosuch")
+    with pytest.raises(ConfigError, match="unknown train target '../lm'"):
+        target_module("../lm")
+
+
+def test_bad_target_or_override_is_one_line(capsys):
+    from common import cli
+
+    assert cli.main(["train", "nosuch"]) == 2
+    assert cli.main(["train", "lm", "--set", "train.stepz=3"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("headlab: error: unknown train target 'nosuch'")
+    assert lines[1].startswith("headlab: error: --set train.stepz=3: unknown config key")
+    assert len(lines) == 2
 
 
 def test_project_without_a_train_target_is_named(tmp_path, monkeypatch, request):

@@ -1,5 +1,7 @@
 """Train target ``lm``: a tiny Llama-style :class:`~common.models.DecoderLM` on token data.
 
+The reference target for meshes and pods (``headlab train lm``; see ``projects/lm/README.md``).
+
 Data: ``data.source = "generated"`` (:class:`~common.data.InducedTokens`, in memory) or
 ``"tfds"`` (the ``headlab_tokens`` TFDS builder prepared to ArrayRecord under ``data.dir``, read
 through ``tfds.data_source`` + grain). The sequences repeat their first half, so the loss on the

@@ -3,10 +3,11 @@
 ``dump(make_model, mesh_shape)`` reads the model abstractly (nothing is allocated) and records,
 per parameter, its shape, logical names and PartitionSpec under the rules on an abstract mesh
 of the given shape. The dumps are committed under ``tests/common/sharding/golden/`` and diffed
-in a test, so a change of rules, of a model's parameter names or of its logical axes shows up as
-a readable diff. Regenerate after an intended change with::
+in ``test_golden.py``, so a change of rules, of a model's parameter names or of its logical axes
+shows up as a readable diff. A test fixture generator (it builds ``projects/lm``'s model), so it
+lives beside the tests. Regenerate after an intended change with::
 
-    python -m common.sharding.golden tests/common/sharding/golden
+    python -m tests.common.sharding.golden_dump tests/common/sharding/golden
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def golden_models() -> dict[str, Callable[[], nnx.Module]]:
     """The models with committed dumps."""
     from common.attention import MultiHeadAttention
     from common.models import DecoderLM, ModelConfig
-    from common.train import lm
+    from projects.lm import train as lm
 
     c = lm.get_config()
     tiny = ModelConfig(arch="llama", vocab_size=c.model.vocab_size, d_model=c.model.d_model,
