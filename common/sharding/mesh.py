@@ -22,6 +22,17 @@ from jax.sharding import AxisType, Mesh
 AXES = ("data", "fsdp", "tensor", "context")
 
 
+class MeshError(ValueError):
+    """A mesh spec that is malformed or does not fit the devices; the message says which.
+
+    ``needed`` is the device count the spec asks for when that is what does not fit.
+    """
+
+    def __init__(self, message: str, needed: int | None = None):
+        super().__init__(message)
+        self.needed = needed
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Degrees of the four mesh axes.
@@ -40,35 +51,36 @@ class MeshConfig:
         for name, table in (("ici", self.ici), ("dcn", self.dcn)):
             bad = sorted(set(table) - set(AXES))
             if bad:
-                raise ValueError(f"MeshConfig.{name}: unknown mesh axes {bad}; known: {AXES}")
+                raise MeshError(f"MeshConfig.{name}: unknown mesh axes {bad}; known: {AXES}")
             for axis, degree in table.items():
                 if not isinstance(degree, int) or (degree < 1 and degree != -1):
-                    raise ValueError(
+                    raise MeshError(
                         f"MeshConfig.{name}[{axis!r}] = {degree!r}: need an int >= 1 or -1")
         if sum(1 for d in self.ici.values() if d == -1) > 1:
-            raise ValueError(f"MeshConfig.ici: at most one axis may be -1, got {self.ici}")
+            raise MeshError(f"MeshConfig.ici: at most one axis may be -1, got {self.ici}")
         if any(d == -1 for d in self.dcn.values()):
-            raise ValueError(f"MeshConfig.dcn: degrees must be explicit, got {self.dcn}")
+            raise MeshError(f"MeshConfig.dcn: degrees must be explicit, got {self.dcn}")
 
     def shapes(self, num_devices: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(ici_shape, dcn_shape)`` over :data:`AXES` for ``num_devices`` devices in all."""
         dcn = tuple(self.dcn.get(a, 1) for a in AXES)
         n_slices = math.prod(dcn)
         if num_devices % n_slices:
-            raise ValueError(
+            raise MeshError(
                 f"{num_devices} devices do not split into {n_slices} DCN slices ({self.dcn})")
         per_slice = num_devices // n_slices
         ici = [self.ici.get(a, 1) for a in AXES]
         fixed = math.prod(d for d in ici if d != -1)
         if -1 in ici:
             if per_slice % fixed:
-                raise ValueError(
+                raise MeshError(
                     f"ICI degrees {self.ici} do not divide the {per_slice} devices per slice")
             ici[ici.index(-1)] = per_slice // fixed
         if math.prod(ici) != per_slice:
-            raise ValueError(
+            raise MeshError(
                 f"ICI degrees {dict(zip(AXES, ici, strict=True))} use {math.prod(ici)} devices per "
-                f"slice but there are {per_slice} ({num_devices} devices / {n_slices} slices)")
+                f"slice but there are {per_slice} ({num_devices} devices / {n_slices} slices)",
+                needed=math.prod(ici) * n_slices)
         return tuple(ici), dcn
 
 
@@ -89,12 +101,12 @@ def parse_mesh(spec: str | None) -> MeshConfig:
         if part.startswith("dcn:"):
             table, part = dcn, part[4:]
         if "=" not in part:
-            raise ValueError(f"mesh spec {spec!r}: expected axis=degree, got {part!r}")
+            raise MeshError(f"mesh spec {spec!r}: expected axis=degree, got {part!r}")
         axis, degree = (s.strip() for s in part.split("=", 1))
         try:
             table[axis] = int(degree)
         except ValueError:
-            raise ValueError(
+            raise MeshError(
                 f"mesh spec {spec!r}: degree of {axis!r} is not an int: {degree!r}") from None
     return MeshConfig(ici=ici or {"data": -1}, dcn=dcn)
 

