@@ -20,6 +20,7 @@ import sys
 import time
 
 from common.configs import ConfigError, find_projects, find_train_targets, load_config
+from common.progress import format_seconds
 
 
 class CLIError(ConfigError):
@@ -52,11 +53,6 @@ def cmd_list(_args) -> int:
     return 0
 
 
-def _duration(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
-
-
 def closing_summary(project: str, run_mod, summary: dict | None, workdir: pathlib.Path,
                     seconds: float) -> str:
     """The few lines ``headlab run`` ends with: where the run is, its headline numbers.
@@ -64,7 +60,7 @@ def closing_summary(project: str, run_mod, summary: dict | None, workdir: pathli
     A project's ``run`` module may define ``headline(summary) -> list[str]`` (its numbers beside
     the paper's and the claims' verdicts); otherwise the summary's top-level numbers are shown.
     """
-    lines = [f"headlab: {project} finished in {_duration(seconds)}; run directory {workdir}"]
+    lines = [f"headlab: {project} finished in {format_seconds(seconds)}; run directory {workdir}"]
     if summary:
         if hasattr(run_mod, "headline"):
             body = list(run_mod.headline(summary))

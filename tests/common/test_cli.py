@@ -150,7 +150,7 @@ def test_run_ends_with_a_short_human_summary(tmp_path):
     text = cli.closing_summary("demo", WithHeadline, {"mse": 0.2381, "deep": {"x": 1}}, tmp_path,
                                96.4)
     assert text.splitlines() == [
-        f"headlab: demo finished in 1m36s; run directory {tmp_path}",
+        f"headlab: demo finished in 1 min 36 s; run directory {tmp_path}",
         "  MSE 0.238 (paper 0.240)", "  4 of 5 claims hold",
         "  in the run directory: summary.json, figures/ (1 PNG)"]
     plain = cli.closing_summary("demo", object(), {"mse": 0.25, "n": 3, "ok": True, "deep": {}},
