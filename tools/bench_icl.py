@@ -6,8 +6,10 @@ Same model (one layer, H full-width softmax heads, d = 5, L = 40), same batch (2
 prompts drawn every step), same optimiser (Adam 1e-3), all on CPU in this process. Prints
 steps/s and the ratios (targets: ours ≥ 2× PyTorch eager; vmapped seeds ≥ 4× sequential).
 Timings exclude compilation unless stated; on a shared CPU they are noisy. With several cores
-the seeds are also spread over one host device per core (``train.place_models``, the layout
-``train.train`` uses on a multi-device machine), measured in a fresh process.
+the seeds are also spread over one host device per core (the population's ``models`` axis on
+the ``data`` mesh axis, as ``train.train`` lays it out on a multi-device machine), measured in a
+fresh process. Ours is the shared loop (:func:`common.train.train`, ``steps`` steps per compiled
+call, checkpoints off), per-model metrics rows and pattern probe included.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
 import optax
 
+from common.sharding import make_mesh
+from common.train import Task, TrainConfig
+from common.train import train as train_loop
 from projects.icl_regression import spec, train
 from projects.icl_regression.configs.default import get_config
 
@@ -38,23 +44,18 @@ def _config(steps: int, seeds: tuple[int, ...]):
 def jax_steps_per_s(heads: int, steps: int, seeds: tuple[int, ...]) -> tuple[float, float]:
     """``(steps/s of the whole bucket, compile seconds)`` for one bucket of ``len(seeds)`` models.
 
-    The models are spread over the process's devices as ``train.train`` does.
+    Two calls of ``steps`` steps through the shared loop, the models spread over the process's
+    devices as ``train.train`` does; the first call includes compilation.
     """
     c = _config(steps, seeds)
     c.heads = (heads,)
-    buckets = spec.buckets(c)
-    opt = optax.adam(c.lr)
-    state = train.place_models(train.init_state(buckets, opt))
-    chunk = train.make_chunk(buckets, c, opt)
-    t0 = time.perf_counter()
-    state, loss = chunk(state, 0, steps)
-    jax.block_until_ready(loss)
-    t_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    state, loss = chunk(state, steps, steps)
-    jax.block_until_ready(loss)
-    dt = time.perf_counter() - t0
-    return steps / dt, max(t_first - dt, 0.0)
+    pop, device_data = train.population(spec.buckets(c), c)
+    tc = TrainConfig(steps=2 * steps, log_every=steps, checkpoint_every=0, steps_per_call=steps,
+                     progress=False)
+    with tempfile.TemporaryDirectory() as workdir:
+        first, dt = train_loop(Task.for_population(pop, device_data), optax.adam(c.lr), None, tc,
+                               make_mesh(), workdir).step_times
+    return steps / dt, max(first - dt, 0.0)
 
 
 def torch_steps_per_s(heads: int, steps: int, d: int = 5, length: int = 40,

@@ -2,7 +2,7 @@
 
 The core names every parameter dimension (``nnx.Param`` metadata ``out_sharding``, e.g.
 ``('embed', 'heads', 'head_dim')``). A rule table maps each logical name to one mesh axis (or
-``None``: replicated), in the MaxText manner but with a vocabulary of eight names and four
+``None``: replicated), in the MaxText manner but with a vocabulary of nine names and four
 mesh axes:
 
 ==========  =========  ==================================================
@@ -16,6 +16,7 @@ mlp         tensor     MLP hidden units
 vocab       tensor     embedding / unembedding rows
 head_dim    None
 seq         None       (``context`` with :data:`CONTEXT_RULES`)
+models      data       a population's model axis (``common.train.population``)
 ==========  =========  ==================================================
 
 A dimension is left replicated (``None``) when its size is not divisible by the mesh axis
@@ -41,6 +42,7 @@ DEFAULT_RULES: Rules = (
     ("vocab", "tensor"),
     ("head_dim", None),
     ("seq", None),
+    ("models", "data"),
 )
 # Context (sequence) parallelism for activations: sequence dimension over ``context``.
 CONTEXT_RULES: Rules = tuple((k, "context" if k == "seq" else v) for k, v in DEFAULT_RULES)

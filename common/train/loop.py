@@ -9,12 +9,23 @@ Sections: (1) mesh and sharded init, (2) restore (params, optimiser and data ite
 Restarting the same command resumes from the newest intact checkpoint and, the step being
 deterministic, ends bit-identical to a run that was never interrupted: same parameters, same
 optimiser state, same batches (``data_crc``, a running CRC-32 of every batch this process read,
-is saved with the checkpoint and reported in ``summary``).
+is saved with the checkpoint and reported in ``summary``). ``meta`` (what a checkpoint must
+agree on, e.g. the config) is kept in ``checkpoints/meta.json``: another run's checkpoints are
+refused, not resumed.
+
+Data made on device (``Task.device_data``) may run ``TrainConfig.steps_per_call`` steps per
+compiled call (``lax.scan``; calls start at multiples of it, so a resumed run replays the same
+calls), for steps of a millisecond whose dispatch would otherwise dominate. Every step's metrics
+come back.
+
+A population (:mod:`common.train.population`, ``Task.for_population``) trains many models in
+one step; metrics.jsonl then holds one row per (logged step, model).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import time
@@ -31,11 +42,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from common.data.pipeline import iterate
-from common.rundir import MetricsWriter
+from common.rundir import MetricsWriter, atomic_write_text
 from common.sharding.mesh import describe
 from common.sharding.rules import DEFAULT_RULES, Rules, logical_to_spec
 from common.sharding.state import ModelDef, ShardedInit, TrainState, sharded_init
-from common.train.checkpoint import Checkpointer
+from common.train.orbax_checkpoint import Checkpointer
+from common.train.population import MODELS, Population
 from common.train.step import LossFn, leaf_names, make_train_step
 
 
@@ -43,14 +55,16 @@ class NonFiniteError(FloatingPointError):
     """Update ``step`` (1-based, as in metrics.jsonl) had a NaN/Inf loss or gradient.
 
     ``leaves`` names the offending gradient leaves (``"blocks/0/attn/q_kernel"``) and/or
-    ``"loss"``. The update was not applied; checkpoints hold only finite states.
+    ``"loss"``; in a population ``"<model>/<leaf>"``, and ``models`` names the models. The
+    update was not applied; checkpoints hold only finite states.
     """
 
-    def __init__(self, step: int, leaves: list[str]):
-        self.step, self.leaves = step, leaves
+    def __init__(self, step: int, leaves: list[str], models: list[str] | None = None):
+        self.step, self.leaves, self.models = step, leaves, models or []
         shown = ", ".join(repr(n) for n in leaves[:5]) + (" ..." if len(leaves) > 5 else "")
-        super().__init__(f"step {step}: non-finite value in {shown}; the update was not applied "
-                         "and training stopped")
+        who = f"model {', '.join(self.models)}: " if self.models else ""
+        super().__init__(f"step {step}: {who}non-finite value in {shown}; the update was not "
+                         "applied and training stopped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +79,21 @@ class Task:
         batch``, traced into the jitted step (e.g. fresh regression prompts from
         ``jax.random.fold_in(key, step)``). Used when ``train`` gets ``dataset=None``: no host
         pipeline, nothing to save but the step.
+      population: set by :meth:`for_population`: the models trained together.
     """
 
     make_model: Callable[[], nnx.Module]
     loss_fn: LossFn
     batch_axes: dict[str, tuple[str | None, ...]]
     device_data: Callable[[jax.Array], dict] | None = None
+    population: Population | None = None
+
+    @classmethod
+    def for_population(cls, population: Population,
+                       device_data: Callable[[jax.Array], dict]) -> Task:
+        """Train ``population`` on ``device_data(step) -> {field: leaves [M_g, ...]}``."""
+        return cls(population.make_model, population.loss_fn,
+                   {g.data: (MODELS,) for g in population.groups}, device_data, population)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +102,7 @@ class TrainConfig:
 
     ``compute_dtype``: ``"bfloat16"``/``"float16"`` for mixed precision, None for the param dtype.
     ``*_every``: intervals in steps; 0 disables (a final checkpoint is always written unless
-    ``checkpoint_every`` is 0).
+    ``checkpoint_every`` is 0). ``steps_per_call`` (on-device data only) must divide them.
     """
 
     steps: int
@@ -94,6 +117,7 @@ class TrainConfig:
     progress: bool = True
     guard_transfers: bool = True
     prefetch_threads: int = 0
+    steps_per_call: int = 1
 
 
 @dataclasses.dataclass
@@ -101,7 +125,8 @@ class TrainResult:
     """The final state, how to rebuild the model, the summary, and each iteration's wall time.
 
     ``step_times[i]`` covers iteration ``i`` of this run (data, dispatch, waiting for the
-    previous step, metrics, checkpoint save call, eval); the first one includes compilation.
+    previous call, metrics, checkpoint save call, eval); the first one includes compilation.
+    An iteration is one compiled call: ``steps_per_call`` steps.
     """
 
     state: TrainState
@@ -127,6 +152,37 @@ def _with_crc(batch: dict) -> tuple[dict, int]:
     return batch, batch_crc(batch)
 
 
+def check_meta(directory: pathlib.Path, meta: dict) -> None:
+    """Refuse ``directory``'s checkpoints if their ``meta.json`` differs from ``meta``; else
+    record ``meta`` there (first run)."""
+    path = directory / "meta.json"
+    meta = json.loads(json.dumps(meta))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != meta:
+            raise ValueError(
+                f"{directory} holds checkpoints of a different run ({old}); the config now gives "
+                f"{meta}. Use another --workdir or remove that checkpoints/ folder.")
+    elif jax.process_index() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(meta, indent=2))
+
+
+def _unpacker(layout: list[tuple[str, tuple[int, ...]]]) -> Callable:
+    """``packed [P] -> ({name: float | array}, finite bool [F])`` for the step's packing."""
+
+    def unpack(packed: np.ndarray):
+        metrics, i = {}, 0
+        for name, shape in layout:
+            n = int(np.prod(shape))
+            v = packed[i:i + n]
+            metrics[name] = float(v[0]) if not shape else v.reshape(shape)
+            i += n
+        return metrics, packed[i:] > 0
+
+    return unpack
+
+
 def train(
     task: Task,
     tx: optax.GradientTransformation,
@@ -137,57 +193,91 @@ def train(
     *,
     rules: Rules = DEFAULT_RULES,
     eval_fn: Callable[[nnx.Module, int], dict[str, Any]] | None = None,
+    meta: dict | None = None,
+    metrics: MetricsWriter | None = None,
 ) -> TrainResult:
     """Train ``task`` with ``tx`` on this process's ``dataset`` slice; see the module docstring.
 
     Args:
       dataset: a grain ``MapDataset`` of this process's local batches (dicts of numpy arrays),
-        e.g. from :func:`common.data.batched_dataset`.
+        e.g. from :func:`common.data.batched_dataset`; None for ``task.device_data``.
       workdir: run directory; writes ``metrics.jsonl`` and ``checkpoints/``.
       eval_fn: called every ``config.eval_every`` steps with the model; its dict is logged as
         ``eval/<name>``.
+      meta: JSON-able description the checkpoints must match to be resumed (e.g. the config).
+      metrics: where the rows go (default ``workdir/metrics.jsonl``).
     """
     workdir = pathlib.Path(workdir)
     lead = jax.process_index() == 0
-    metrics_out = MetricsWriter(workdir / "metrics.jsonl") if lead else None
-
-    # ---- (1) mesh, shardings, sharded init ------------------------------------------------
-    init = sharded_init(task.make_model, tx, mesh, rules)
-    batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules, mesh))
-                       for k, v in task.batch_axes.items()}
-    replicated = NamedSharding(mesh, PartitionSpec())
-    compute_dtype = None if config.compute_dtype is None else jnp.dtype(config.compute_dtype)
+    metrics_out = (metrics or MetricsWriter(workdir / "metrics.jsonl")) if lead else None
+    population = task.population
+    per_call = config.steps_per_call
     on_device = dataset is None
     if on_device and task.device_data is None:
         raise ValueError("train: dataset=None needs a Task with device_data")
+    if per_call > 1 and not on_device:
+        raise ValueError("TrainConfig.steps_per_call > 1 needs on-device data (dataset=None)")
+    for field in ("log_every", "checkpoint_every", "eval_every"):
+        if getattr(config, field) % per_call:
+            raise ValueError(f"TrainConfig.{field} ({getattr(config, field)}) must be a multiple "
+                             f"of steps_per_call ({per_call})")
+
+    # ---- (1) mesh, shardings, sharded init ------------------------------------------------
+    init = sharded_init(task.make_model, tx, mesh, rules)
+    if on_device:  # shapes known: a model axis that the mesh axis does not divide is replicated
+        shapes = jax.eval_shape(task.device_data, jnp.zeros((), jnp.int32))
+        batch_shardings = {
+            f: jax.tree.map(lambda a, v=v: NamedSharding(mesh, logical_to_spec(
+                v, rules, mesh, a.shape)), shapes[f]) for f, v in task.batch_axes.items()}
+    else:
+        batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules, mesh))
+                           for k, v in task.batch_axes.items()}
+    replicated = NamedSharding(mesh, PartitionSpec())
+    compute_dtype = None if config.compute_dtype is None else jnp.dtype(config.compute_dtype)
     base_step = make_train_step(init.model_def, task.loss_fn, tx, grad_accum=config.grad_accum,
                                 compute_dtype=compute_dtype,
                                 device_data=task.device_data if on_device else None,
-                                batch_shardings=batch_shardings)
-    metric_names: list[str] = []  # filled when the step is traced
+                                batch_shardings=batch_shardings, population=population)
+    layout: list[tuple[str, tuple[int, ...]]] = []  # (metric, shape), filled when traced
 
     def packed_step(state, batch):
-        # metrics and guard flags in one float32 vector: one device->host copy per step
+        # metrics and guard flags in one float32 vector: one device->host copy per call
         state, metrics, finite = base_step(state, batch)
-        metric_names[:] = sorted(metrics)
-        packed = jnp.concatenate([jnp.stack([metrics[k].astype(jnp.float32)
-                                             for k in metric_names]),
-                                  finite.astype(jnp.float32)])
+        layout[:] = [(k, metrics[k].shape) for k in sorted(metrics)]
+        packed = jnp.concatenate([metrics[k].astype(jnp.float32).ravel() for k in sorted(metrics)]
+                                 + [finite.astype(jnp.float32)])
         return state, packed
 
+    def packed_steps(state, batch, n):
+        # ``[n, P]``: one row per step; n > 1 only for on-device data
+        if n == 1:
+            state, packed = packed_step(state, batch)
+            return state, packed[None]
+        return jax.lax.scan(lambda s, _: packed_step(s, None), state, None, length=n)
+
     step_fn = jax.jit(
-        packed_step,
+        packed_steps,
         in_shardings=(init.shardings, None if on_device else batch_shardings),
         out_shardings=(init.shardings, replicated),
+        static_argnums=2,
         donate_argnums=0,
     )
+    probe_fn = (jax.jit(population.probe, out_shardings=replicated)
+                if population is not None and any(g.probe for g in population.groups) else None)
 
-    guarded = leaf_names(init.abstract.params) + ["loss"]
+    if population is None:
+        guarded, owners = leaf_names(init.abstract.params) + ["loss"], None
+    else:
+        guarded = population.flag_names(leaf_names, init.abstract.params)
+        owners = [n.split("/", 1)[0] for n in guarded]
 
     # ---- (2) restore or create ---------------------------------------------------------------
-    ckpt = (Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
-                         async_save=config.async_checkpoint)
-            if config.checkpoint_every else None)
+    ckpt = None
+    if config.checkpoint_every:
+        if meta is not None:
+            check_meta(workdir / "checkpoints", meta)
+        ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
+                            async_save=config.async_checkpoint)
     data_iter = (None if on_device else
                  iterate(dataset.map(_with_crc), prefetch_threads=config.prefetch_threads))
     restored = ckpt.restore(init.abstract) if (ckpt and config.resume) else None
@@ -209,20 +299,31 @@ def train(
                         batch_shardings[k], v, (v.shape[0] * n, *v.shape[1:]))
                     for k, v in local.items()}
 
-    def check(pending) -> dict:
-        step, packed = pending
-        packed = jax.device_get(packed)
-        n = len(metric_names)
-        metrics = dict(zip(metric_names, packed[:n].tolist(), strict=True))
-        finite = packed[n:] > 0
-        if not finite.all():
-            raise NonFiniteError(step + 1, [guarded[i] for i in np.flatnonzero(~finite)])
-        return metrics
+    def check(pending) -> list[dict]:
+        first, packed = pending
+        unpack = _unpacker(layout)
+        rows = []
+        for i, row in enumerate(np.asarray(jax.device_get(packed))):
+            metrics, finite = unpack(row)
+            if not finite.all():
+                bad = np.flatnonzero(~finite)
+                raise NonFiniteError(first + i + 1, [guarded[j] for j in bad],
+                                     owners and list(dict.fromkeys(owners[j] for j in bad)))
+            rows.append(metrics)
+        return rows
 
     def save(step: int) -> None:
         with jax.transfer_guard("allow"):
             ckpt.save(step, state, {"iterator": None if on_device else data_iter.get_state(),
                                     "data_crc": crc})
+
+    def log(step: int, last: dict, steps_per_sec: float) -> None:
+        if population is None:
+            metrics_out.write(step, **last, data_crc=crc, steps_per_sec=steps_per_sec)
+            return
+        probed = jax.device_get(probe_fn(state.params)) if probe_fn else {}
+        for row in population.rows(last, probed):
+            metrics_out.write(step, **row, steps_per_sec=steps_per_sec)
 
     # ---- (3) the loop ----------------------------------------------------------------------
     bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and lead),
@@ -233,33 +334,35 @@ def train(
     last = {}
     t_window = t_loop = time.perf_counter()
     cpu_loop = time.process_time()
+    timed_from = start
     guard = jax.transfer_guard("disallow" if config.guard_transfers else "allow")
     try:
         with guard:
-            for step in range(start, config.steps):
+            step = start
+            while step < config.steps:
                 t0 = time.perf_counter()
+                n = min(per_call - step % per_call, config.steps - step)
                 if on_device:
                     batch = None
                 else:
                     local, local_crc = next(data_iter)
                     crc = zlib.crc32(local_crc.to_bytes(4, "little"), crc)
                     batch = put(local)
-                state, packed = step_fn(state, batch)
-                if pending is not None:  # fetch the previous step while this one runs
-                    window.append(check(pending))
+                state, packed = step_fn(state, batch, n)
+                if pending is not None:  # fetch the previous call while this one runs
+                    window.extend(check(pending))
                 pending = (step, packed)
-                done = step + 1
+                done = step = step + n
                 at = lambda every, done=done: every and (done % every == 0 or done == config.steps)
                 if at(config.log_every) or at(config.checkpoint_every) or at(config.eval_every):
-                    window.append(check(pending))
+                    window.extend(check(pending))
                     pending = None
                 if at(config.log_every) and window:
                     dt = time.perf_counter() - t_window
-                    last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                    last = {k: np.mean([m[k] for m in window], axis=0) for k in window[0]}
                     if lead:
-                        metrics_out.write(done, **last, data_crc=crc,
-                                          steps_per_sec=len(window) / dt)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                        log(done, last, len(window) / dt)
+                    bar.set_postfix(loss=f"{np.mean(last['loss']):.4f}")
                     window, t_window = [], time.perf_counter()
                 if ckpt is not None and at(config.checkpoint_every):
                     save(done)
@@ -270,20 +373,20 @@ def train(
                     if lead:
                         metrics_out.write(done, **ev)
                     last.update(ev)
-                bar.update(1)
+                bar.update(n)
                 step_times.append(time.perf_counter() - t0)
-                if step == start:  # compiled and ran once: time the rest
+                if done - n == start:  # compiled and ran once: time the rest
                     jax.block_until_ready(state)
-                    t_loop, cpu_loop = time.perf_counter(), time.process_time()
+                    t_loop, cpu_loop, timed_from = time.perf_counter(), time.process_time(), done
             if pending is not None:
-                window.append(check(pending))
+                window.extend(check(pending))
         t_end, cpu_end = time.perf_counter(), time.process_time()
     finally:
         bar.close()
         if ckpt is not None:
             ckpt.close()  # waits for the last async save
     t_closed = time.perf_counter()
-    timed = config.steps - start - 1
+    timed = config.steps - timed_from
 
     summary = {
         "steps": config.steps,
@@ -291,13 +394,13 @@ def train(
         "mesh": describe(mesh),
         "processes": jax.process_count(),
         "data_crc": crc,
-        "median_step_s": float(np.median(step_times)) if step_times else None,
-        # wall time per step after the first (compile) step, metrics and checkpoint saves
+        "median_step_s": float(np.median(step_times)) / per_call if step_times else None,
+        # wall time per step after the first (compile) call, metrics and checkpoint saves
         # included; the wait for the last save to reach the disk is ``final_wait_s``
         "mean_step_s": (t_end - t_loop) / timed if timed > 0 else None,
         "mean_step_cpu_s": (cpu_end - cpu_loop) / timed if timed > 0 else None,  # all threads
         "final_wait_s": t_closed - t_end,
-        **{f"final_{k}": v for k, v in last.items()},
+        **{f"final_{k}": np.asarray(v).tolist() for k, v in last.items()},
     }
     return TrainResult(state=state, model_def=init.model_def, init=init, summary=summary,
                        step_times=step_times)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from projects.icl_regression.paper import PAPER
+
 
 def _f(v, nd: int = 3) -> str:
     if v is None:
@@ -19,11 +21,13 @@ def _active(s: dict, h: int, key: str) -> list:
     return [v for v, dummy in zip(p[key], p["dummy"], strict=True) if not dummy]
 
 
-def render(s: dict, paper: dict, config: ml_collections.ConfigDict, heads: list[int]) -> str:
-    """Markdown report of one run (``s`` is the summary, ``paper`` the reference numbers)."""
+def render(s: dict, config: ml_collections.ConfigDict, heads: list[int]) -> str:
+    """Markdown report of one run (``s`` is the summary) beside :data:`PAPER`."""
     L = str(config.length)
     mse = s["mse"]
+    paper = PAPER
     pm = paper["mse"]
+    at = lambda name: " / ".join(_f(pm[name][n]) for n in ("10", "40", "100"))
     lines = [
         "# icl_regression: In-Context Linear Regression Demystified (He et al. 2025)",
         "",
@@ -56,15 +60,17 @@ def render(s: dict, paper: dict, config: ml_collections.ConfigDict, heads: list[
         + (("; Bayes (posterior variance, MC over X) "
             + _f([mse["bayes_exact"].get(n) for n in ("10", "40", "100")]))
            if "bayes_exact" in mse else "")
-        + f". η* = {s['eta_star']:.4f} (paper 0.879).",
+        + f". η* = {s['eta_star']:.4f} (paper {paper['eta_star']}).",
         "",
         "Our `gd` uses the exact optimal step at each L and `debiased_gd` η*(L); the official "
-        "notebook keeps η = 2·0.13·3.45 = 0.897 at every L, which explains its larger GD errors at "
+        f"notebook keeps η = 2·{paper['omega_abs']}·{paper['mu_trained']} = "
+        f"{2 * paper['omega_abs'] * paper['mu_trained']:.3f} at every L, which explains its "
+        "larger GD errors at "
         "L = 10. Closed form with that fixed η, L = 10 / 40 / 100: GD "
         + _f([mse["gd_paper_eta_exact"].get(n) for n in ("10", "40", "100")])
-        + " (paper 0.643 / 0.241 / 0.162), debiased GD "
+        + f" (paper {at('gd')}), debiased GD "
         + _f([mse["debiased_gd_paper_eta_exact"].get(n) for n in ("10", "40", "100")])
-        + " (paper 0.614 / 0.243 / 0.163).",
+        + f" (paper {at('debiased_gd')}).",
         "",
     ]
     multi = [f"H{h}" for h in heads if h >= 2 and f"H{h}" in mse]
@@ -103,7 +109,8 @@ def render(s: dict, paper: dict, config: ml_collections.ConfigDict, heads: list[
             "**Claim: KQ off-diagonal mass under 10% of the diagonal** (‖offdiag‖_F / ‖diag‖₂ "
             "over non-dummy heads): " + ", ".join(
                 f"H{h} {v:.3f} {'✓' if v < 0.1 else '✗'}" for h, v in offd.items())
-            + ". The paper's diag ratios (H2 0.99926, H4 0.99928, H8 0.97839) correspond to "
+            + ". The paper's diag ratios (" + ", ".join(
+                f"{h} {v}" for h, v in paper["kq_diag_ratio"].items()) + ") correspond to "
             "0.038 / 0.038 / 0.21 on this scale. Per non-dummy head (a head with a small |μ_h| "
             "feels a weak pull towards a diagonal KQ): " + "; ".join(
                 f"H{h} " + _f(_active(s, h, "kq_offdiag_per_head")) + " at |μ| "
@@ -133,7 +140,7 @@ def render(s: dict, paper: dict, config: ml_collections.ConfigDict, heads: list[
         "## Theory",
         "",
         f"- μ_γ at γ = {config.theory.gamma_ref}: {s['theory']['mu_gamma_at_gamma_ref']:.3f} "
-        "(paper's trained μ 3.45; 2γμ_γ = 0.879).",
+        f"(paper's trained μ {paper['mu_trained']}; 2γμ_γ = {paper['eta_star']}).",
         f"- Gradient flow on L̃/2, H = 2, init ±1e-3, lr {config.theory.flow_lr}: at time "
         f"{s['theory']['flow2_final']['time']:.0f}: ω = {_f(s['theory']['flow2_final']['omega'])}, "
         f"μ = {_f(s['theory']['flow2_final']['mu'])}, Σ_h ω_h μ_h = "
@@ -218,7 +225,7 @@ def render(s: dict, paper: dict, config: ml_collections.ConfigDict, heads: list[
         "- ω uses the model's own 1/√(d+1) scale; the official dynamics plots divide by √(d+2) "
         "(0.926× smaller).",
         "- `single_head` re-tunes the NW μ per L; `single_head_nb` keeps μ tuned at the training "
-        "L as the official notebook does (its L = 10 cell 0.875).",
+        f"L as the official notebook does (its L = 10 cell {pm['single_head']['10']}).",
         *(["- This run uses lr " + str(config.lr) + " (the paper 1e-3) to form the patterns in "
             "a few thousand steps on a 2-core CPU (the quick config)."]
           if config.lr != 1e-3 else []),

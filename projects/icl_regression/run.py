@@ -28,25 +28,7 @@ from projects.icl_regression import (
     theory,
     train,
 )
-
-PAPER = {  # §5-§7 of the spec (notebook outputs; trained-model values have the +0.1 removed)
-    "mse": {
-        "H1": {"10": 0.847, "40": 0.406, "100": 0.281},
-        "H2": {"10": 0.579, "40": 0.241, "100": 0.168},
-        "H4": {"10": 0.573, "40": 0.245, "100": 0.170},
-        "H8": {"10": 0.584, "40": 0.236, "100": 0.168},
-        "gd": {"10": 0.643, "20": 0.371, "40": 0.241, "100": 0.162},
-        "debiased_gd": {"10": 0.614, "20": 0.369, "40": 0.243, "100": 0.163},
-        "bayes": {"10": 0.194, "20": 0.135, "40": 0.115, "100": 0.104},
-        "multihead": {"10": 0.604, "20": 0.367, "40": 0.243, "100": 0.164},
-        "single_head": {"10": 0.875, "20": 0.586, "40": 0.405, "100": 0.284},
-    },
-    "omega_abs": 0.13,
-    "mu_pos_sum": 3.5,
-    "kq_diag_ratio": {"H2": 0.99926, "H4": 0.99928, "H8": 0.97839},
-    "kq_diag_var": {"H2": 3.3e-6, "H4": 4.4e-6, "H8": 1.3e-4},
-    "ov_last_ratio": {"H2": 0.99994, "H4": 0.99997, "H8": 0.99966},
-}
+from projects.icl_regression.paper import PAPER
 
 
 def _read_history(path: pathlib.Path, model_name: str) -> dict:
@@ -144,7 +126,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     rd = RunDir(workdir)
     d, L, s2 = config.d, config.length, config.sigma2
     # ------------------------------------------------------------------ training
-    state, step = train.train(buckets, config, rd.checkpoints, rd.metrics)
+    state, step = train.train(buckets, config, rd.root, rd.metrics)
     t_train = time.time() - t_start
     lap("train")
     params = {b.name: state["params"][b.name] for b in buckets}
@@ -271,7 +253,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     plots.pattern_bars(pats, heads, fig)
     dyn_name = "H2" if "H2" in by_name else main[-1].name
     hist = _read_history(rd.root / "metrics.jsonl", by_name[dyn_name].model_names[0])
-    plots.dynamics({dyn_name: hist}, th["flow2"], th["flow4"], config.theory.gamma_ref, 3.5, fig)
+    plots.dynamics({dyn_name: hist}, th["flow2"], th["flow4"], config.theory.gamma_ref,
+                  PAPER["mu_pos_sum"], fig)
     plots.theory(th, fig)
     plots.softmax_norm_histograms(th["softmax_norms"], fig)
     lin = [b for b in buckets if b.kind == "linear"]
@@ -314,7 +297,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "total_seconds": round(time.time() - t_start, 1),
     }
     rd.write_summary(summary)
-    rd.write_report(report.render(summary, PAPER, config, heads))
+    rd.write_report(report.render(summary, config, heads))
     summary["total_seconds"] = round(time.time() - t_start, 1)
     rd.write_summary(summary)
     return summary

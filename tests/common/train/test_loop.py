@@ -13,7 +13,7 @@ from common.attention import MultiHeadAttention
 from common.data import generated_batches
 from common.sharding import make_mesh, sharded_init
 from common.train import NonFiniteError, Task, TrainConfig, make_train_step, train
-from common.train.checkpoint import Checkpointer
+from common.train.orbax_checkpoint import Checkpointer
 
 D, H, S, B = 8, 2, 6, 16
 

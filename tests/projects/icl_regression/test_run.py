@@ -31,6 +31,8 @@ def check_run_directory(tmp_path, c, figures):
     s = run.run(c, tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert {"metrics.jsonl", "summary.json", "report.md", "figures", "checkpoints"} <= files
+    ckpt = {p.name for p in (tmp_path / "checkpoints").iterdir()}  # the run resumes from here
+    assert {"meta.json", str(c.steps)} <= ckpt
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["mse"]["H2"].keys() == {"4", "8", "16"}
     for k in ("H1", "H2", "gd", "debiased_gd", "bayes"):

@@ -29,7 +29,7 @@ def tiny_config():
 def straight(tmp_path_factory):
     c = tiny_config()
     d = tmp_path_factory.mktemp("straight")
-    state, step = train.train(spec.buckets(c), c, d / "ck", MetricsWriter(d / "m.jsonl"),
+    state, step = train.train(spec.buckets(c), c, d, MetricsWriter(d / "m.jsonl"),
                               progress=False)
     return c, state, step, d
 
@@ -38,9 +38,9 @@ def straight(tmp_path_factory):
 def test_resume_after_interrupt_is_bit_exact(straight, tmp_path):
     c, state, step, _ = straight
     buckets = spec.buckets(c)
-    _, s1 = train.train(buckets, c, tmp_path / "ck", None, progress=False, stop_after_chunks=2)
+    _, s1 = train.train(buckets, c, tmp_path, None, progress=False, stop_at=20)
     assert s1 == 20
-    resumed, s2 = train.train(buckets, c, tmp_path / "ck", None, progress=False)
+    resumed, s2 = train.train(buckets, c, tmp_path, None, progress=False)
     assert s2 == step == 30
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -54,7 +54,7 @@ def test_models_are_independent(straight, tmp_path):
     alone = spec.Bucket(b.name, b.kind, b.d, b.heads, b.attention, None, (1,), None)
     c2 = tiny_config()
     c2.seeds = (1,)
-    st, _ = train.train([alone], c2, tmp_path / "alone", None, progress=False)
+    st, _ = train.train([alone], c2, tmp_path, None, progress=False)
     got = jax.tree.map(lambda x: np.asarray(x[1]), state["params"]["H2"])
     want = jax.tree.map(lambda x: np.asarray(x[0]), st["params"]["H2"])
     for k in got:
@@ -80,7 +80,7 @@ def test_mismatched_checkpoint_is_refused(straight):
     c2 = tiny_config()
     c2.lr = 0.5
     with pytest.raises(ValueError, match="holds checkpoints of a different run"):
-        train.train(spec.buckets(c2), c2, d / "ck", None, progress=False)
+        train.train(spec.buckets(c2), c2, d, None, progress=False)
 
 
 KILLED_RUN = """
@@ -111,9 +111,10 @@ def test_sigkill_then_rerun_is_bit_exact(straight, tmp_path):
     import time
 
     c, state, step, _ = straight
-    ck = tmp_path / "ck"
+    ck = tmp_path / "checkpoints"
     root = pathlib.Path(__file__).resolve().parents[3]
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(ck), str(tmp_path / "m.jsonl")],
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path),
+                             str(tmp_path / "m.jsonl")],
                             cwd=root, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(root)})
     saved = lambda: sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) if ck.exists() else []
@@ -130,7 +131,7 @@ def test_sigkill_then_rerun_is_bit_exact(straight, tmp_path):
         proc.stderr.close()
     on_disk = saved()
     assert 0 < on_disk[-1] < step, f"the kill did not land mid-run: {on_disk}"
-    resumed, s2 = train.train(spec.buckets(c), c, ck, None, progress=False)
+    resumed, s2 = train.train(spec.buckets(c), c, tmp_path, None, progress=False)
     assert s2 == step
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -140,17 +141,17 @@ def test_damaged_checkpoint_is_set_aside(straight, tmp_path):
     """A truncated file in the newest step: that step is moved aside, the run redoes it."""
     import shutil
 
-    from common.train.checkpoint import CorruptCheckpointWarning
+    from common.train.orbax_checkpoint import CorruptCheckpointWarning
 
     c, state, step, d = straight
-    ck = tmp_path / "ck"
-    shutil.copytree(d / "ck", ck)
+    ck = tmp_path / "checkpoints"
+    shutil.copytree(d / "checkpoints", ck)
     files = sorted((p for p in (ck / str(step)).rglob("*") if p.is_file() and p.stat().st_size > 64),
                    key=lambda p: p.stat().st_size)
     with open(files[-1], "r+b") as f:
         f.truncate(files[-1].stat().st_size // 2)
     with pytest.warns(CorruptCheckpointWarning, match=f"step {step}"):
-        redone, s2 = train.train(spec.buckets(c), c, ck, None, progress=False)
+        redone, s2 = train.train(spec.buckets(c), c, tmp_path, None, progress=False)
     assert s2 == step and (ck / f"{step}.corrupt").is_dir()
     for a, b in zip(jax.tree.leaves(redone), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -165,7 +166,7 @@ from tests.projects.icl_regression.test_train import tiny_config
 assert jax.device_count() == 2
 c = tiny_config()
 state, _ = train.train(spec.buckets(c), c, sys.argv[1], None, progress=False)
-assert "models" in str(state["params"]["H2"]["w_q"].sharding.spec)
+assert state["params"]["H2"]["w_q"].sharding.spec[0] == "data"  # the models axis, split
 np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(state)])
 """
 
@@ -177,7 +178,7 @@ def test_seeds_sharded_over_two_devices_match_one_device(straight, tmp_path):
     from tests.common.train._runs import env, run
 
     _, state, _, _ = straight
-    run([sys.executable, "-c", SHARDED_RUN, str(tmp_path / "ck"), str(tmp_path / "s.npz")],
+    run([sys.executable, "-c", SHARDED_RUN, str(tmp_path), str(tmp_path / "s.npz")],
         env(devices=2))
     got = np.load(tmp_path / "s.npz")
     want = jax.tree.leaves(state)
