@@ -23,11 +23,12 @@ Attention edits (probability transform, mask, per-head position ids) apply at
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from common.attention.hooks import (
@@ -142,25 +143,41 @@ class Intervention:
     # ------------------------------------------------------------------ construction helpers
 
     @classmethod
-    def ablate(cls, config, heads: Sequence[tuple[int, int]], scale: float = 0.0) -> Intervention:
-        """Zero-ablate (or scale by ``scale``) the given ``(layer, head)`` pairs."""
-        gate = jnp.ones((config.n_layers, config.n_heads), jnp.float32)
-        for layer, head in heads:
+    def ablate(cls, model, heads: Sequence[tuple[int, int]], scale: float = 0.0) -> Intervention:
+        """Zero-ablate (or scale by ``scale``) the given heads.
+
+        Args:
+          model: the model or its config (``model.config``).
+          heads: a list of ``(layer, head)`` pairs: ``[(23, 3)]`` for one head; negative
+            layers count from the end (``(-1, 0)``).
+        """
+        config = config_of(model, "Intervention.ablate")
+        pairs = head_pairs(heads, config)
+        for layer, head in pairs:
             _check_head(config, "heads", layer, head, config.n_heads)
-            gate = gate.at[layer, head].set(scale)
-        return cls(gate=gate)
+        ls = [layer % config.n_layers for layer, _ in pairs]
+        hs = [head for _, head in pairs]
+        if isinstance(scale, int | float):  # built in numpy: no per-head device ops
+            gate = np.ones((config.n_layers, config.n_heads), np.float32)
+            gate[ls, hs] = scale
+            return cls(gate=jnp.asarray(gate))
+        gate = jnp.ones((config.n_layers, config.n_heads), jnp.float32)  # scale may be traced
+        return cls(gate=gate.at[jnp.asarray(ls, int), jnp.asarray(hs, int)].set(scale))
 
     @classmethod
-    def mean_ablate(cls, config, heads: Sequence[tuple[int, int]], cache,
+    def mean_ablate(cls, model, heads: Sequence[tuple[int, int]], cache,
                     over: Sequence[str] = ("batch",)) -> Intervention:
         """Replace the given heads' ``z`` by its mean over ``over`` in a reference cache.
 
         Args:
+          model: the model or its config.
+          heads: a list of ``(layer, head)`` pairs, as for :meth:`ablate`.
           cache: an :class:`~common.interp.cache.ActivationCache` holding ``z`` at every layer
             (``run_with_cache(model, reference_ids, names_filter="z")``).
           over: axes averaged, ``("batch",)`` (per-position means, the reference prompts must
             have the length of the ablated ones) or ``("batch", "pos")``.
         """
+        config = config_of(model, "Intervention.mean_ablate")
         bad = set(over) - {"batch", "pos"}
         if bad:
             raise ValueError(f"mean_ablate: over must name 'batch' and/or 'pos', got {over}")
@@ -175,7 +192,7 @@ class Intervention:
     @classmethod
     def patch(
         cls,
-        config,
+        model,
         cache,
         site: str,
         heads: Sequence[tuple[int, int]] | None = None,
@@ -185,14 +202,16 @@ class Intervention:
         """Patch ``site`` from another run's cache.
 
         Args:
+          model: the model or its config.
           cache: an ``ActivationCache`` of the source run holding ``site`` at the layers used.
           site: the site to patch (``z``, ``q``, ``k``, ``v``, ``pattern``, ``resid_pre``, ...).
             For ``k``, ``v``, ``rot_k`` the head index is a key/value head.
-          heads: ``(layer, head)`` pairs (per-head sites only); None patches whole layers.
+          heads: a list of ``(layer, head)`` pairs (per-head sites only; ``[(23, 3)]`` for one
+            head); None patches whole layers.
           layers: layers patched whole (with ``heads=None``).
           positions: (query) positions patched; None patches every position.
         """
-        return cls(patches=(make_patch(config, cache, site, heads, layers, positions),))
+        return cls(patches=(make_patch(model, cache, site, heads, layers, positions),))
 
     def merge(self, other: Intervention) -> Intervention:
         """Compose two interventions: gates multiply, offsets add, patches concatenate; other
@@ -316,10 +335,43 @@ class Intervention:
 
 
 def _check_head(config, field: str, layer: int, head: int, n_heads: int) -> None:
-    if not 0 <= int(layer) < config.n_layers:
+    if not -config.n_layers <= int(layer) < config.n_layers:
         raise ValueError(f"Intervention.{field}: layer {layer} out of range [0, {config.n_layers})")
     if not 0 <= int(head) < n_heads:
         raise ValueError(f"Intervention.{field}: head {head} out of range [0, {n_heads})")
+
+
+def config_of(model_or_config, where: str = "Intervention"):
+    """The ``ModelConfig`` of a model (``model.config``), or the config itself."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    if not all(hasattr(cfg, a) for a in ("n_layers", "n_heads", "n_kv_heads", "d_head")):
+        raise TypeError(f"{where}: expected a model or its config (model.config), got "
+                        f"{type(model_or_config).__name__}")
+    return cfg
+
+
+_HEADS_SHAPE = ("heads must be a list of (layer, head) pairs, e.g. [(23, 3)] or [(23, 3), "
+                "(-1, 0)] (negative layers count from the end)")
+
+
+def head_pairs(heads, config, field: str = "heads") -> list[tuple[int, int]]:
+    """``[(layer, head), ...]`` checked and with negative layers resolved; a clear error for any
+    other shape (``[23, 3]``, ``(23, 3)``, ``23``)."""
+    if isinstance(heads, Mapping) or isinstance(heads, str) or not isinstance(heads, Iterable):
+        raise TypeError(f"Intervention.{field}: {_HEADS_SHAPE}; got {heads!r}")
+    heads = list(np.asarray(heads).tolist()) if hasattr(heads, "shape") else list(heads)
+    out = []
+    for pair in heads:
+        ok = (isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2
+              and all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in pair))
+        if not ok:
+            hint = ""
+            if len(heads) == 2 and all(isinstance(x, int | np.integer) for x in heads):
+                hint = f" (for layer {heads[0]}, head {heads[1]} write [({heads[0]}, {heads[1]})])"
+            raise TypeError(f"Intervention.{field}: {_HEADS_SHAPE}; got {pair!r} in "
+                            f"{heads!r}{hint}")
+        out.append((int(pair[0]), int(pair[1])))
+    return out
 
 
 def make_patch(
@@ -331,6 +383,7 @@ def make_patch(
     positions: Sequence[int] | None = None,
 ) -> Patch:
     """A :class:`Patch` of ``site`` from ``cache`` (see :meth:`Intervention.patch`)."""
+    config = config_of(config, "Intervention.patch")
     if site not in SITES:
         raise ValueError(f"Intervention.patch: unknown site {site!r}; known sites: {SITES}")
     if heads is not None and layers is not None:
@@ -342,15 +395,18 @@ def make_patch(
         raise ValueError("Intervention.patch: choose heads=[(layer, head), ...] or layers=[...]")
     n = _heads_of(site, config) if site in HEAD_AXIS else 0
     if heads is not None:
+        heads = head_pairs(heads, config, "patch heads")
         for layer, head in heads:
             _check_head(config, "patch heads", layer, head, n)
+        heads = [(layer % config.n_layers, head) for layer, head in heads]
         use_layers = tuple(sorted({int(layer) for layer, _ in heads}))
     else:
         use_layers = tuple(int(x) for x in layers)
         for layer in use_layers:
-            if not 0 <= layer < config.n_layers:
+            if not -config.n_layers <= layer < config.n_layers:
                 raise ValueError(f"Intervention.patch layers: layer {layer} out of range "
                                  f"[0, {config.n_layers})")
+        use_layers = tuple(layer % config.n_layers for layer in use_layers)
     value = jnp.stack([cache[site, layer] for layer in use_layers])
     nd = value.ndim - 1
     pos_axis = POS_AXIS[site]

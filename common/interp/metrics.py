@@ -7,6 +7,9 @@ positions and which vocabulary columns it reads, so only those logits are comput
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +43,7 @@ class LogitMetric:
         if self.tokens is None:
             return model.unembed(resid_final[:, jnp.asarray(pos)])
         x = model.final_norm(resid_final[:, jnp.asarray(pos)])
-        wu = W_U(model)
+        wu = W_U(model).values
         t = jnp.asarray(self.tokens)
         if t.ndim == 1:
             return jnp.einsum("bpd,dn->bpn", x, wu[:, t].astype(x.dtype),
@@ -91,11 +94,43 @@ class FullLogitsMetric:
         return self.fn(model.unembed(resid_final))
 
 
-def as_metric(metric) -> LogitMetric | FullLogitsMetric:
-    """A :class:`LogitMetric` as is; a plain callable wrapped in :class:`FullLogitsMetric`."""
+class SlowMetricWarning(UserWarning):
+    """A sweep was handed a plain function of the full logits (see :func:`as_metric`)."""
+
+
+_warned_full_logits = False
+
+FULL_LOGITS_NOTE = (
+    "metric: a plain function fn(logits) reads the full logits, so every variant of the sweep "
+    "unembeds the whole vocabulary at every position (2-4x slower on SmolLM2). Say what it reads "
+    "instead: logit_diff(correct, wrong) / logit_of(token), or LogitMetric(fn, positions=(-1,), "
+    "tokens=[...]) with fn(logits [batch, n_positions, n_tokens]) -> scalar. Wrap the function "
+    "in FullLogitsMetric(fn) to keep it and silence this note (said once per process).")
+
+
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside ``common/interp`` (the user's call)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def as_metric(metric, *, warn: bool = False) -> LogitMetric | FullLogitsMetric:
+    """A :class:`LogitMetric` as is; a plain callable wrapped in :class:`FullLogitsMetric`.
+
+    With ``warn`` (the sweeps), the first plain callable of the process raises a
+    :class:`SlowMetricWarning` naming the fast alternative; an explicit
+    :class:`FullLogitsMetric` never does.
+    """
+    global _warned_full_logits
     if isinstance(metric, LogitMetric | FullLogitsMetric):
         return metric
     if callable(metric):
+        if warn and not _warned_full_logits:
+            _warned_full_logits = True
+            warnings.warn(FULL_LOGITS_NOTE, SlowMetricWarning, stacklevel=_caller_level())
         return FullLogitsMetric(metric)
     raise TypeError(f"metric: expected a LogitMetric or fn(logits) -> scalar, got {type(metric)}")
 

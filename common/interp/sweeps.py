@@ -1,6 +1,9 @@
 """Sweeps over heads: activation patching, ablation, direct logit attribution, attribution
-patching. Each returns a :class:`~common.interp.labelled.Labelled` ``[layer, head]`` (or
-``[layer, head, pos]``) array.
+patching. Each returns a :class:`~common.labelled.Labelled` ``[layer, head]`` (or
+``[layer, head, pos]``) array; :func:`activation_patching` and :func:`attribution_patching`
+return a :class:`~common.interp.results.PatchingResult` on one scale (the change of the metric
+from the corrupted run, optionally normalised), while :func:`patch_sweep` and
+:func:`head_ablation_sweep` return the metric of each variant run.
 
 The exact sweeps are one jitted program, not a Python loop of forwards. For each layer
 ``l`` (``lax.map``) the residual entering ``l`` is taken from one base run (the layers
@@ -23,6 +26,7 @@ from flax import nnx
 from common.attention.hooks import HEAD_AXIS, NO_HOOKS, POS_AXIS, SITE_AXES, Hooks
 from common.attention.masks import Mask
 from common.interp.metrics import as_metric, evaluate
+from common.interp.results import PatchingResult
 from common.interp.views import W_O, W_U
 from common.labelled import Labelled
 from common.models.capture import capture_store, resolve_layers, run_with_cache
@@ -166,13 +170,25 @@ def patch_sweep(
         raise ValueError(f"patch_sweep: source {src.shape} does not fit site {site!r} of shape "
                          f"{(cfg.n_layers,) + site_shape}") from None
     masks = _variant_masks(site, site_shape, per_position)
-    out = _sweep_jit(graphdef, state, resid, src, masks, as_metric(metric), positions, mask,
+    out = _sweep_jit(graphdef, state, resid, src, masks, as_metric(metric, warn=True), positions,
+                     mask,
                      site=site, chunk=chunk)
     head_name = "kv_head" if site in ("k", "v", "rot_k") else "head"
     if per_position:
         n, sq = site_shape[HEAD_AXIS[site]], site_shape[POS_AXIS[site]]
         return Labelled(out.reshape(cfg.n_layers, n, sq), ("layer", head_name, "pos"))
     return Labelled(out, ("layer", head_name))
+
+
+def _patching_args(name, clean_ids, corrupted_ids, direction, site):
+    clean_ids, corrupted_ids = jnp.asarray(clean_ids), jnp.asarray(corrupted_ids)
+    if clean_ids.shape != corrupted_ids.shape:
+        raise ValueError(f"{name}: clean {clean_ids.shape} and corrupted "
+                         f"{corrupted_ids.shape} prompts must have the same shape")
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"{name}: direction must be 'denoise' or 'noise', got {direction!r}")
+    _check_site(site)
+    return clean_ids, corrupted_ids
 
 
 def activation_patching(
@@ -184,8 +200,9 @@ def activation_patching(
     site: str = "z",
     per_position: bool = False,
     direction: str = "denoise",
+    normalize: bool = False,
     chunk: int | None = None,
-) -> Labelled:
+) -> PatchingResult:
     """Activation patching per head (and position) between a clean and a corrupted prompt.
 
     ``direction="denoise"`` runs the corrupted prompt with one head's ``site`` taken from the
@@ -193,21 +210,25 @@ def activation_patching(
     corrupted value (what breaks it). Both prompts must have the same shape.
 
     Returns:
-      ``Labelled [layer, head]`` (or ``[layer, head, pos]``) metric values of the patched runs.
+      a :class:`PatchingResult` ``[layer, head]`` (or ``[layer, head, pos]``): the change of the
+      metric from the corrupted run, ``metric(patched) - metric(corrupted)``, divided by
+      ``metric(clean) - metric(corrupted)`` with ``normalize`` (clean = 1, corrupted = 0);
+      the same quantity :func:`attribution_patching` estimates. ``.clean`` and
+      ``.corrupted`` hold the two metric values, ``.patched`` the patched runs' metric.
     """
-    clean_ids, corrupted_ids = jnp.asarray(clean_ids), jnp.asarray(corrupted_ids)
-    if clean_ids.shape != corrupted_ids.shape:
-        raise ValueError(f"activation_patching: clean {clean_ids.shape} and corrupted "
-                         f"{corrupted_ids.shape} prompts must have the same shape")
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"activation_patching: direction must be 'denoise' or 'noise', "
-                         f"got {direction!r}")
-    _check_site(site)
+    clean_ids, corrupted_ids = _patching_args("activation_patching", clean_ids, corrupted_ids,
+                                              direction, site)
     base, other = (corrupted_ids, clean_ids) if direction == "denoise" else (clean_ids,
                                                                              corrupted_ids)
     _, cache = run_with_cache(model, other, names_filter=site)
-    return patch_sweep(model, base, cache.stack(site).values, metric, site=site,
-                       per_position=per_position, chunk=chunk)
+    patched = patch_sweep(model, base, cache.stack(site).values, metric, site=site,
+                          per_position=per_position, chunk=chunk)
+    m_base = metric_value(model, base, metric)
+    m_other = metric_value(model, other, metric)
+    clean, corrupted = (m_other, m_base) if direction == "denoise" else (m_base, m_other)
+    return PatchingResult.of(patched.values - corrupted, patched.axes, clean, corrupted,
+                             method="activation", direction=direction, site=site,
+                             normalize=normalize)
 
 
 def head_ablation_sweep(
@@ -310,24 +331,32 @@ def attribution_patching(
     site: str = "z",
     per_position: bool = False,
     direction: str = "denoise",
-) -> Labelled:
-    """Linear estimate of activation patching: ``∂metric/∂x · (x_source - x_base)`` per head.
+    normalize: bool = False,
+) -> PatchingResult:
+    """Linear estimate of :func:`activation_patching`: ``∂metric/∂x · (x_source - x_base)``
+    per head, on the same scale.
 
     One forward and one backward on the base prompt (corrupted for ``denoise``) plus one
-    forward of the source prompt. Returns the estimated *change* of the metric,
-    ``Labelled [layer, head]`` (or ``[layer, head, pos]``).
+    forward of the source prompt. Returns a :class:`PatchingResult` ``[layer, head]`` (or
+    ``[layer, head, pos]``): the estimated ``metric(patched) - metric(corrupted)`` (for
+    ``denoise`` the linear term itself; for ``noise`` ``metric(clean) - metric(corrupted)``
+    plus it), divided by ``metric(clean) - metric(corrupted)`` with ``normalize``.
     """
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"attribution_patching: direction must be 'denoise' or 'noise', "
-                         f"got {direction!r}")
-    _check_site(site)
+    clean_ids, corrupted_ids = _patching_args("attribution_patching", clean_ids, corrupted_ids,
+                                              direction, site)
     base_ids, src_ids = ((corrupted_ids, clean_ids) if direction == "denoise"
                          else (clean_ids, corrupted_ids))
-    _, base, grads = site_gradients(model, base_ids, metric, site=site)
+    m_base, base, grads = site_gradients(model, base_ids, metric, site=site)
     _, cache = run_with_cache(model, src_ids, names_filter=site)
+    m_src = metric_value(model, src_ids, metric)
     est = _attribution(grads, base, cache.stack(site).values, site, per_position)
     head_name = "kv_head" if site in ("k", "v", "rot_k") else "head"
-    return Labelled(est, ("layer", head_name) + (("pos",) if per_position else ()))
+    axes = ("layer", head_name) + (("pos",) if per_position else ())
+    if direction == "denoise":
+        return PatchingResult.of(est, axes, m_src, m_base, method="attribution",
+                                 direction=direction, site=site, normalize=normalize)
+    return PatchingResult.of(m_base - m_src + est, axes, m_base, m_src, method="attribution",
+                             direction=direction, site=site, normalize=normalize)
 
 
 def ablation_attribution(model, input_ids: jax.Array, metric, *, site: str = "z",
@@ -390,7 +419,7 @@ def direct_logit_attribution(
     final = cache["resid_post", cfg.n_layers - 1][:, position]  # [b, d]
     z = cache.stack("z", layers).values[:, :, position]  # [L, b, h, k]
     head_out = jnp.einsum("lbhk,lhkd->lhbd", z, W_O(model, layers).values)  # [L, h, b, d]
-    wu = W_U(model)
+    wu = W_U(model).values
     t = jnp.broadcast_to(jnp.asarray(tokens), (ids.shape[0],))
     direction = wu[:, t].T  # [b, d]
     if wrong_tokens is not None:
@@ -398,4 +427,4 @@ def direct_logit_attribution(
         direction = direction - wu[:, w].T
     contrib = final_norm_linear(model, head_out, final)
     scores = jnp.einsum("lhbd,bd->lhb", contrib, direction).mean(-1)
-    return Labelled(scores, ("layer", "head"), {"layer": layers})
+    return Labelled(scores, ("layer", "head"), {"layer": layers}, {"layer": cfg.n_layers})

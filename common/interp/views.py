@@ -1,129 +1,26 @@
 """Head views: TransformerLens-order weight views as pure functions of a model.
 
-The model stores ``q_kernel [d_model, heads, d_head]``, ``k/v_kernel [d_model, kv_heads,
-d_head]`` and ``o_kernel [heads, d_head, d_model]``; these functions return labelled stacks
-over layers in the order researchers know:
-
-* ``W_Q, W_K, W_V``: ``[layer, head, d_model, d_head]``; for grouped-query attention
-  ``W_K``/``W_V`` are expanded so that query head ``h`` sees its key/value head
-  ``h // group`` (``expand=False`` gives the ``kv_head`` axis instead);
-* ``W_O``: ``[layer, head, d_head, d_model]``;
-* ``OV = W_V @ W_O`` and ``QK = W_Q @ W_Kᵀ``: ``[layer, head, d_model, d_model]`` (RoPE is
-  position dependent and not part of ``QK``);
-* ``W_E [vocab, d_model]``, ``W_U [d_model, vocab]`` and the effective embedding.
-
-Every function is pure (reads the parameters, changes nothing) and works under ``jax.jit``.
+The functions live in :mod:`common.models.views` (so that ``model.W_Q``, ``model.OV``, ...
+need nothing above ``common.models``) and are re-exported here: ``W_Q, W_K, W_V``
+``[layer, head, d_model, d_head]``, ``W_O [layer, head, d_head, d_model]``, ``OV``/``QK``
+``[layer, head, d_model, d_model]``, ``W_E [vocab, d_model]``, ``W_U [d_model, vocab]``,
+``b_O`` and the effective embedding; every one returns a :class:`~common.labelled.Labelled`.
 """
 
-from __future__ import annotations
+from common.models.views import (
+    OV,
+    QK,
+    W_E,
+    W_K,
+    W_O,
+    W_Q,
+    W_U,
+    W_V,
+    LensConfig,
+    b_O,
+    effective_embedding,
+    lens_config,
+)
 
-from collections.abc import Iterable
-
-import jax
-import jax.numpy as jnp
-
-from common.labelled import Labelled
-from common.models.capture import resolve_layers
-
-
-def _stack(model, layers, fn) -> tuple[jax.Array, tuple[int, ...]]:
-    layers = resolve_layers(layers, model.config.n_layers)
-    return jnp.stack([fn(model.blocks[i].attn) for i in layers]), layers
-
-
-def _expand_kv(w: jax.Array, group: int) -> jax.Array:
-    """``[layer, kv_head, ...] -> [layer, head, ...]`` (query head h reads kv head h // group)."""
-    return jnp.repeat(w, group, axis=1)
-
-
-def W_Q(model, layers: Iterable[int] | None = None) -> Labelled:
-    """``[layer, head, d_model, d_head]``."""
-    w, ls = _stack(model, layers, lambda a: jnp.transpose(a.q_kernel[...], (1, 0, 2)))
-    return Labelled(w, ("layer", "head", "d_model", "d_head"), {"layer": ls})
-
-
-def W_K(model, layers: Iterable[int] | None = None, *, expand: bool = True) -> Labelled:
-    """``[layer, head, d_model, d_head]`` (``[layer, kv_head, ...]`` with ``expand=False``)."""
-    w, ls = _stack(model, layers, lambda a: jnp.transpose(a.k_kernel[...], (1, 0, 2)))
-    if expand:
-        return Labelled(_expand_kv(w, model.config.group),
-                        ("layer", "head", "d_model", "d_head"), {"layer": ls})
-    return Labelled(w, ("layer", "kv_head", "d_model", "d_head"), {"layer": ls})
-
-
-def W_V(model, layers: Iterable[int] | None = None, *, expand: bool = True) -> Labelled:
-    """``[layer, head, d_model, d_head]`` (``[layer, kv_head, ...]`` with ``expand=False``)."""
-    w, ls = _stack(model, layers, lambda a: jnp.transpose(a.v_kernel[...], (1, 0, 2)))
-    if expand:
-        return Labelled(_expand_kv(w, model.config.group),
-                        ("layer", "head", "d_model", "d_head"), {"layer": ls})
-    return Labelled(w, ("layer", "kv_head", "d_model", "d_head"), {"layer": ls})
-
-
-def W_O(model, layers: Iterable[int] | None = None) -> Labelled:
-    """``[layer, head, d_head, d_model]``."""
-    w, ls = _stack(model, layers, lambda a: a.o_kernel[...])
-    return Labelled(w, ("layer", "head", "d_head", "d_model"), {"layer": ls})
-
-
-def b_O(model, layers: Iterable[int] | None = None) -> Labelled:
-    """``[layer, d_model]`` output bias (zeros for models without one)."""
-    d = model.config.d_model
-    w, ls = _stack(model, layers,
-                   lambda a: jnp.zeros((d,)) if a.o_bias is None else a.o_bias[...])
-    return Labelled(w, ("layer", "d_model"), {"layer": ls})
-
-
-def OV(model, layers: Iterable[int] | None = None) -> Labelled:
-    """Per-head OV circuit ``W_V[h] @ W_O[h]``: ``[layer, head, d_model_in, d_model_out]``.
-
-    Memory is ``layers·heads·d_model²`` floats (SmolLM2: 40 MB per layer); pass ``layers``.
-    """
-    wv, wo = W_V(model, layers), W_O(model, layers)
-    ov = jnp.einsum("lhdk,lhke->lhde", wv.values, wo.values)
-    return Labelled(ov, ("layer", "head", "d_model_in", "d_model_out"), wv.coords)
-
-
-def QK(model, layers: Iterable[int] | None = None) -> Labelled:
-    """Per-head QK circuit ``W_Q[h] @ W_K[h]ᵀ``: ``[layer, head, d_model_query, d_model_key]``.
-
-    Ignores RoPE (the score between residual vectors at relative distance 0).
-    """
-    wq, wk = W_Q(model, layers), W_K(model, layers)
-    qk = jnp.einsum("lhdk,lhek->lhde", wq.values, wk.values)
-    return Labelled(qk, ("layer", "head", "d_model_query", "d_model_key"), wq.coords)
-
-
-def W_E(model) -> jax.Array:
-    """Token embedding ``[vocab, d_model]``."""
-    return model.embed.embedding[...]
-
-
-def W_U(model) -> jax.Array:
-    """Unembedding ``[d_model, vocab]`` (the transposed embedding for tied models)."""
-    if model.lm_head is None:
-        return model.embed.embedding[...].T
-    return model.lm_head[...]
-
-
-def effective_embedding(model, token_ids: jax.Array | None = None, *,
-                        mode: str = "mlp0") -> jax.Array:
-    """Effective token embeddings ``[n_tokens, d_model]`` (the residual a later head reads).
-
-    Args:
-      token_ids: ``[n]`` tokens (default: the whole vocabulary).
-      mode: ``"mlp0"``: ``x + MLP_0(norm(x))`` with the embedding ``x`` (attention skipped,
-        as in the successor-heads paper); ``"block0"``: block 0 on each token as a
-        one-token sequence (attention then attends to the token itself).
-    """
-    ids = jnp.arange(model.config.vocab_size) if token_ids is None else jnp.asarray(token_ids)
-    if ids.ndim != 1:
-        raise ValueError(f"effective_embedding: token_ids must be [n], got {ids.shape}")
-    x = model.embed_tokens(ids[:, None], jnp.zeros((ids.shape[0], 1), jnp.int32))
-    block = model.blocks[0]
-    if mode == "mlp0":
-        return (x + block.mlp(block.mlp_norm(x)))[:, 0]
-    if mode == "block0":
-        return model.run_blocks(x, positions=jnp.zeros((ids.shape[0], 1), jnp.int32),
-                                mask=None, start=0, stop=1)[:, 0]
-    raise ValueError(f"effective_embedding: mode must be 'mlp0' or 'block0', got {mode!r}")
+__all__ = ["OV", "QK", "W_E", "W_K", "W_O", "W_Q", "W_U", "W_V", "LensConfig", "b_O",
+           "effective_embedding", "lens_config"]

@@ -1,14 +1,21 @@
 """``ActivationCache``: captured site values per layer, with labelled axes.
 
-``cache["z", 3]`` is layer 3's ``z [batch, pos, head, d_head]`` (a bare array);
-``cache.axes("z")`` names its axes; ``cache["z"]`` (or ``cache.stack("z")``) is a
-:class:`~common.labelled.Labelled` ``[layer, batch, pos, head, d_head]`` over the
-captured layers. The cache is a JAX pytree, so it can be returned from and passed into
-jitted functions (mean ablation and patching read it).
+``cache["z", 3]`` is layer 3's ``z [batch, pos, head, d_head]`` (the array itself, as in
+TransformerLens; ``cache.labelled("z", 3)`` names its axes); ``cache.axes("z")`` names its
+axes; ``cache["z"]`` (or ``cache.stack("z")``) is a :class:`~common.labelled.Labelled`
+``[layer, batch, pos, head, d_head]`` over the captured layers. TransformerLens hook names work
+too: ``cache["blocks.3.attn.hook_z"]``, ``cache[get_act_name("z", 3)]``.
+
+Layer indices: a negative layer counts back from the model's layer count (``cache["z", -1]``
+is the model's last layer, and a ``KeyError`` if that layer was not captured); a cache built
+by hand without ``n_layers`` counts back from the last captured layer. The cache is a JAX
+pytree, so it can be returned from and passed into jitted functions (mean ablation and
+patching read it).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import jax
@@ -17,6 +24,63 @@ import jax.numpy as jnp
 from common.attention.hooks import SITE_AXES
 from common.labelled import Labelled
 
+# Our site name -> TransformerLens hook name (``{}`` is the layer).
+TL_HOOKS: dict[str, str] = {
+    "resid_pre": "blocks.{}.hook_resid_pre",
+    "q": "blocks.{}.attn.hook_q",
+    "k": "blocks.{}.attn.hook_k",
+    "v": "blocks.{}.attn.hook_v",
+    "rot_q": "blocks.{}.attn.hook_rot_q",
+    "rot_k": "blocks.{}.attn.hook_rot_k",
+    "pattern": "blocks.{}.attn.hook_pattern",
+    "z": "blocks.{}.attn.hook_z",
+    "head_out": "blocks.{}.attn.hook_result",
+    "attn_out": "blocks.{}.hook_attn_out",
+    "resid_mid": "blocks.{}.hook_resid_mid",
+    "mlp_out": "blocks.{}.hook_mlp_out",
+    "resid_post": "blocks.{}.hook_resid_post",
+}
+# TransformerLens' short names and aliases -> our site names.
+_ALIASES = {"result": "head_out", "attn": "pattern", "query": "q", "key": "k", "value": "v"}
+_TL_NAME = re.compile(r"^blocks\.(-?\d+)\.(?:attn\.)?hook_(\w+)$")
+_NOT_HERE = ("attn_scores", "scores", "pre", "post", "mid", "embed", "pos_embed", "normalized",
+             "scale")
+
+
+def site_name(name: str) -> str:
+    """Our site name for a site or TransformerLens short name (``"result"`` -> ``"head_out"``)."""
+    name = _ALIASES.get(name, name)
+    if name not in SITE_AXES:
+        extra = (" (TransformerLens' attention scores, MLP internals and norms are not sites "
+                 "here)" if name in _NOT_HERE else "")
+        raise KeyError(f"unknown site {name!r}{extra}; known sites: {tuple(SITE_AXES)} "
+                       f"(TransformerLens names: {', '.join(sorted(_ALIASES))} too)")
+    return name
+
+
+def get_act_name(name: str, layer: int | None = None) -> str:
+    """TransformerLens' hook name of a site at a layer: ``get_act_name("z", 3)`` ->
+    ``"blocks.3.attn.hook_z"``; our site names and TL's (``"result"``, ``"attn"``) both work.
+    ``cache[get_act_name("z", 3)]`` is ``cache["z", 3]``."""
+    site = site_name(name)
+    if layer is None:
+        raise ValueError(f"get_act_name({name!r}): every site here is per layer; pass the layer")
+    return TL_HOOKS[site].format(int(layer))
+
+
+def parse_act_name(hook: str) -> tuple[str, int]:
+    """``"blocks.3.attn.hook_z"`` -> ``("z", 3)`` (the inverse of :func:`get_act_name`)."""
+    m = _TL_NAME.match(hook)
+    if m is None:
+        raise KeyError(f"{hook!r} is neither a site name {tuple(SITE_AXES)} nor a "
+                       "TransformerLens hook name like 'blocks.3.attn.hook_z'")
+    layer, short = int(m.group(1)), m.group(2)
+    site = site_name(short)
+    if TL_HOOKS[site].format(layer) != hook:
+        raise KeyError(f"{hook!r}: TransformerLens calls this site "
+                       f"{TL_HOOKS[site].format(layer)!r}")
+    return site, layer
+
 
 @jax.tree_util.register_pytree_node_class
 class ActivationCache:
@@ -24,18 +88,21 @@ class ActivationCache:
 
     Attributes:
       data: ``{(site, layer): array}``; shapes as in ``common.attention.hooks``.
+      n_layers: the model's layer count (negative layers count back from it), or None.
     """
 
-    def __init__(self, data: dict[tuple[str, int], jax.Array]):
+    def __init__(self, data: dict[tuple[str, int], jax.Array], n_layers: int | None = None):
         self.data = dict(data)
+        self.n_layers = n_layers
 
     def tree_flatten(self):
         keys = tuple(sorted(self.data))
-        return tuple(self.data[k] for k in keys), keys
+        return tuple(self.data[k] for k in keys), (keys, self.n_layers)
 
     @classmethod
-    def tree_unflatten(cls, keys, children):
-        return cls(dict(zip(keys, children, strict=True)))
+    def tree_unflatten(cls, aux, children):
+        keys, n_layers = aux
+        return cls(dict(zip(keys, children, strict=True)), n_layers)
 
     def __repr__(self) -> str:
         parts = []
@@ -53,8 +120,18 @@ class ActivationCache:
 
     def __contains__(self, key) -> bool:
         if isinstance(key, str):
-            return key in self.sites
-        return tuple(key) in self.data
+            if key.startswith("blocks."):
+                try:
+                    key = parse_act_name(key)
+                except KeyError:
+                    return False
+            else:
+                return _ALIASES.get(key, key) in self.sites
+        try:
+            site, layer = key
+            return (site_name(site), self._layer(site_name(site), layer, check=False)) in self.data
+        except (KeyError, ValueError, TypeError):
+            return False
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -63,6 +140,7 @@ class ActivationCache:
 
     def layers(self, site: str) -> tuple[int, ...]:
         """The layers at which ``site`` was captured."""
+        site = site_name(site) if site not in SITE_AXES else site
         out = tuple(sorted(layer for s, layer in self.data if s == site))
         if not out:
             raise KeyError(f"site {site!r} was not captured; the cache holds {self.sites} "
@@ -72,31 +150,56 @@ class ActivationCache:
     @staticmethod
     def axes(site: str) -> tuple[str, ...]:
         """Axis names of one layer's value of ``site``."""
-        if site not in SITE_AXES:
-            raise KeyError(f"unknown site {site!r}; known sites: {tuple(SITE_AXES)}")
-        return SITE_AXES[site]
+        return SITE_AXES[site_name(site)]
+
+    def _layer(self, site: str, layer, check: bool = True) -> int:
+        """A layer index with negative ones resolved (module docstring rule)."""
+        if isinstance(layer, bool) or not hasattr(layer, "__index__"):
+            raise TypeError(f"cache[{site!r}, {layer!r}]: the layer must be an int")
+        layer = int(layer)
+        if layer >= 0:
+            return layer
+        if self.n_layers is not None:
+            if layer < -self.n_layers:
+                raise KeyError(f"layer {layer} out of range for a model of {self.n_layers} "
+                               "layers")
+            return self.n_layers + layer
+        held = self.layers(site) if check else tuple(
+            sorted(x for s, x in self.data if s == site))
+        if not held:
+            raise KeyError(f"site {site!r} was not captured")
+        return held[-1] + 1 + layer
 
     def __getitem__(self, key):
         if isinstance(key, str):
+            if key.startswith("blocks."):
+                return self[parse_act_name(key)]
             return self.stack(key)
         site, layer = key
-        if (site, layer) not in self.data:
+        site = site_name(site)
+        want = self._layer(site, layer)
+        if (site, want) not in self.data:
             if site in self.sites:
+                neg = f" ({layer} is layer {want})" if want != layer else ""
                 raise KeyError(f"site {site!r} was captured at layers {self.layers(site)}, "
-                               f"not at layer {layer}")
+                               f"not at layer {want}{neg}")
             self.layers(site)  # raises the "not captured" error
-        return self.data[(site, layer)]
+        return self.data[(site, want)]
 
     def labelled(self, site: str, layer: int) -> Labelled:
         """Layer ``layer``'s value of ``site`` with its axis names."""
         return Labelled(self[site, layer], self.axes(site))
 
     def stack(self, site: str, layers=None) -> Labelled:
-        """``[layer, ...]`` stack of ``site`` over ``layers`` (default: every captured layer)."""
-        layers = self.layers(site) if layers is None else tuple(layers)
+        """``[layer, ...]`` stack of ``site`` over ``layers`` (default: every captured layer);
+        the ``layer`` axis carries the layers as coordinates (``stack[23]`` is layer 23)."""
+        site = site_name(site)
+        layers = self.layers(site) if layers is None else tuple(
+            self._layer(site, x) for x in layers)
         vals = jnp.stack([self[site, layer] for layer in layers])
-        return Labelled(vals, ("layer",) + self.axes(site), {"layer": layers})
+        extents = {} if self.n_layers is None else {"layer": self.n_layers}
+        return Labelled(vals, ("layer",) + self.axes(site), {"layer": layers}, extents)
 
     def apply(self, fn) -> ActivationCache:
         """A new cache with ``fn`` applied to every array (e.g. ``np.asarray``)."""
-        return ActivationCache({k: fn(v) for k, v in self.data.items()})
+        return ActivationCache({k: fn(v) for k, v in self.data.items()}, self.n_layers)

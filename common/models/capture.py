@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from common.attention.hooks import NO_HOOKS, OPTIONAL_SITES, SITES, Hooks, resolve_hooks
@@ -45,15 +46,24 @@ def resolve_sites(names_filter: NamesFilter) -> tuple[str, ...]:
     return tuple(s for s in SITES if s in names)
 
 
+def resolve_layer(layer: int, n_layers: int, what: str = "layers") -> int:
+    """One layer index, negative ones counted from the end (``-1``: the last layer)."""
+    if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
+        raise TypeError(f"{what}: a layer index must be an int, got {layer!r}")
+    layer = int(layer)
+    if not -n_layers <= layer < n_layers:
+        raise ValueError(f"{what}: layer {layer} out of range [0, {n_layers}) (or -{n_layers} .. -1 "
+                         "from the end)")
+    return layer % n_layers
+
+
 def resolve_layers(layers: Iterable[int] | int | None, n_layers: int) -> tuple[int, ...]:
-    """``None`` -> every layer; else a sorted tuple, checked against ``n_layers``."""
+    """``None`` -> every layer; else a sorted tuple, checked against ``n_layers`` (negative
+    indices count from the end: ``-1`` is the last layer)."""
     if layers is None:
         return tuple(range(n_layers))
-    layers = (layers,) if isinstance(layers, int) else tuple(int(x) for x in layers)
-    for layer in layers:
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"layers: layer {layer} out of range [0, {n_layers})")
-    return tuple(sorted(set(layers)))
+    layers = (layers,) if isinstance(layers, int | np.integer) else tuple(layers)
+    return tuple(sorted({resolve_layer(x, n_layers) for x in layers}))
 
 
 class CaptureHooks(Hooks):
@@ -149,13 +159,13 @@ def run_with_cache(
     if isinstance(intervention, Hooks) or not jit:
         logits, store = capture_store(model, input_ids, positions, mask, intervention, sites, layers,
                                  last_only)
-        return logits, ActivationCache(store)
+        return logits, ActivationCache(store, n_layers=model.config.n_layers)
     if intervention is not None and hasattr(intervention, "validate"):
         intervention.validate(model.config)  # clear errors before tracing
     graphdef, state = nnx.split(model)
     logits, store = _capture_jit(graphdef, state, input_ids, positions, mask, intervention,
                                  sites=sites, layers=layers, last_only=last_only)
-    return logits, ActivationCache(store)
+    return logits, ActivationCache(store, n_layers=model.config.n_layers)
 
 
 def forward(

@@ -18,6 +18,7 @@ from common.attention.hooks import NO_HOOKS, Hooks, resolve_hooks
 from common.attention.layer import LayerKV, MultiHeadAttention, param
 from common.attention.masks import Mask
 from common.attention.rope import RoPE
+from common.models import views
 from common.models.capture import run_with_cache
 from common.models.config import ModelConfig
 from common.models.layers import MLP, Embed, Norm
@@ -227,3 +228,59 @@ class DecoderLM(nnx.Module):
     def run_with_cache(self, input_ids: jax.Array, **kw):
         """``(logits, cache)`` with the requested sites; see :func:`common.models.capture.run_with_cache`."""
         return run_with_cache(self, input_ids, **kw)
+
+    # ---- TransformerLens vocabulary: weight views of every layer (common.models.views) -------
+    # Each is computed from the parameters on access (pure, nothing cached) and is a
+    # ``Labelled``; ``views.OV(model, layers=[...])`` computes only some layers.
+
+    @property
+    def cfg(self) -> views.LensConfig:
+        """The sizes under TransformerLens' names (``n_layers, n_heads, d_model, d_head,
+        d_vocab, ...``); the model's own configuration is ``model.config``."""
+        return views.lens_config(self.config)
+
+    @property
+    def W_Q(self):  # noqa: N802 - TransformerLens' name
+        """``[layer, head, d_model, d_head]``."""
+        return views.W_Q(self)
+
+    @property
+    def W_K(self):  # noqa: N802
+        """``[layer, head, d_model, d_head]`` (grouped-query heads expanded to query heads)."""
+        return views.W_K(self)
+
+    @property
+    def W_V(self):  # noqa: N802
+        """``[layer, head, d_model, d_head]`` (grouped-query heads expanded to query heads)."""
+        return views.W_V(self)
+
+    @property
+    def W_O(self):  # noqa: N802
+        """``[layer, head, d_head, d_model]``."""
+        return views.W_O(self)
+
+    @property
+    def b_O(self):  # noqa: N802
+        """``[layer, d_model]`` (zeros where the model has no output bias)."""
+        return views.b_O(self)
+
+    @property
+    def W_E(self):  # noqa: N802
+        """``[vocab, d_model]``."""
+        return views.W_E(self)
+
+    @property
+    def W_U(self):  # noqa: N802
+        """``[d_model, vocab]``."""
+        return views.W_U(self)
+
+    @property
+    def OV(self):  # noqa: N802
+        """``[layer, head, d_model_in, d_model_out]`` (all layers: SmolLM2 360 MB; for a few
+        layers use ``common.interp.OV(model, layers=[...])``)."""
+        return views.OV(self)
+
+    @property
+    def QK(self):  # noqa: N802
+        """``[layer, head, d_model_query, d_model_key]`` (RoPE not included)."""
+        return views.QK(self)

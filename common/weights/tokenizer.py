@@ -130,7 +130,77 @@ class Tokenizer:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
+        """The id of a vocabulary entry spelled as stored (``"ĠFriday"``), or None; for text use
+        :meth:`to_single_token` (``" Friday"``), which raises instead."""
         return self.backend.token_to_id(token)
+
+    # ---- TransformerLens vocabulary ----------------------------------------------------------
+
+    @functools.cached_property
+    def add_bos_token(self) -> bool:
+        """Whether this model's own tokenizer puts the BOS token first (its post-processor:
+        ``tokenizer.ggml.add_bos_token`` in a GGUF, the template of ``tokenizer.json``). The
+        default of ``prepend_bos``. False for SmolLM2, whose Hugging Face tokenizer adds none."""
+        if self.bos_token_id is None:
+            return False
+        ids = self.backend.encode("a", add_special_tokens=True).ids
+        return bool(ids) and ids[0] == self.bos_token_id
+
+    def _bos(self, prepend_bos: bool | None) -> bool:
+        want = self.add_bos_token if prepend_bos is None else bool(prepend_bos)
+        if want and self.bos_token_id is None:
+            raise ValueError(f"{self.source}: prepend_bos=True but this tokenizer has no BOS token")
+        return want
+
+    def to_tokens(self, text: str | Sequence[str], *, prepend_bos: bool | None = None
+                  ) -> np.ndarray:
+        """``[batch, seq]`` int32 token ids of a string (batch 1) or a list of strings of the
+        same token length (patching needs equal lengths; the error names them).
+
+        ``prepend_bos``: put the BOS token (``bos_token_id``) first. The default, None, does
+        what this model's own Hugging Face tokenizer does (:attr:`add_bos_token`): for SmolLM2
+        no BOS, matching transformers, our logits-equal-Hugging-Face tests and how the model
+        was trained (its chat turns start with ``<|im_start|>``, which is its BOS). Without a
+        BOS the first token of the prompt becomes the attention sink (most heads park their
+        attention there), so with ``prepend_bos=False`` read patterns and patching results at
+        position 0 with that in mind; TransformerLens prepends BOS by default.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"to_tokens expects a str or a list of str, got {text!r}")
+        bos = self._bos(prepend_bos)
+        rows = [([self.bos_token_id] if bos else []) + self.encode(t) for t in texts]
+        lengths = sorted({len(r) for r in rows})
+        if len(lengths) > 1:
+            detail = ", ".join(f"{t!r}: {len(r)}" for t, r in zip(texts, rows, strict=True))
+            raise ValueError(f"to_tokens: the prompts have different token lengths ({detail}); "
+                             "batch prompts of equal length (or tokenise them one at a time)")
+        return np.asarray(rows, dtype=np.int32).reshape(len(rows), lengths[0])
+
+    def to_str_tokens(self, text: str | Iterable[int] | np.ndarray, *,
+                      prepend_bos: bool | None = None) -> list[str]:
+        """The text of each token of a string (tokenised as :meth:`to_tokens`) or of token ids
+        (1-D; a ``[1, seq]`` batch too), e.g. ``['When', ' Mary', ' and']``."""
+        if isinstance(text, str):
+            ids = self.to_tokens(text, prepend_bos=prepend_bos)[0]
+        else:
+            ids = np.asarray(text)
+            if ids.ndim == 2 and ids.shape[0] == 1:
+                ids = ids[0]
+            if ids.ndim != 1:
+                raise ValueError(f"to_str_tokens: expected [seq] or [1, seq] token ids, got "
+                                 f"shape {ids.shape}")
+        return [self.decode([int(i)]) for i in ids]
+
+    def to_single_token(self, text: str) -> int:
+        """The id of the one token that spells ``text`` (``" Friday"`` with its space); a
+        ``ValueError`` listing the pieces when ``text`` is several tokens (or none)."""
+        ids = self.encode(text)
+        if len(ids) != 1:
+            pieces = [self.decode([i]) for i in ids]
+            raise ValueError(f"to_single_token: {text!r} is {len(ids)} tokens {pieces} (ids "
+                             f"{ids}), not one")
+        return ids[0]
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(int(token_id))

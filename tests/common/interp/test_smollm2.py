@@ -74,9 +74,12 @@ def test_patching_sweep_equals_single_patches_and_gqa_groups(smollm2, prompts):
         where = jnp.zeros((30, 1, 1, 9, 1), bool).at[layer, 0, 0, h, 0].set(True)
         p = Patch(site="z", layers=tuple(range(30)), value=z_all, where=where)
         lg = np.asarray(forward(model, corrupt, intervention=Intervention(patches=(p,))))[:, -1]
-        np.testing.assert_allclose(float(scores.values[layer, h]),
+        np.testing.assert_allclose(float(scores.patched.values[layer, h]),
                                    float(lg[0, mary] - lg[0, john]), atol=1e-4)
-    assert np.abs(np.asarray(scores) - base).max() > 0.05
+        np.testing.assert_allclose(float(scores[layer, h]),
+                                   float(lg[0, mary] - lg[0, john]) - base, atol=1e-4)
+    np.testing.assert_allclose(float(scores.corrupted), base, atol=1e-4)
+    assert np.abs(np.asarray(scores)).max() > 0.05  # the change from the corrupted run
     # GQA: a key/value head patch changes exactly the 3 query heads of its group.
     _, z_base = run_with_cache(model, corrupt, names_filter="z", layers=12)
     for kv in range(cfg.n_kv_heads):

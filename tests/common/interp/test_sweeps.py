@@ -11,9 +11,11 @@ from common.interp import (
     Intervention,
     Labelled,
     Patch,
+    PatchingResult,
     ablation_attribution,
     activation_patching,
     attribution_patching,
+    compare_patching,
     direct_logit_attribution,
     final_norm_linear,
     forward,
@@ -57,15 +59,22 @@ def test_metric_reads_only_what_it_needs(tiny, ids, metric):
 
 
 def test_patching_sweep_equals_a_loop_of_single_head_patches(tiny, ids, corrupted, metric):
+    """The result is the change from the corrupted run; the patched metrics are a loop's."""
     scores = activation_patching(tiny, ids, corrupted, metric)  # denoise: run corrupted
-    assert isinstance(scores, Labelled) and scores.axes == ("layer", "head")
+    assert isinstance(scores, PatchingResult) and isinstance(scores, Labelled)
+    assert scores.axes == ("layer", "head")
     _, clean = run_with_cache(tiny, ids, names_filter="z")
     want = np.zeros((L, H))
     for layer in range(L):
         for h in range(H):
             iv = _one_hot_patch(clean, "z", layer, h)
             want[layer, h] = _metric_by_hand(forward(tiny, corrupted, intervention=iv))
-    np.testing.assert_allclose(np.asarray(scores), want, atol=1e-5, rtol=0)
+    m_clean, m_corrupt = _metric_by_hand(forward(tiny, ids)), _metric_by_hand(forward(tiny,
+                                                                                      corrupted))
+    np.testing.assert_allclose(float(scores.clean), m_clean, atol=1e-5)
+    np.testing.assert_allclose(float(scores.corrupted), m_corrupt, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores), want - m_corrupt, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(scores.patched), want, atol=1e-5, rtol=0)
     assert np.ptp(want) > 1e-2  # heads differ
 
 
@@ -74,10 +83,12 @@ def test_per_position_and_kv_head_sweeps(tiny, ids, corrupted, metric):
                                  direction="noise")
     assert scores.axes == ("layer", "kv_head", "pos") and scores.shape == (L, KV, ids.shape[1])
     _, bad = run_with_cache(tiny, corrupted, names_filter="v")
+    m_corrupt = _metric_by_hand(forward(tiny, corrupted))  # noise: still the change from it
     for layer, kv, pos in [(0, 0, 0), (0, 1, 4), (1, 1, 5), (1, 0, 2)]:
         iv = _one_hot_patch(bad, "v", layer, kv, pos)
         want = _metric_by_hand(forward(tiny, ids, intervention=iv))
-        np.testing.assert_allclose(float(scores.values[layer, kv, pos]), want, atol=1e-5)
+        np.testing.assert_allclose(float(scores.values[layer, kv, pos]), want - m_corrupt,
+                                   atol=1e-5)
 
 
 def test_ablation_sweep_zero_and_mean(tiny, ids, corrupted, metric):
@@ -148,3 +159,90 @@ def test_sweep_bad_input(tiny, ids, corrupted, metric):
     with pytest.raises(ValueError, match="logit_diff: correct"):
         logit_diff(jnp.asarray([1, 2]), 3)
     assert jax.tree.leaves(metric)  # tokens are data
+
+
+# ------------------------------------------------------------------ one scale (issue 12, item 4)
+
+
+def test_activation_and_attribution_patching_on_one_scale(tiny, ids, corrupted, metric):
+    """Both return metric(patched) - metric(corrupted) (exact / linear estimate), with the clean
+    and corrupted metrics attached; normalised, clean = 1 and corrupted = 0."""
+    m_clean = _metric_by_hand(forward(tiny, ids))
+    m_corrupt = _metric_by_hand(forward(tiny, corrupted))
+    gap = m_clean - m_corrupt
+    for direction in ("denoise", "noise"):
+        exact = activation_patching(tiny, ids, corrupted, metric, direction=direction)
+        est = attribution_patching(tiny, ids, corrupted, metric, direction=direction)
+        for r, method in ((exact, "activation"), (est, "attribution")):
+            assert isinstance(r, PatchingResult) and r.method == method
+            assert r.direction == direction and not r.normalized
+            np.testing.assert_allclose(float(r.clean), m_clean, atol=1e-5)
+            np.testing.assert_allclose(float(r.corrupted), m_corrupt, atol=1e-5)
+            n = r.normalize()
+            assert n.normalized and n.axes == r.axes
+            np.testing.assert_allclose(np.asarray(n), np.asarray(r) / gap, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(np.asarray(n.unnormalize()), np.asarray(r), rtol=1e-5,
+                                       atol=1e-6)
+            np.testing.assert_allclose(np.asarray(n.patched), np.asarray(r.patched), rtol=1e-5,
+                                       atol=1e-5)
+        through = jax.jit(lambda r: r)(exact)  # a pytree: the metric values travel along
+        assert isinstance(through, PatchingResult) and through.direction == direction
+        np.testing.assert_allclose(float(through.clean), m_clean, atol=1e-5)
+        kw = dict(direction=direction, normalize=True)
+        np.testing.assert_allclose(
+            np.asarray(activation_patching(tiny, ids, corrupted, metric, **kw)),
+            np.asarray(exact) / gap, rtol=1e-5, atol=1e-6)
+    # noise: the estimate is clean - corrupted plus the directional derivative of the clean run
+    # toward the corrupted head (a central difference through a float-weighted patch).
+    _, bad = run_with_cache(tiny, corrupted, names_filter="z")
+    eps = 1e-2
+
+    def f(layer, h, e):
+        iv = _one_hot_patch(bad, "z", layer, h, weight=e)
+        return _metric_by_hand(forward(tiny, ids, intervention=iv))
+
+    for layer, h in [(0, 2), (1, 1)]:
+        fd = (f(layer, h, eps) - f(layer, h, -eps)) / (2 * eps)
+        np.testing.assert_allclose(float(est[layer, h]) - gap, fd, rtol=2e-2, atol=2e-4)
+        # and the exact noise result is the patched clean run minus the corrupted metric
+        np.testing.assert_allclose(float(exact[layer, h]), f(layer, h, 1.0) - m_corrupt,
+                                   atol=1e-5)
+
+
+def test_compare_patching_finds_the_layer_and_heads_that_disagree():
+    """A planted trial: estimates right in rank everywhere, but layer 0's are large and of the
+    wrong size, so Pearson is low, Spearman high, and Pearson without layer 0 high."""
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=(6, 4))
+    est = exact + 0.05 * rng.normal(size=(6, 4))
+    exact[0] = [0.30, 0.25, 0.20, 0.15]
+    est[0] = [-3.0, -3.5, -4.0, -4.5]
+    cmp = compare_patching(Labelled(exact, ("layer", "head")), Labelled(est, ("layer", "head")),
+                           k=3)
+    np.testing.assert_allclose(cmp.pearson, np.corrcoef(exact.ravel(), est.ravel())[0, 1])
+    rank = lambda x: np.argsort(np.argsort(x.ravel()))  # noqa: E731 - no ties here
+    np.testing.assert_allclose(cmp.spearman, np.corrcoef(rank(exact), rank(est))[0, 1])
+    for layer in range(6):
+        keep = [i for i in range(6) if i != layer]
+        np.testing.assert_allclose(float(cmp.pearson_without_layer[layer]),
+                                   np.corrcoef(exact[keep].ravel(), est[keep].ravel())[0, 1])
+    assert cmp.worst_layer == 0
+    assert cmp.pearson < 0.5 and float(cmp.pearson_without_layer[0]) > 0.95
+    assert [w for w, _, _ in cmp.flagged] == [(0, 3), (0, 2), (0, 1)]
+    assert cmp.flagged[0][1:] == (0.15, -4.5)
+    np.testing.assert_allclose(np.asarray(cmp.difference), est - exact)
+    text = str(cmp)
+    assert "without layer 0" in text and "L0H3: +0.1500 -> -4.5000" in text
+
+
+def test_compare_patching_on_the_tiny_model(tiny, ids, corrupted, metric):
+    exact = activation_patching(tiny, ids, corrupted, metric)
+    est = attribution_patching(tiny, ids, corrupted, metric)
+    cmp = compare_patching(exact, est)
+    np.testing.assert_allclose(cmp.pearson, np.corrcoef(np.asarray(exact).ravel(),
+                                                        np.asarray(est).ravel())[0, 1])
+    assert len(cmp.flagged) == 5
+    with pytest.raises(ValueError, match="normalized differs"):
+        compare_patching(exact.normalize(), est)
+    with pytest.raises(ValueError, match="differ"):
+        compare_patching(exact, est[:, :2])

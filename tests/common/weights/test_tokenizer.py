@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import regex
 
@@ -159,6 +160,11 @@ def test_gguf_add_bos_and_reader_fields(tmp_path):
         assert ours.encode(text, add_special_tokens=True) == hf.encode(text)
         assert ours.encode(text, add_special_tokens=True)[0] == 1
         assert ours.encode(text) == hf.encode(text, add_special_tokens=False)
+        # to_tokens' default follows the tokenizer's own setting: BOS here, as transformers.
+        assert ours.add_bos_token
+        assert ours.to_tokens(text).tolist() == [hf.encode(text)]
+        assert ours.to_tokens(text, prepend_bos=False).tolist() == [
+            hf.encode(text, add_special_tokens=False)]
     via_fields = Tokenizer.from_gguf_metadata(gguf.GGUFReader(tmp_path / "bos.gguf").fields)
     assert via_fields.encode(STRINGS[7], True) == ours.encode(STRINGS[7], True)
 
@@ -223,3 +229,30 @@ def test_smollm2_chat_template(smollm2_tokenizers):
             assert ours.encode(text) == hf.encode(text, add_special_tokens=False)
     text = ours.apply_chat_template(chats[0])
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.smollm2
+def test_smollm2_transformerlens_vocabulary(smollm2_tokenizers):
+    """to_tokens / to_str_tokens / to_single_token; the BOS default is transformers' (none for
+    SmolLM2), and prepend_bos=True puts <|im_start|> (id 1) first."""
+    ours, hf = smollm2_tokenizers
+    text = "When Mary and John went to the store, John gave a drink to"
+    assert not ours.add_bos_token
+    toks = ours.to_tokens(text)
+    assert toks.dtype == np.int32 and toks.tolist() == [hf(text).input_ids]
+    bos = ours.to_tokens(text, prepend_bos=True)
+    assert bos.tolist() == [[1] + hf(text).input_ids] and hf.bos_token_id == 1
+    assert ours.to_tokens([text, text.replace("John gave", "Mary gave")]).shape == (2, 14)
+    with pytest.raises(ValueError, match="different token lengths"):
+        ours.to_tokens([text, "When"])
+    assert ours.to_str_tokens(text)[:4] == ["When", " Mary", " and", " John"]
+    assert ours.to_str_tokens(toks) == ours.to_str_tokens(text)
+    assert "".join(ours.to_str_tokens(toks)) == text
+    assert ours.to_str_tokens(text, prepend_bos=True)[0] == "<|im_start|>"
+    friday = ours.to_single_token(" Friday")
+    assert friday == hf.convert_tokens_to_ids("ĠFriday") == hf.encode(" Friday")[0]
+    assert ours.token_to_id(" Friday") is None  # the stored spelling is 'ĠFriday'
+    with pytest.raises(ValueError, match=r"' Fridayness' is 2 tokens \[' Friday', 'ness'\]"):
+        ours.to_single_token(" Fridayness")
+    with pytest.raises(ValueError, match="is 0 tokens"):
+        ours.to_single_token("")
