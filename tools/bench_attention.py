@@ -99,7 +99,10 @@ def _inputs(b, s, h, kvh, d, dtype):
 
 
 def backends_for(platform: str) -> list[str]:
-    return ["pallas", "xla"] + (["cudnn"] if platform == "gpu" else [])
+    """The backends worth timing on ``platform``: ``pallas``, ``xla``, and what ``auto`` adds
+    there (``cudnn`` on GPU, the ``cpu`` einsums on CPU)."""
+    extra = {"gpu": ["cudnn"], "cpu": ["cpu"]}.get(platform, [])
+    return ["pallas", "xla"] + extra
 
 
 def bench_row(b, s, h, kvh, d, causal, dtype, iters, backends) -> dict:

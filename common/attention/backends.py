@@ -1,36 +1,54 @@
-"""Attention backends behind one function.
+"""Attention backends behind one function; each name runs one thing.
 
 Each backend computes ``softmax(q kᵀ · scale + mask) v`` for
 ``q [batch, q_len, heads, head_dim]`` and ``k, v [batch, kv_len, kv_heads, head_dim]``,
 with grouped-query attention when ``heads = kv_heads * group`` (K/V are never repeated in
 memory: queries are reshaped to ``[batch, q_len, kv_heads, group, head_dim]``).
 
-* ``reference``: einsum; materialises logits and pattern; supports every feature (softcap,
-  probability transforms, returning the pattern).
-* ``xla``: ``jax.nn.dot_product_attention(implementation="xla")``.
-* ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` (GPU only).
-* ``pallas``: our flash kernels (``common.attention.pallas``), where they are installed.
-* ``auto``: the fastest backend that supports the call on this platform, falling back to
-  ``reference`` with the reason recorded in :data:`LAST_FALLBACK` (for debugging).
+=============  =====================================================================  ==========
+name           runs                                                                   ``auto``
+=============  =====================================================================  ==========
+``reference``  plain ``jnp.einsum``; materialises logits and pattern; every feature     fallback
+               (softcap, probability transforms, returning the pattern)
+``cpu``        einsums tuned for XLA:CPU: square plain-causal calls of at least         CPU
+               ``2 * CAUSAL_CHUNK`` tokens (no softcap) in query chunks that skip the
+               keys above the diagonal; every other call the reference einsum with its
+               size-1 axes dropped (:func:`einsum_unit_free`). Every feature but the
+               pattern; runs on any platform
+``xla``        ``jax.nn.dot_product_attention(implementation="xla")``; no softcap        GPU, TPU
+``cudnn``      ``jax.nn.dot_product_attention(implementation="cudnn")``; GPU, bf16/f16   GPU
+``pallas``     our flash kernels (:mod:`common.attention.pallas`)                       GPU, TPU
+=============  =====================================================================  ==========
+
+``auto`` tries :func:`auto_order` for the platform and runs the first backend that serves the
+call; when none does it runs ``reference`` and logs why (logger ``common.attention.backends``,
+``WARNING``, once per distinct reason). Asking for the pattern or a probability transform runs
+``reference`` whatever the backend (logged at ``INFO``, once per reason).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from common.attention.contract import BackendUnsupported
 from common.attention.masks import Mask
 
-BACKENDS = ("auto", "reference", "xla", "cudnn", "pallas")
+BACKENDS = ("auto", "reference", "cpu", "xla", "cudnn", "pallas")
 
-# Reason of the most recent ``auto`` fallback (trace time), for diagnostics only.
-LAST_FALLBACK: dict[str, str] = {}
+logger = logging.getLogger(__name__)
+
+# Reasons already logged (a call is traced once per shape: log each reason once per process).
+_LOGGED: set[str] = set()
 
 
-class BackendUnsupported(Exception):
-    """Raised by a backend that cannot serve this call; ``auto`` then tries the next one."""
+def _log_once(level: int, message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        logger.log(level, message)
 
 
 def einsum_unit_free(spec: str, a: jax.Array, b: jax.Array, **kwargs) -> jax.Array:
@@ -74,22 +92,32 @@ def reference_attention(
     softcap: float | None = None,
     prob_transform: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Einsum attention. Returns ``(out [b, q_len, heads, d], pattern [b, heads, q_len, kv_len])``.
+    """The ``reference`` backend: plain einsum attention, every feature.
 
+    Returns ``(out [b, q_len, heads, d], pattern [b, heads, q_len, kv_len])``.
     ``prob_transform`` maps the float32 pattern ``[b, heads, q_len, kv_len]`` to a new one
     before it weights the values (ACT calibration plugs in here).
+    """
+    return _einsum_attention(q, k, v, mask, scale, softcap, prob_transform, unit_free=False)
 
-    Logits live in ``[b, kv_heads, group, q_len, kv_len]``; the scale, mask and softmax run on
-    that array with its size-1 axes dropped (a free reshape): XLA:CPU's loops over shapes with
-    unit axes were 1.5x slower on the ICL regression model (one query, one KV head).
+
+def _einsum_attention(q, k, v, mask: Mask | None, scale: jax.Array, softcap: float | None,
+                      prob_transform: Callable | None, *, unit_free: bool):
+    """Einsum attention; ``unit_free`` drops size-1 axes (the ``cpu`` backend's tuning).
+
+    Logits live in ``[b, kv_heads, group, q_len, kv_len]``. With ``unit_free`` the einsums run
+    through :func:`einsum_unit_free` and the scale, mask and softmax run on that array with its
+    size-1 axes dropped (a free reshape): XLA:CPU's loops over shapes with unit axes were 1.5x
+    slower on the ICL regression model (one query, one KV head). The same function either way.
     """
     b, sq, h, d = q.shape
     skv, kvh = k.shape[1], k.shape[2]
     g = h // kvh
     full = (b, kvh, g, sq, skv)
-    flat = _unit_free_shape(full)
+    flat = _unit_free_shape(full) if unit_free else full
+    einsum = einsum_unit_free if unit_free else jnp.einsum
     qg = q.reshape(b, sq, kvh, g, d)
-    logits = einsum_unit_free("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
+    logits = einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
     logits = logits.reshape(flat) * jnp.broadcast_to(
         scale.reshape(1, kvh, g, 1, 1), full).reshape(flat)
     if softcap is not None:
@@ -105,8 +133,8 @@ def reference_attention(
     if prob_transform is not None:
         pattern = prob_transform(pattern)
         probs = pattern
-    out = einsum_unit_free("bkgqs,bskd->bqkgd", probs.reshape(full).astype(v.dtype), v,
-                           preferred_element_type=jnp.float32)
+    out = einsum("bkgqs,bskd->bqkgd", probs.reshape(full).astype(v.dtype), v,
+                 preferred_element_type=jnp.float32)
     return out.reshape(b, sq, h, d).astype(q.dtype), pattern
 
 
@@ -151,22 +179,34 @@ def _chunked_causal(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     return out.transpose(0, 2, 1, 3, 4).reshape(b, s, h, d).astype(q.dtype)
 
 
+def _cpu(q, k, v, mask: Mask | None, scale, softcap=None):
+    """The ``cpu`` backend: chunked causal prefill, else the unit-axis-free einsum."""
+    b, sq, h, d = q.shape
+    if (softcap is None and mask is not None and mask.is_plain_causal and sq == k.shape[1]
+            and sq >= 2 * CAUSAL_CHUNK):
+        return _chunked_causal(q * scale.reshape(1, 1, h, 1).astype(q.dtype), k, v)
+    return _einsum_attention(q, k, v, mask, scale, softcap, None, unit_free=True)[0]
+
+
 def _sdpa(implementation: str):
+    """``jax.nn.dot_product_attention(implementation=...)``; the mask's structure is passed on
+    (``is_causal`` for the plain square causal mask, else the materialised mask)."""
+
     def run(q, k, v, mask: Mask | None, scale, softcap=None):
         if softcap is not None:
             raise BackendUnsupported(f"{implementation}: softcap not supported")
+        if implementation == "cudnn":
+            if jax.default_backend() != "gpu":
+                raise BackendUnsupported("cudnn: needs a GPU")
+            if q.dtype not in (jnp.bfloat16, jnp.float16):
+                raise BackendUnsupported(f"cudnn: needs bf16/f16, got {q.dtype}")
         b, sq, h, d = q.shape
         skv = k.shape[1]
-        if implementation == "cudnn" and jax.default_backend() != "gpu":
-            raise BackendUnsupported("cudnn: needs a GPU")
         q = (q * scale.reshape(1, 1, h, 1).astype(q.dtype))
         is_causal = False
         dense = None
         if mask is not None and not mask.is_empty:
             if mask.is_plain_causal and sq == skv:
-                if (implementation == "xla" and sq >= 2 * CAUSAL_CHUNK
-                        and jax.default_backend() == "cpu"):
-                    return _chunked_causal(q, k, v)
                 is_causal = True
             else:
                 dense = mask.materialize(b, sq, skv)
@@ -179,13 +219,14 @@ def _sdpa(implementation: str):
 
 def _pallas(q, k, v, mask, scale, softcap=None):
     try:
-        from common.attention.pallas import pallas_attention
+        from common.attention.pallas.api import pallas_attention
     except ImportError as e:  # the kernels are optional until installed
         raise BackendUnsupported(f"pallas: not available ({e})") from e
     return pallas_attention(q, k, v, mask=mask, scale=scale, softcap=softcap)
 
 
 _IMPLS: dict[str, Callable] = {
+    "cpu": _cpu,
     "xla": _sdpa("xla"),
     "cudnn": _sdpa("cudnn"),
     "pallas": _pallas,
@@ -199,11 +240,37 @@ def auto_order(platform: str | None = None) -> tuple[str, ...]:
         return ("pallas", "cudnn", "xla")
     if platform == "tpu":
         return ("pallas", "xla")
-    return ("xla",)
+    return ("cpu",)
 
 
-def run_backend(name: str, q, k, v, mask, scale, softcap) -> jax.Array:
-    """Dispatch to one backend (not ``reference``/``auto``); raises BackendUnsupported."""
-    if name not in _IMPLS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
-    return _IMPLS[name](q, k, v, mask, scale, softcap)
+def attend(backend: str, q, k, v, mask: Mask | None, scale: jax.Array, softcap=None,
+           prob_transform=None, return_pattern=False) -> tuple[jax.Array, jax.Array | None]:
+    """Run backend ``backend`` (a name in :data:`BACKENDS`): ``(out, pattern or None)``.
+
+    ``q, k, v, mask, softcap, prob_transform`` as in
+    :func:`common.attention.core.dot_product_attention`; ``scale`` is per head, ``[heads]``
+    float32. A named backend that cannot serve the call raises :class:`BackendUnsupported`;
+    ``auto`` falls back to ``reference`` and logs why.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if return_pattern or prob_transform is not None:
+        if backend != "reference":
+            need = "the pattern" if return_pattern else "a probability transform"
+            _log_once(logging.INFO, f"attention backend {backend!r}: {need} needs 'reference'")
+        out, pattern = reference_attention(q, k, v, mask, scale, softcap, prob_transform)
+        return out, pattern if return_pattern else None
+    if backend == "reference":
+        return reference_attention(q, k, v, mask, scale, softcap)[0], None
+    order = auto_order() if backend == "auto" else (backend,)
+    reasons = []
+    for name in order:
+        try:
+            return _IMPLS[name](q, k, v, mask, scale, softcap), None
+        except BackendUnsupported as e:
+            if backend != "auto":
+                raise
+            reasons.append(str(e))
+    _log_once(logging.WARNING, f"attention backend 'auto' falls back to 'reference': "
+              f"{'; '.join(reasons)}")
+    return reference_attention(q, k, v, mask, scale, softcap)[0], None

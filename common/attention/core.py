@@ -8,7 +8,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from common.attention import backends as _b
+from common.attention.backends import attend
+from common.attention.contract import check_qkv
 from common.attention.masks import Mask
 
 
@@ -17,19 +18,6 @@ class AttentionOutput(NamedTuple):
 
     out: jax.Array
     pattern: jax.Array | None
-
-
-def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
-    """Raise ValueError unless ``q [b, sq, heads, d]`` and ``k, v [b, skv, kv_heads, d]`` fit."""
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(
-            f"q, k, v must be [batch, seq, heads, head_dim]; got {q.shape}, {k.shape}, {v.shape}"
-        )
-    b, _, h, d = q.shape
-    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"k {k.shape} / v {v.shape} do not fit q {q.shape}")
-    if h % k.shape[2]:
-        raise ValueError(f"heads ({h}) must be a multiple of kv_heads ({k.shape[2]})")
 
 
 def head_scale(scale: float | jax.Array | None, heads: int, head_dim: int) -> jax.Array:
@@ -64,7 +52,8 @@ def dot_product_attention(
       mask: which keys each query sees (:class:`Mask`); None attends everywhere.
       scale: scalar or ``[heads]`` softmax scale; default ``1/sqrt(head_dim)``.
       softcap: optional logit soft-capping ``c·tanh(logits/c)``.
-      backend: one of ``auto, reference, xla, cudnn, pallas``.
+      backend: one of ``auto, reference, cpu, xla, cudnn, pallas`` (see
+        :mod:`common.attention.backends` for what each runs and what ``auto`` picks).
       return_pattern: also return the attention probabilities (forces ``reference``).
       prob_transform: ``pattern -> pattern`` applied before weighting values (forces
         ``reference``); used by interventions such as ACT calibration.
@@ -73,22 +62,6 @@ def dot_product_attention(
       :class:`AttentionOutput` with ``out [batch, q_len, heads, head_dim]``.
     """
     check_qkv(q, k, v)
-    b, sq, h, d = q.shape
-    if backend not in _b.BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {_b.BACKENDS}")
-    s = head_scale(scale, h, d)
-    if return_pattern or prob_transform is not None or backend == "reference":
-        out, pattern = _b.reference_attention(q, k, v, mask, s, softcap, prob_transform)
-        return AttentionOutput(out, pattern if return_pattern else None)
-    order = _b.auto_order() if backend == "auto" else (backend,)
-    reasons = []
-    for name in order:
-        try:
-            return AttentionOutput(_b.run_backend(name, q, k, v, mask, s, softcap), None)
-        except _b.BackendUnsupported as e:
-            if backend != "auto":
-                raise
-            reasons.append(str(e))
-    _b.LAST_FALLBACK["reason"] = "; ".join(reasons)
-    out, _ = _b.reference_attention(q, k, v, mask, s, softcap, None)
-    return AttentionOutput(out, None)
+    s = head_scale(scale, q.shape[2], q.shape[3])
+    return AttentionOutput(*attend(backend, q, k, v, mask, s, softcap, prob_transform,
+                                   return_pattern))

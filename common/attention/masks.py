@@ -12,9 +12,18 @@ All constraints are ANDed:
 * segments: visible iff ``q_segment_ids[i] == kv_segment_ids[j]`` (packed sequences);
 * padding: visible iff ``kv_valid[j]``;
 * ``dense``: an arbitrary boolean array ``[batch|1, heads|1, q_len, kv_len]``.
+
+:class:`PineMask` adds the PINE family (Wang et al., 2024, §3 of ``papers/pine.md``):
+``doc_ids [batch, len]`` with ``0`` for tokens outside the permutable segments (prefix, suffix,
+generated) and ``1..k`` for segment ``i``. Query ``i`` sees key ``j`` iff ``pos_j <= pos_i``
+(causal) **or** both are segment tokens of different segments (bidirectional between segments,
+causal within). Other constraints (padding, packing) are ANDed as usual. The Pallas kernels
+skip its empty blocks (:mod:`common.attention.pallas.block_mask`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +109,54 @@ class Mask:
         if out is not None:
             out = jnp.broadcast_to(out, (batch,) + out.shape[1:2] + (q_len, kv_len))
         return out
+
+
+@struct.dataclass
+class PineMask(Mask):
+    """A :class:`Mask` with PINE's inter-segment bidirectional attention.
+
+    Attributes:
+      doc_ids: ``[batch, len]`` int, ``0`` outside the segments, ``1..k`` inside segment ``i``
+        (queries and keys share the ids; self-attention, ``q_len == kv_len``). Requires
+        ``causal=True``: the ids relax the causal constraint between different segments.
+
+    ``materialize`` gives the boolean pattern, so the ``reference`` backend serves it too.
+    """
+
+    doc_ids: jax.Array | None = None
+
+    @property
+    def is_plain_causal(self) -> bool:
+        return self.doc_ids is None and super().is_plain_causal
+
+    @property
+    def is_empty(self) -> bool:
+        return self.doc_ids is None and super().is_empty
+
+    def materialize(self, batch: int, q_len: int, kv_len: int) -> jax.Array | None:
+        if self.doc_ids is None:
+            return super().materialize(batch, q_len, kv_len)
+        self.check(q_len, kv_len)
+        rest = dataclasses.replace(self, causal=False, doc_ids=None).materialize(
+            batch, q_len, kv_len
+        )
+        qp, kp = self.default_positions(batch, q_len, kv_len)
+        doc = jnp.broadcast_to(self.doc_ids, (batch, q_len))
+        dq, dk = doc[:, :, None], doc[:, None, :]
+        cross = (dq > 0) & (dk > 0) & (dq != dk)  # segment tokens of different segments
+        visible = (kp[:, None, :] <= qp[:, :, None]) | cross
+        visible = visible[:, None]
+        return visible if rest is None else jnp.logical_and(visible, rest)
+
+    def check(self, q_len: int, kv_len: int) -> None:
+        """Raise ValueError unless ``doc_ids`` fit a causal self-attention of ``q_len``."""
+        if not self.causal:
+            raise ValueError("PineMask: doc_ids relax the causal mask; set causal=True")
+        if q_len != kv_len:
+            raise ValueError(f"PineMask: needs self-attention (q_len {q_len} != kv_len {kv_len})")
+        if self.doc_ids.ndim != 2 or self.doc_ids.shape[1] != q_len:
+            raise ValueError(
+                f"PineMask.doc_ids must be [batch, {q_len}], got {self.doc_ids.shape}")
 
 
 def causal_mask() -> Mask:

@@ -21,10 +21,11 @@ Pallas lowerings in the installed JAX (0.10.2), checked by import and by running
 
 Features of the TPU path: causal masks in arbitrary order positions (queries right-aligned to
 keys by default, as with a KV cache), padding (``kv_valid``), packed sequences (segment ids),
-dense ``[batch|1, heads|1, q, kv]`` masks, the PINE mask family (:class:`PineMask`), all as a
-block-sparse description (:mod:`.block_mask`) whose empty blocks are skipped without fetching
-their K/V; grouped-query attention by index maps (K/V never repeated); per-head scale;
-softcap; the logsumexp as an optional, differentiable output; odd lengths (padded to tiles).
+dense ``[batch|1, heads|1, q, kv]`` masks, the PINE mask family
+(:class:`~common.attention.masks.PineMask`), all as a block-sparse description
+(:mod:`.block_mask`) whose empty blocks are skipped without fetching their K/V; grouped-query
+attention by index maps (K/V never repeated); per-head scale; softcap; the logsumexp as an
+optional, differentiable output; odd lengths (padded to tiles).
 
 Per-head position ids (PINE) go through pre-rotated q/k: see :mod:`.api`.
 
@@ -42,12 +43,11 @@ from common.attention.pallas.api import (
     pallas_attention,
     recompute_pattern,
 )
-from common.attention.pallas.block_mask import PineMask, block_states, mask_operands
+from common.attention.pallas.block_mask import block_states, mask_operands
 from common.attention.pallas.block_sizes import BlockSizes
 
 __all__ = [
     "BlockSizes",
-    "PineMask",
     "block_states",
     "flash_attention",
     "interpret_mode",

@@ -25,10 +25,10 @@ import os
 import jax
 import jax.numpy as jnp
 
-from common.attention.backends import BackendUnsupported
-from common.attention.core import check_qkv
+import common.attention.pallas.flash_gpu as flash_gpu
+import common.attention.pallas.flash_tpu as flash_tpu
+from common.attention.contract import BackendUnsupported, check_qkv
 from common.attention.masks import Mask
-from common.attention.pallas import flash_gpu, flash_tpu
 from common.attention.pallas.block_mask import block_states, mask_operands
 from common.attention.pallas.block_sizes import BlockSizes, fit_block
 
@@ -77,7 +77,7 @@ def flash_attention(
       q: ``[batch, q_len, heads, head_dim]``.
       k, v: ``[batch, kv_len, kv_heads, head_dim]``.
       mask: a :class:`Mask` (causal with order positions, segment ids, padding, dense) or a
-        :class:`~common.attention.pallas.block_mask.PineMask`; None attends everywhere.
+        :class:`~common.attention.masks.PineMask`; None attends everywhere.
       scale: scalar or ``[heads]`` softmax scale (default ``1/sqrt(head_dim)``).
       softcap: optional ``c·tanh(logits/c)``.
       block_sizes: tiles; default :meth:`BlockSizes.default` for the platform.

@@ -12,76 +12,20 @@ A :class:`~common.attention.masks.Mask` is turned into
   summaries in O(batch · blocks) without materialising the ``[q_len, kv_len]`` pattern
   (except for ``Mask.dense``, which already is one).
 
-The PINE family (Wang et al., 2024, §3 of ``papers/pine.md``) is described by
-:class:`PineMask`: ``doc_ids [batch, len]`` with ``0`` for tokens outside the permutable
-segments (prefix, suffix, generated) and ``1..k`` for segment ``i``. Query ``i`` sees key ``j``
-iff ``pos_j <= pos_i`` (causal) **or** both are segment tokens of different segments
-(bidirectional between segments, causal within). Other constraints (padding, packing) are
-ANDed as usual.
+The PINE family (:class:`~common.attention.masks.PineMask`) becomes per-token document ids
+``q_doc, kv_doc``; the kernels relax the causal test between different segments.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
-from common.attention.masks import Mask
+from common.attention.masks import Mask, PineMask
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
-
-
-@struct.dataclass
-class PineMask(Mask):
-    """A :class:`Mask` with PINE's inter-segment bidirectional attention.
-
-    Attributes:
-      doc_ids: ``[batch, len]`` int, ``0`` outside the segments, ``1..k`` inside segment ``i``
-        (queries and keys share the ids; self-attention, ``q_len == kv_len``). Requires
-        ``causal=True``: the ids relax the causal constraint between different segments.
-
-    ``materialize`` gives the boolean pattern, so the ``reference`` backend serves it too.
-    """
-
-    doc_ids: jax.Array | None = None
-
-    @property
-    def is_plain_causal(self) -> bool:
-        return self.doc_ids is None and super().is_plain_causal
-
-    @property
-    def is_empty(self) -> bool:
-        return self.doc_ids is None and super().is_empty
-
-    def materialize(self, batch: int, q_len: int, kv_len: int) -> jax.Array | None:
-        if self.doc_ids is None:
-            return super().materialize(batch, q_len, kv_len)
-        _check_pine(self, q_len, kv_len)
-        rest = dataclasses.replace(self, causal=False, doc_ids=None).materialize(
-            batch, q_len, kv_len
-        )
-        qp, kp = self.default_positions(batch, q_len, kv_len)
-        doc = jnp.broadcast_to(self.doc_ids, (batch, q_len))
-        visible = (kp[:, None, :] <= qp[:, :, None]) | _cross(doc[:, :, None], doc[:, None, :])
-        visible = visible[:, None]
-        return visible if rest is None else jnp.logical_and(visible, rest)
-
-
-def _cross(dq: jax.Array, dk: jax.Array) -> jax.Array:
-    """Both are segment tokens (id > 0) of different segments."""
-    return (dq > 0) & (dk > 0) & (dq != dk)
-
-
-def _check_pine(mask: PineMask, q_len: int, kv_len: int) -> None:
-    if not mask.causal:
-        raise ValueError("PineMask: doc_ids relax the causal mask; set causal=True")
-    if q_len != kv_len:
-        raise ValueError(f"PineMask: needs self-attention (q_len {q_len} != kv_len {kv_len})")
-    if mask.doc_ids.ndim != 2 or mask.doc_ids.shape[1] != q_len:
-        raise ValueError(f"PineMask.doc_ids must be [batch, {q_len}], got {mask.doc_ids.shape}")
 
 
 class MaskOperands(NamedTuple):
@@ -133,14 +77,14 @@ def mask_operands(
     """Canonical operands for ``mask`` on sequences padded to ``q_pad`` / ``kv_pad``."""
     i32 = jnp.int32
     causal = mask is not None and mask.causal
-    doc = getattr(mask, "doc_ids", None) if mask is not None else None
+    doc = mask.doc_ids if isinstance(mask, PineMask) else None
     q_pos = kv_pos = q_seg = kv_seg = q_doc = kv_doc = dense = None
     if causal:
         qp, kp = mask.default_positions(batch, q_len, kv_len)
         q_pos = _pad(jnp.broadcast_to(qp, (batch, q_len)).astype(i32), q_pad)
         kv_pos = _pad(jnp.broadcast_to(kp, (batch, kv_len)).astype(i32), kv_pad)
     if doc is not None:
-        _check_pine(mask, q_len, kv_len)
+        mask.check(q_len, kv_len)
         d = jnp.broadcast_to(doc, (batch, q_len)).astype(i32)
         q_doc, kv_doc = _pad(d, q_pad), _pad(d, kv_pad)
     has_seg = mask is not None and (

@@ -60,7 +60,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", ["reference", "xla"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "xla"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (4, 1)])
 def test_matches_brute_force(backend, case, heads, kv_heads):
@@ -185,15 +185,19 @@ def test_jit_and_grad_through_core():
 
 
 @pytest.mark.parametrize("s,heads,kv_heads", [(128, 2, 1), (150, 6, 2)])
-def test_cpu_chunked_causal_path_matches_brute_force(s, heads, kv_heads):
-    """Long square causal prefills on CPU take the chunked path (odd tail chunk at 150; query
-    groups folded into the rows of each KV head)."""
-    from common.attention.backends import CAUSAL_CHUNK
+def test_cpu_chunked_causal_path_matches_brute_force(s, heads, kv_heads, monkeypatch):
+    """Long square causal prefills on the ``cpu`` backend take the chunked path (odd tail chunk
+    at 150; query groups folded into the rows of each KV head)."""
+    import common.attention.backends as backends
 
-    assert s >= 2 * CAUSAL_CHUNK
+    assert s >= 2 * backends.CAUSAL_CHUNK
+    calls = []
+    real = backends._chunked_causal
+    monkeypatch.setattr(backends, "_chunked_causal", lambda *a: calls.append(1) or real(*a))
     rng = np.random.default_rng(s)
     q, k, v = _qkv(rng, 2, s, s, heads, kv_heads, 4)
     got = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                                mask=Mask(causal=True), backend="xla").out
+                                mask=Mask(causal=True), backend="cpu").out
+    assert calls == [1]
     want = brute_force(q, k, v, _allowed(2, heads, s, s, causal=True), np.full(heads, 0.5))
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)

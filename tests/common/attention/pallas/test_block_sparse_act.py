@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from common.attention.masks import Mask
+from common.attention.masks import Mask, PineMask
 from common.attention.pallas import (
     BlockSizes,
-    PineMask,
     block_states,
     flash_attention,
     interpret_mode,

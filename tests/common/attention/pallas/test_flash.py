@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.attention.masks import Mask
-from common.attention.pallas import BlockSizes, PineMask, flash_attention, recompute_pattern
+from common.attention.masks import Mask, PineMask
+from common.attention.pallas import BlockSizes, flash_attention, recompute_pattern
 from tests.common.attention.pallas.helpers import brute_force_mask, compiled, reference
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from jax import export
 
-from common.attention.masks import Mask
-from common.attention.pallas import BlockSizes, PineMask, flash_attention, interpret_mode
+from common.attention.masks import Mask, PineMask
+from common.attention.pallas import BlockSizes, flash_attention, interpret_mode
 from common.attention.pallas.api import gpu_flash_attention
 
 B, S, H, KVH = 1, 256, 4, 2
