@@ -22,7 +22,8 @@ class ModelConfig:
       parallel_residual: GPT-NeoX ``x + attn(ln1 x) + mlp(ln2 x)``.
       tie_embeddings: unembedding is the transposed token embedding.
       qkv_bias, o_bias, mlp_bias: which projections carry biases.
-      attn_backend: attention backend (``auto``, ``reference``, ``xla``, ``cudnn``, ``pallas``).
+      attn_backend: attention backend (``auto``, ``reference``, ``cpu``, ``xla``, ``cudnn``,
+        ``pallas``; see :mod:`common.attention.backends`).
       dtype: compute dtype (``float32`` or ``bfloat16``); logits are returned in float32.
     """
 

@@ -81,7 +81,7 @@ def forward(params: Params, context: jax.Array, query: jax.Array,
       context: ``[batch, L, D]`` tokens ``[x_l; y_l]``.
       query: ``[batch, D]`` token ``[x_q; 0]``.
       mask: optional ``[H]`` 0/1 head mask.
-      backend: attention backend (``reference`` or ``xla`` on CPU).
+      backend: attention backend (``auto``, ``cpu``, ``reference`` or ``xla``).
       kv_valid: optional ``[batch, L]`` bool, False for padding tokens (prompts of several
         lengths evaluated in one compiled program).
 

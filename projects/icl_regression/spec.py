@@ -15,7 +15,7 @@ import numpy as np
 
 from projects.icl_regression import data, model
 
-BACKENDS = ("reference", "xla")
+BACKENDS = ("auto", "reference", "cpu", "xla")  # of common.attention.backends.BACKENDS
 
 
 @dataclasses.dataclass(frozen=True)

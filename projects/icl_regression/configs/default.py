@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from projects.icl_regression.paper import PAPER
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """``arg``: None / ``"full"`` for the full run, ``"quick"`` for the small CPU run."""
@@ -34,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # ---- models trained together (one compiled program, vmapped over seeds) ----
     c.heads = (1, 2, 4, 8)
     c.seeds = (0,)
-    c.backend = "reference"  # attention backend: reference | xla
+    c.backend = "auto"  # attention backend: auto (the cpu path on CPU) | reference | cpu | xla
     # ---- optimisation (§5) ----
     c.batch = 256
     c.lr = 1e-3
@@ -69,8 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.theory.flow_lr = 0.01
     c.theory.flow_steps = 1_000_000  # gradient flow on L̃, H = 2 (time = steps × lr)
     c.theory.flow_h4_sigma2 = 0.01
-    c.theory.gamma_ref = 0.13  # the paper's limiting |ω| (reference lines, idealised TF)
-    c.theory.mu_ref = 3.45  # the paper's learned μ for the idealised multi-head estimator
+    c.theory.gamma_ref = PAPER["omega_abs"]  # limiting |ω| (reference lines, idealised TF)
+    c.theory.mu_ref = PAPER["mu_trained"]  # learned μ of the idealised multi-head TF
     c.theory.heatmap_grid = 20  # approx-vs-true loss heatmap (grid × grid cells)
     c.theory.heatmap_draws = 4_000
     c.theory.norm_draws = 10_000  # softmax-norm histograms (draws per (L, d))
