@@ -174,4 +174,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from common.xla_flags import enable_xnn
+
+    enable_xnn()  # XNNPACK fusion on CPU, before JAX starts (see common/xla_flags.py)
     main()

@@ -1,11 +1,14 @@
-"""One tiny end-to-end run writing the whole run directory."""
+"""One tiny end-to-end run writing the whole run directory; every figure passes the layout
+checks (``common.plotting.layout_problems``: a LayoutWarning is an error here)."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 
-from projects.icl_regression import run
+from common.plotting import LayoutWarning
+from projects.icl_regression import report, run
 from projects.icl_regression.configs.default import get_config
 
 
@@ -28,7 +31,9 @@ def tiny_run_config():
 
 
 def check_run_directory(tmp_path, c, figures):
-    s = run.run(c, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayoutWarning)  # any figure layout problem fails the run
+        s = run.run(c, tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert {"metrics.jsonl", "summary.json", "report.md", "figures", "checkpoints"} <= files
     ckpt = {p.name for p in (tmp_path / "checkpoints").iterdir()}  # the run resumes from here
@@ -45,11 +50,28 @@ def check_run_directory(tmp_path, c, figures):
     assert s["steps"] == 40
     assert set(on_disk["activation"]) == {"act_tanh_H2"}
     assert set(on_disk["mse"]["act_tanh_H2"]) == {"4", "8", "16"}
+    assert all({"L", "d", "median_times_sqrt_L"} <= set(r)
+               for p in on_disk["theory"]["softmax_norms"] for r in p["series"])
     figs = {p.name for p in (tmp_path / "figures").iterdir()}
     for name in figures:
         assert f"{name}.png" in figs and f"{name}.pdf" in figs, name
-    report = (tmp_path / "report.md").read_text()
-    assert "debiased_gd" in report and "Gaps and deviations" in report and "Γ's" in report
+    text = (tmp_path / "report.md").read_text()
+    assert "debiased_gd" in text and "Gaps and deviations" in text and "Γ's" in text
+    # The claims: one verdict line in the report, the same verdicts in the closing lines.
+    claims = on_disk["claims"]
+    assert claims == report.claims(on_disk)
+    assert {c["id"] for c in claims} == set(report.THRESHOLDS)
+    verdict = report.verdict_line(claims)
+    assert f"**{verdict}.**" in text
+    lines = run.headline(on_disk)
+    assert lines[2].startswith(verdict) and len(lines) <= 8
+    failing = [c for c in claims if not c["holds"]]
+    for c in failing[:4]:
+        assert any(line.strip().startswith(c["claim"]) and c["failing"][0] in line
+                   for line in lines), c["id"]
+    if len(failing) > 4:
+        assert lines[-1].strip() == f"and {len(failing) - 4} more (report.md)"
+    assert lines[0].startswith("test MSE at L = 8, ours (paper): H1 ")
     # Exact closed forms agree with their Monte-Carlo twins in the run (400 draws: loose).
     for n in ("8", "16"):
         assert on_disk["mse"]["debiased_gd"][n] == pytest.approx(
@@ -72,3 +94,16 @@ def test_end_to_end_run_directory(tmp_path):
 def test_end_to_end_with_extensions(tmp_path):
     check_run_directory(tmp_path, tiny_run_config(),
                         FIGURES + ("noniso_preconditioned_gd", "multitask_superposition"))
+
+
+@pytest.mark.slow
+def test_quick_config_figures_have_no_layout_problems(tmp_path):
+    """The real ``headlab run icl_regression --quick`` config (2-4 min): no LayoutWarning."""
+    c = get_config("quick")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayoutWarning)
+        s = run.run(c, tmp_path)
+    figs = {p.stem for p in (tmp_path / "figures").glob("*.png")}
+    assert figs == set(FIGURES[:2]) | {f"circuits_H{h}" for h in c.heads} | set(FIGURES[4:]) | {
+        "noniso_preconditioned_gd", "multitask_superposition"}
+    assert s["claims"] == report.claims(s)
