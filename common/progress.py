@@ -7,7 +7,7 @@
 
 A stage prints ``[project] name: what ...`` when it starts and ``[project] name done in 12.3 s``
 when it ends (or ``failed after``), so no step longer than a few seconds passes in silence.
-Output goes to stderr; ``HEADLAB_QUIET=1`` silences both.
+Output goes to stderr; ``HEADLAB_QUIET=1`` silences both (and the training loop's bar).
 """
 
 from __future__ import annotations

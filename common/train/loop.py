@@ -42,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from common.data.pipeline import iterate
+from common.progress import quiet
 from common.rundir import MetricsWriter, atomic_write_text
 from common.sharding.mesh import describe
 from common.sharding.rules import DEFAULT_RULES, Rules, logical_to_spec
@@ -326,7 +327,7 @@ def train(
             metrics_out.write(step, **row, steps_per_sec=steps_per_sec)
 
     # ---- (3) the loop ----------------------------------------------------------------------
-    bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and lead),
+    bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and lead) or quiet(),
                desc="train", dynamic_ncols=True)
     window: list[dict] = []
     step_times: list[float] = []
