@@ -10,7 +10,14 @@ transformers with forward hooks, in one process on the same GGUF weights.
 (c) attribution patching (one forward, one backward) for all heads and its correlation with
     the exact sweep.
 
+(d) ``--startup``: what a researcher waits for (issue 12 item 5): first and warm calls of
+    ``model(ids)`` and ``forward``, the first and second call of an intervention of a new
+    structure, a Python loop of 36 single-head patches, each in a fresh process: with an empty
+    persistent compilation cache, again with that cache filled (a second process), and with the
+    cache turned off (``HEADLAB_COMPILATION_CACHE=0``).
+
     python -m tools.bench_interp [--repeats 3] [--seq 64] [--hf-heads 270]
+    python -m tools.bench_interp --startup [--seq 64]
 
 Timings on a shared machine are noisy; the script reports the best of ``--repeats``.
 """
@@ -106,13 +113,98 @@ def hf_ablation_sweep(model, ids, correct: int, wrong: int, n_heads_total: int |
     return out
 
 
+def _timed(fn):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t
+
+
+def startup_child(seq: int) -> dict:
+    """One process's startup timings (seconds) on SmolLM2; printed as JSON by ``--startup``."""
+    from common import interp
+    from common.models import load_pretrained
+    from common.weights import default_model_path
+
+    out = {}
+    t = time.perf_counter()
+    model, tok = load_pretrained(default_model_path("smollm2-135m-instruct"))
+    out["load_pretrained"] = time.perf_counter() - t
+    enc = tok.encode(PROMPT)
+    ids = np.asarray(getattr(enc, "ids", enc), np.int32)[None, -seq:]
+    ids_b = ids[:, 1:]  # another length: its own compile
+    out["model(ids) first"] = _timed(lambda: model(ids))
+    out["model(ids) warm"] = min(_timed(lambda: model(ids)) for _ in range(5))
+    out["forward first"] = _timed(lambda: interp.forward(model, ids_b))
+    out["forward warm"] = min(_timed(lambda: interp.forward(model, ids_b)) for _ in range(5))
+    out["eager model.forward warm (the old model(ids))"] = min(
+        _timed(lambda: model.forward(jnp.asarray(ids))[0]) for _ in range(2))
+    _, src = interp.run_with_cache(model, ids[:, ::-1].copy(), names_filter=("z", "resid_pre"))
+    iv1 = interp.Intervention.patch(model, src, "resid_pre", layers=[7], positions=[3])
+    iv2 = interp.Intervention.patch(model, src, "resid_pre", layers=[21], positions=[5])
+    out["intervention, new structure: 1st call"] = _timed(
+        lambda: interp.forward(model, ids, intervention=iv1))
+    out["intervention, same structure: 2nd call"] = _timed(
+        lambda: interp.forward(model, ids, intervention=iv2))
+    heads = [(layer, h) for layer in range(4) for h in range(9)]
+
+    def loop():
+        return [interp.forward(model, ids, intervention=interp.Intervention.patch(
+            model, src, "z", heads=[pair]))[:, -1] for pair in heads]
+
+    out["36-head loop of single-head z patches (cold)"] = _timed(loop)
+    out["36-head loop again (warm)"] = _timed(loop)
+    return out
+
+
+def startup(seq: int) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    base = {k: v for k, v in os.environ.items() if k not in ("HEADLAB_COMPILATION_CACHE",
+                                                             "JAX_COMPILATION_CACHE_DIR")}
+    cols = {}
+    with tempfile.TemporaryDirectory() as folder:
+        runs = [("cache on, empty (process 1)", {"HEADLAB_JAX_CACHE": folder}),
+                ("cache on, filled (process 2)", {"HEADLAB_JAX_CACHE": folder}),
+                ("cache off", {"HEADLAB_COMPILATION_CACHE": "0"})]
+        for name, env in runs:
+            proc = subprocess.run([sys.executable, "-m", "tools.bench_interp", "--startup-child",
+                                   "--seq", str(seq)], env={**base, **env}, capture_output=True,
+                                  text=True, check=False)
+            if proc.returncode:
+                raise SystemExit(proc.stderr[-3000:])
+            cols[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"  {name}: done", flush=True)
+    rows = list(next(iter(cols.values())))
+    width = max(len(r) for r in rows)
+    print(f"\nSmolLM2-135M float32, {seq} tokens, CPU ({jax.device_count()} device), seconds")
+    print(" " * width + "".join(f" | {c:>29}" for c in cols))
+    for r in rows:
+        print(r.ljust(width) + "".join(f" | {cols[c][r]:29.3f}" for c in cols))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--hf-heads", type=int, default=270,
                         help="transformers sweep: time this many heads (all 270 by default)")
+    parser.add_argument("--startup", action="store_true",
+                        help="first/warm call timings in fresh processes, with and without the "
+                             "persistent compilation cache")
+    parser.add_argument("--startup-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.startup_child:
+        import json
+
+        print(json.dumps(startup_child(args.seq)))
+        return
+    if args.startup:
+        startup(args.seq)
+        return
 
     import torch
 

@@ -1,15 +1,20 @@
 """The hook points a forward pass exposes, as a small protocol.
 
 Models call ``hooks.site(name, layer, value)`` at every site and ask
-``hooks.wants(name, layer)`` before computing an optional site (``pattern``, ``head_out``).
+``hooks.wants(name, layer)`` before computing an optional site (``attn_scores``, ``pattern``,
+``head_out``).
 The base class does nothing, so a forward with :data:`NO_HOOKS` is the plain forward.
 ``common.interp`` implements interventions and capture on top of this protocol; the model
 is never monkey-patched.
 
 Sites are declared once, in :data:`SITE_TABLE` (name, axes of one layer's value, whether it
 costs extra); every list of site names, axes, head axes and position axes derives from it.
-Axis names: ``batch``, ``pos`` (``query_pos``/``key_pos`` for the pattern), ``head`` (query
-heads), ``kv_head`` (key/value heads), ``d_head``, ``d_model``.
+Axis names: ``batch``, ``pos`` (``query_pos``/``key_pos`` for scores and pattern), ``head``
+(query heads), ``kv_head`` (key/value heads), ``d_head``, ``d_model``, ``d_mlp``.
+
+The final norm's site (``ln_final_scale``) belongs to no block: it is reported at layer
+``n_layers`` (one past the last block, where TransformerLens' ``ln_final`` sits), and
+:attr:`Site.final` marks it.
 """
 
 from __future__ import annotations
@@ -31,14 +36,18 @@ class Site:
       name: the site name, e.g. ``"z"``.
       axes: axis names of one layer's value, e.g. ``("batch", "pos", "head", "d_head")``.
       doc: what the value is.
-      optional: computed only when a hook wants it (it costs extra: ``pattern`` forces the
-        reference attention path, ``head_out`` a ``[batch, pos, head, d_model]`` product).
+      optional: computed only when a hook wants it (it costs extra: ``attn_scores`` and
+        ``pattern`` force the reference attention path at that layer, ``head_out`` a
+        ``[batch, pos, head, d_model]`` product).
+      final: after the last block (no layer of its own): its one value is at layer
+        ``n_layers``.
     """
 
     name: str
     axes: tuple[str, ...]
     doc: str
     optional: bool = False
+    final: bool = False
 
     @property
     def head_axis(self) -> int | None:
@@ -63,23 +72,38 @@ _RESID = ("batch", "pos", "d_model")
 _HEADS = ("batch", "pos", "head", "d_head")
 _KV_HEADS = ("batch", "pos", "kv_head", "d_head")
 
+_SCALE = ("batch", "pos")
+_SCORES = ("batch", "head", "query_pos", "key_pos")
+_NORM_SCALE = ("the norm's per-token divisor, float32: sqrt(mean(x²) + eps) for RMSNorm, "
+               "sqrt(var(x) + eps) for LayerNorm (TransformerLens' hook_scale); the norm's output "
+               "is (x [- mean]) / scale · w [+ b], so a frozen scale makes the norm linear")
+
 # One line per site, in forward order. Adding a site is one line here (and the model's call).
 SITE_TABLE: dict[str, Site] = {s.name: s for s in (
     Site("resid_pre", _RESID, "residual stream entering the block"),
+    Site("ln1_scale", _SCALE, "attention norm: " + _NORM_SCALE),
     Site("q", _HEADS, "queries before RoPE"),
     Site("k", _KV_HEADS, "keys before RoPE"),
     Site("v", _KV_HEADS, "values"),
     Site("rot_q", _HEADS, "queries after RoPE"),
     Site("rot_k", _KV_HEADS, "keys after RoPE"),
-    Site("pattern", ("batch", "head", "query_pos", "key_pos"), "attention probabilities",
+    Site("attn_scores", _SCORES, "attention logits fed to the softmax, float32: q·k · scale "
+         "(soft-capped if the model caps), masked entries float32's lowest value (TL: -inf)",
          optional=True),
+    Site("pattern", _SCORES, "attention probabilities", optional=True),
     Site("z", _HEADS, "per-head attention output before W_O"),
     Site("head_out", ("batch", "pos", "head", "d_model"), "per-head output after W_O",
          optional=True),
     Site("attn_out", _RESID, "attention output (sum over heads, with the bias)"),
     Site("resid_mid", _RESID, "residual stream after attention"),
+    Site("ln2_scale", _SCALE, "MLP norm: " + _NORM_SCALE),
+    Site("mlp_pre", ("batch", "pos", "d_mlp"), "MLP pre-activation: the gate projection "
+         "(gated MLPs: act(mlp_pre) · up) or the input projection with its bias (plain MLPs)"),
+    Site("mlp_post", ("batch", "pos", "d_mlp"), "MLP hidden activation after the nonlinearity "
+         "(and the gating product): the input of the down projection"),
     Site("mlp_out", _RESID, "MLP output"),
     Site("resid_post", _RESID, "residual stream leaving the block"),
+    Site("ln_final_scale", _SCALE, "final norm (layer n_layers): " + _NORM_SCALE, final=True),
 )}
 
 SITES: tuple[str, ...] = tuple(SITE_TABLE)
@@ -93,6 +117,13 @@ HEAD_AXIS: dict[str, int] = {n: s.head_axis for n, s in SITE_TABLE.items()
 """Axis of the head (or kv-head) index in one layer's value of each per-head site."""
 POS_AXIS: dict[str, int] = {n: s.pos_axis for n, s in SITE_TABLE.items()}
 """Axis of the (query) position in one layer's value of each site."""
+FINAL_SITES: tuple[str, ...] = tuple(n for n, s in SITE_TABLE.items() if s.final)
+"""Sites after the last block, reported at layer ``n_layers``."""
+
+
+def site_layers(name: str, n_layers: int) -> tuple[int, ...]:
+    """The layers a site has values at: ``(n_layers,)`` for a final site, else every block."""
+    return (n_layers,) if SITE_TABLE[name].final else tuple(range(n_layers))
 
 
 def site(name: str) -> Site:

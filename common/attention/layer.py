@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.attention.core import dot_product_attention
+from common.attention.core import dot_product_attention, head_scale
 from common.attention.hooks import NO_HOOKS, Hooks
 from common.attention.masks import Mask
 from common.attention.rope import RoPE
@@ -94,6 +94,38 @@ class MultiHeadAttention(nnx.Module):
             y = y + bias[...].astype(self.dtype)
         return y
 
+    def _scored_attention(self, q, k, v, mask: Mask | None, transform, hooks: Hooks,
+                          layer: int) -> jax.Array:
+        """The ``reference`` backend's einsum attention with the ``attn_scores`` site between
+        the masked logits and the softmax (the layers that capture or edit the scores only).
+
+        Scores ``[batch, heads, q_len, kv_len]`` float32 (query head ``h`` is kv head
+        ``h // group``, member ``h % group``, as in the backends), masked entries at float32's
+        lowest value; ``transform`` (probability transform, ``pattern`` site) as in
+        :func:`~common.attention.core.dot_product_attention`.
+        """
+        b, sq, h, d = q.shape
+        skv, kvh = k.shape[1], k.shape[2]
+        g = h // kvh
+        full = (b, kvh, g, sq, skv)
+        s = head_scale(self.scale, h, d)
+        logits = jnp.einsum("bqkgd,bskd->bkgqs", q.reshape(b, sq, kvh, g, d), k,
+                            preferred_element_type=jnp.float32) * s.reshape(1, kvh, g, 1, 1)
+        if self.softcap is not None:
+            logits = self.softcap * jnp.tanh(logits / self.softcap)
+        if mask is not None:
+            m = mask.materialize(b, sq, skv)
+            if m is not None:
+                m = m.reshape(b, -1, 1, sq, skv) if m.shape[1] == 1 else m.reshape(full)
+                logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+        scores = hooks.site("attn_scores", layer, logits.reshape(b, h, sq, skv))
+        pattern = jax.nn.softmax(scores, axis=-1)
+        if transform is not None:
+            pattern = transform(pattern)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", pattern.reshape(full).astype(v.dtype), v,
+                         preferred_element_type=jnp.float32)
+        return out.reshape(b, sq, h, d).astype(q.dtype)
+
     def __call__(
         self,
         x: jax.Array,
@@ -147,11 +179,14 @@ class MultiHeadAttention(nnx.Module):
                 p = p if inner is None else inner(p)
                 return hooks.site("pattern", layer, p)
 
-        res = dot_product_attention(
-            q, k, v, mask=mask, scale=self.scale, softcap=self.softcap,
-            backend=self.backend, prob_transform=transform,
-        )
-        z = hooks.site("z", layer, res.out)
+        if hooks.wants("attn_scores", layer):
+            out = self._scored_attention(q, k, v, mask, transform, hooks, layer)
+        else:
+            out = dot_product_attention(
+                q, k, v, mask=mask, scale=self.scale, softcap=self.softcap,
+                backend=self.backend, prob_transform=transform,
+            ).out
+        z = hooks.site("z", layer, out)
         wo = self.o_kernel[...].astype(self.dtype)
         if hooks.wants("head_out", layer):
             head_out = hooks.site("head_out", layer, jnp.einsum("bshk,hkd->bshd", z, wo))

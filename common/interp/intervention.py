@@ -4,9 +4,11 @@
 output ``z`` scaled by ``g [layer, head]``. The :class:`Intervention` is a ``flax.struct``
 dataclass: its arrays are pytree leaves (changing their values never retraces a jitted
 forward, and ``jax.grad`` differentiates through them), while the choices that change the
-program (which site a patch edits, at which layers, the probability-transform function)
-are static fields. Absent fields (``None``) cost nothing: an empty ``Intervention()``
-gives the plain forward bit for bit.
+program (which site a patch edits, the probability-transform function, the layers where an
+optional site such as ``pattern`` must be computed) are static fields. Which layers a patch
+of an always-computed site (``z``, ``resid_pre``, ...) edits is data: a loop over layers and
+heads of single-head patches runs one compiled program. Absent fields (``None``) cost
+nothing: an empty ``Intervention()`` gives the plain forward bit for bit.
 
 On a head's output ``z [batch, pos, head, d_head]`` at layer ``l`` the edits apply in this
 order (``m`` are position masks, 1 where the edit applies)::
@@ -33,12 +35,14 @@ from flax import struct
 
 from common.attention.hooks import (
     HEAD_AXIS,
+    OPTIONAL_SITES,
     POS_AXIS,
     SITE_AXES,
     SITE_TABLE,
     SITES,
     AttentionEdit,
     Hooks,
+    site_layers,
 )
 from common.attention.masks import Mask
 
@@ -52,25 +56,54 @@ def _shape_error(field: str, want: str, got) -> ValueError:
     return ValueError(f"Intervention.{field}: expected shape {want}, got {tuple(got)}")
 
 
+def _concrete(x) -> np.ndarray | None:
+    """``x`` as a numpy array when it holds no tracer (known while building the program)."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x)):
+        return None
+    return np.asarray(x)
+
+
 @struct.dataclass
 class Patch:
     """Replace a site's value, where ``where`` says so, by ``value``.
 
     Attributes:
       site: site name (static), one of ``common.attention.hooks.SITES``.
-      layers: the layers patched (static); ``value[i]`` is used at ``layers[i]``.
-      value: ``[len(layers), *site_shape]``; batch and position axes may be 1 to broadcast.
+      layers: the layers patched, ``int [n]`` (data: a new choice of layers reuses the compiled
+        program); ``value[i]`` is used at ``layers[i]``. A tuple of ints works too.
+      value: ``[n, *site_shape]``; batch and position axes may be 1 to broadcast.
       where: boolean (replace) or float (interpolate ``w·value + (1-w)·x``) mask broadcastable
         to ``value``; None replaces the whole site.
+      static_layers: for the optional sites (``pattern``, ``head_out``, ... computed only where
+        a hook wants them), the layers where the program computes the site (static; a
+        superset of ``layers``; :func:`make_patch` sets it to the patched layers); None: every
+        layer. Not needed for the other sites, which every layer computes anyway.
     """
 
     site: str = struct.field(pytree_node=False)
-    layers: tuple[int, ...] = struct.field(pytree_node=False)
+    layers: Any
     value: jax.Array
     where: jax.Array | None = None
+    static_layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
 
-    def apply(self, i: int, x: jax.Array, field: str) -> jax.Array:
-        """Patch ``x`` (the site's value at ``layers[i]``)."""
+    @property
+    def layers_shape(self) -> tuple[int, ...]:
+        """The shape of ``layers`` (``(n,)`` when well formed), traced or not."""
+        if isinstance(self.layers, tuple | list):
+            return (len(self.layers),) if all(np.ndim(x) == 0 for x in self.layers) else (-1, -1)
+        return tuple(np.shape(self.layers))
+
+    @property
+    def n_layers(self) -> int:
+        """How many layers the patch carries values for (``value.shape[0]``)."""
+        return self.layers_shape[0]
+
+    def computed_at(self, layer: int) -> bool:
+        """Whether this patch may apply at ``layer`` (static)."""
+        return self.static_layers is None or layer in self.static_layers
+
+    def apply(self, i, x: jax.Array, field: str) -> jax.Array:
+        """Patch ``x`` with entry ``i`` (an int or a traced index) of ``value``/``where``."""
         v = self.value[i].astype(x.dtype)
         try:
             jnp.broadcast_shapes(v.shape, x.shape)
@@ -93,6 +126,22 @@ class Patch:
             return jnp.where(w, v, x)
         w = w.astype(x.dtype)
         return w * v + (1 - w) * x
+
+    def apply_at(self, layer: int, x: jax.Array, field: str) -> jax.Array:
+        """``x``, the site's value at ``layer``, patched if ``layer`` is one of ``layers``.
+
+        Known layers (outside a trace) select the entry in Python; traced ones select it in
+        the program (``x`` itself where ``layer`` is not patched: exact either way).
+        """
+        known = _concrete(self.layers)
+        if known is not None:
+            hits = np.flatnonzero(known.reshape(-1) == layer)
+            return x if hits.size == 0 else self.apply(int(hits[0]), x, field)
+        layers = jnp.asarray(self.layers, jnp.int32).reshape(-1)
+        hit = layers == layer
+        if layers.shape[0] == 1:
+            return jnp.where(hit[0], self.apply(0, x, field), x)
+        return jnp.where(hit.any(), self.apply(jnp.argmax(hit), x, field), x)
 
 
 @struct.dataclass
@@ -204,11 +253,17 @@ class Intervention:
         Args:
           model: the model or its config.
           cache: an ``ActivationCache`` of the source run holding ``site`` at the layers used.
-          site: the site to patch (``z``, ``q``, ``k``, ``v``, ``pattern``, ``resid_pre``, ...).
-            For ``k``, ``v``, ``rot_k`` the head index is a key/value head.
+          site: the site to patch (``z``, ``q``, ``k``, ``v``, ``attn_scores``, ``pattern``,
+            ``resid_pre``, ``mlp_post``, ``ln1_scale``, ...). For ``k``, ``v``, ``rot_k`` the
+            head index is a key/value head.
           heads: a list of ``(layer, head)`` pairs (per-head sites only; ``[(23, 3)]`` for one
             head); None patches whole layers.
-          layers: layers patched whole (with ``heads=None``).
+          layers: layers patched whole (with ``heads=None``); leave it out for the final norm's
+            ``ln_final_scale`` (its one layer, ``n_layers``: freezing the final norm).
+
+        The patched layers are data: patches of the same site and shape at other layers reuse
+        the compiled program (optional sites such as ``pattern`` excepted, see
+        :attr:`Patch.static_layers`).
           positions: (query) positions patched; None patches every position.
         """
         return cls(patches=(make_patch(model, cache, site, heads, layers, positions),))
@@ -294,16 +349,32 @@ class Intervention:
             if p.site not in SITES:
                 raise ValueError(f"Intervention.{field}.site: unknown site {p.site!r}; "
                                  f"known sites: {SITES}")
-            for layer in p.layers:
-                if not 0 <= layer < L:
-                    raise ValueError(f"Intervention.{field}.layers: layer {layer} out of range "
-                                     f"[0, {L})")
-            if len(set(p.layers)) != len(p.layers):
-                raise ValueError(f"Intervention.{field}.layers: repeated layer in {p.layers}")
+            if len(p.layers_shape) != 1:
+                raise ValueError(f"Intervention.{field}.layers: expected a list of layers "
+                                 f"[n], got {p.layers!r}")
+            n_l = p.n_layers
+            known = _concrete(p.layers)
+            allowed = site_layers(p.site, L)
+            span = f"[0, {L})" if allowed[0] == 0 else f"{allowed} (the final norm's layer)"
+            if known is not None:  # outside a trace: the values are checked too
+                for layer in known.tolist():
+                    if layer not in allowed:
+                        raise ValueError(f"Intervention.{field}.layers: layer {layer} out of "
+                                         f"range {span}")
+                    if not p.computed_at(layer):
+                        raise ValueError(f"Intervention.{field}.layers: layer {layer} is not in "
+                                         f"static_layers {p.static_layers}")
+                if len(set(known.tolist())) != n_l:
+                    raise ValueError(f"Intervention.{field}.layers: repeated layer in "
+                                     f"{tuple(known.tolist())}")
+            for layer in p.static_layers or ():
+                if layer not in allowed:
+                    raise ValueError(f"Intervention.{field}.static_layers: layer {layer} out of "
+                                     f"range [0, {L})")
             want_nd = len(SITE_AXES[p.site]) + 1
-            if p.value.ndim != want_nd or p.value.shape[0] != len(p.layers):
+            if p.value.ndim != want_nd or p.value.shape[0] != n_l:
                 raise _shape_error(f"{field}.value",
-                                   f"[{len(p.layers)} layers, {', '.join(SITE_AXES[p.site])}]",
+                                   f"[{n_l} layers, {', '.join(SITE_AXES[p.site])}]",
                                    p.value.shape)
             if p.site in HEAD_AXIS:
                 n = _heads_of(p.site, config)
@@ -312,9 +383,9 @@ class Intervention:
                     raise ValueError(f"Intervention.{field}.value: site {p.site!r} has {n} heads, "
                                      f"the value has {got}")
             if p.where is not None and (p.where.ndim != want_nd
-                                        or p.where.shape[0] != len(p.layers)):
+                                        or p.where.shape[0] != n_l):
                 raise _shape_error(f"{field}.where",
-                                   f"[{len(p.layers)} layers, {', '.join(SITE_AXES[p.site])}] "
+                                   f"[{n_l} layers, {', '.join(SITE_AXES[p.site])}] "
                                    "(axes may be 1)", p.where.shape)
 
     def is_empty(self) -> bool:
@@ -391,6 +462,9 @@ def make_patch(
                          "not both")
     if heads is not None and site not in HEAD_AXIS:
         raise ValueError(f"Intervention.patch: site {site!r} has no head axis; use layers=")
+    final = SITE_TABLE[site].final
+    if final and heads is None and layers is None:
+        layers = (config.n_layers,)  # the final norm: its one layer
     if heads is None and layers is None:
         raise ValueError("Intervention.patch: choose heads=[(layer, head), ...] or layers=[...]")
     n = _heads_of(site, config) if site in HEAD_AXIS else 0
@@ -400,6 +474,11 @@ def make_patch(
             _check_head(config, "patch heads", layer, head, n)
         heads = [(layer % config.n_layers, head) for layer, head in heads]
         use_layers = tuple(sorted({int(layer) for layer, _ in heads}))
+    elif final:
+        use_layers = tuple(int(x) for x in layers)
+        if use_layers != (config.n_layers,):
+            raise ValueError(f"Intervention.patch: {site!r} is the final norm's, at layer "
+                             f"{config.n_layers} only (leave layers out), got {use_layers}")
     else:
         use_layers = tuple(int(x) for x in layers)
         for layer in use_layers:
@@ -407,30 +486,36 @@ def make_patch(
                 raise ValueError(f"Intervention.patch layers: layer {layer} out of range "
                                  f"[0, {config.n_layers})")
         use_layers = tuple(layer % config.n_layers for layer in use_layers)
-    value = jnp.stack([cache[site, layer] for layer in use_layers])
+    if len(set(use_layers)) != len(use_layers):
+        raise ValueError(f"Intervention.patch layers: repeated layer in {use_layers}")
+    if len(use_layers) == 1:
+        value = jnp.asarray(cache[site, use_layers[0]])[None]
+    else:
+        value = jnp.stack([cache[site, layer] for layer in use_layers])
     nd = value.ndim - 1
     pos_axis = POS_AXIS[site]
     seq = value.shape[1 + pos_axis]
     mask_shape = [len(use_layers)] + [1] * nd
-    where = None
+    where = None  # built in numpy: no device op per head or position
     if heads is not None:
         mask_shape[1 + HEAD_AXIS[site]] = n
-        hm = jnp.zeros(mask_shape, bool)
+        where = np.zeros(mask_shape, bool)
         for layer, head in heads:
             idx = [use_layers.index(int(layer))] + [0] * nd
             idx[1 + HEAD_AXIS[site]] = int(head)
-            hm = hm.at[tuple(idx)].set(True)
-        where = hm
+            where[tuple(idx)] = True
     if positions is not None:
         pshape = [1] * (nd + 1)
         pshape[1 + pos_axis] = seq
-        pm = jnp.zeros(pshape, bool)
+        pm = np.zeros(pshape, bool)
         for p in positions:
             if not -seq <= int(p) < seq:
                 raise ValueError(f"Intervention.patch positions: {p} out of range for length {seq}")
-            pm = pm.at[(0,) * (1 + pos_axis) + (int(p),)].set(True)
-        where = pm if where is None else jnp.logical_and(where, pm)
-    return Patch(site=site, layers=use_layers, value=value, where=where)
+            pm[(0,) * (1 + pos_axis) + (int(p),)] = True
+        where = pm if where is None else np.logical_and(where, pm)
+    static = use_layers if site in OPTIONAL_SITES else None
+    return Patch(site=site, layers=np.asarray(use_layers, np.int32), value=value,
+                 where=None if where is None else jnp.asarray(where), static_layers=static)
 
 
 def _pos_mask(w: jax.Array | None, z: jax.Array) -> jax.Array | float:
@@ -451,22 +536,23 @@ class InterventionHooks(Hooks):
         self.iv = iv
         self.config = config
         self.inner = inner
-        self._patches: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        self._patches: dict[str, list[int]] = {}  # site -> indices into iv.patches
         for j, p in enumerate(iv.patches):
-            for i, layer in enumerate(p.layers):
-                self._patches.setdefault((p.site, layer), []).append((j, i))
+            self._patches.setdefault(p.site, []).append(j)
         layers = iv.edit_layers
         self._edit_layers = set(range(config.n_layers) if layers is None else layers)
 
     def wants(self, site: str, layer: int) -> bool:
-        if (site, layer) in self._patches:
+        if any(self.iv.patches[j].computed_at(layer) for j in self._patches.get(site, ())):
             return True
         return self.inner is not None and self.inner.wants(site, layer)
 
     def site(self, site: str, layer: int, value: jax.Array) -> jax.Array:
         iv = self.iv
-        for j, i in self._patches.get((site, layer), ()):
-            value = iv.patches[j].apply(i, value, f"patches[{j}]")
+        for j in self._patches.get(site, ()):
+            p = iv.patches[j]
+            if p.computed_at(layer):
+                value = p.apply_at(layer, value, f"patches[{j}]")
         if site == "z":
             value = self._edit_z(layer, value)
         if self.inner is not None:

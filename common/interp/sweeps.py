@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.attention.hooks import HEAD_AXIS, NO_HOOKS, POS_AXIS, SITE_AXES, Hooks
+from common.attention.hooks import HEAD_AXIS, NO_HOOKS, OPTIONAL_SITES, POS_AXIS, SITE_AXES, Hooks
 from common.attention.masks import Mask
 from common.interp.metrics import as_metric, evaluate
 from common.interp.results import PatchingResult
@@ -39,7 +39,7 @@ class _PatchSite(Hooks):
         self.site_name, self.mask, self.src = site, mask, src
 
     def wants(self, site, layer):  # noqa: ARG002
-        return site == self.site_name and site in ("pattern", "head_out")
+        return site == self.site_name and site in OPTIONAL_SITES
 
     def site(self, site, layer, value):  # noqa: ARG002
         if site != self.site_name:
@@ -273,7 +273,7 @@ class _AddAt(Hooks):
         self.store: dict[int, jax.Array] = {}
 
     def wants(self, site, layer):  # noqa: ARG002
-        return site == self.site_name and site in ("pattern", "head_out")
+        return site == self.site_name and site in OPTIONAL_SITES
 
     def site(self, site, layer, value):
         if site != self.site_name:

@@ -6,6 +6,10 @@ axes; ``cache["z"]`` (or ``cache.stack("z")``) is a :class:`~common.labelled.Lab
 ``[layer, batch, pos, head, d_head]`` over the captured layers. TransformerLens hook names work
 too: ``cache["blocks.3.attn.hook_z"]``, ``cache[get_act_name("z", 3)]``.
 
+The final norm's scale (``ln_final_scale``, TL's ``ln_final.hook_scale``) belongs to no block:
+it is stored at layer ``n_layers``, and ``cache["ln_final_scale"]`` is its one value
+``[batch, pos]`` (labelled; no layer axis); ``cache["ln_final.hook_scale"]`` the array.
+
 Layer indices: a negative layer counts back from the model's layer count (``cache["z", -1]``
 is the model's last layer, and a ``KeyError`` if that layer was not captured); a cache built
 by hand without ``n_layers`` counts back from the last captured layer. The cache is a JAX
@@ -21,65 +25,97 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
-from common.attention.hooks import SITE_AXES
+from common.attention.hooks import SITE_AXES, SITE_TABLE
 from common.labelled import Labelled
 
-# Our site name -> TransformerLens hook name (``{}`` is the layer).
+# Our site name -> TransformerLens hook name (``{}`` is the layer; final sites have none).
 TL_HOOKS: dict[str, str] = {
     "resid_pre": "blocks.{}.hook_resid_pre",
+    "ln1_scale": "blocks.{}.ln1.hook_scale",
     "q": "blocks.{}.attn.hook_q",
     "k": "blocks.{}.attn.hook_k",
     "v": "blocks.{}.attn.hook_v",
     "rot_q": "blocks.{}.attn.hook_rot_q",
     "rot_k": "blocks.{}.attn.hook_rot_k",
+    "attn_scores": "blocks.{}.attn.hook_attn_scores",
     "pattern": "blocks.{}.attn.hook_pattern",
     "z": "blocks.{}.attn.hook_z",
     "head_out": "blocks.{}.attn.hook_result",
     "attn_out": "blocks.{}.hook_attn_out",
     "resid_mid": "blocks.{}.hook_resid_mid",
+    "ln2_scale": "blocks.{}.ln2.hook_scale",
+    "mlp_pre": "blocks.{}.mlp.hook_pre",
+    "mlp_post": "blocks.{}.mlp.hook_post",
     "mlp_out": "blocks.{}.hook_mlp_out",
     "resid_post": "blocks.{}.hook_resid_post",
+    "ln_final_scale": "ln_final.hook_scale",
 }
+_FROM_TL = {template: site for site, template in TL_HOOKS.items()}
 # TransformerLens' short names and aliases -> our site names.
-_ALIASES = {"result": "head_out", "attn": "pattern", "query": "q", "key": "k", "value": "v"}
-_TL_NAME = re.compile(r"^blocks\.(-?\d+)\.(?:attn\.)?hook_(\w+)$")
-_NOT_HERE = ("attn_scores", "scores", "pre", "post", "mid", "embed", "pos_embed", "normalized",
-             "scale")
+_ALIASES = {"result": "head_out", "attn": "pattern", "query": "q", "key": "k", "value": "v",
+            "scores": "attn_scores", "pre": "mlp_pre", "post": "mlp_post"}
+# The norm a short "scale" belongs to (TransformerLens' layer_type) -> our site name.
+_SCALES = {"ln1": "ln1_scale", "ln2": "ln2_scale", "ln_final": "ln_final_scale"}
+_TL_NAME = re.compile(r"^blocks\.(-?\d+)\.(?:(?:attn|mlp|ln1|ln2)\.)?hook_(\w+)$")
+_NOT_HERE = ("embed", "pos_embed", "normalized", "pre_linear", "mid", "tokens")
 
 
 def site_name(name: str) -> str:
     """Our site name for a site or TransformerLens short name (``"result"`` -> ``"head_out"``)."""
     name = _ALIASES.get(name, name)
+    if name == "scale":
+        raise KeyError("'scale' is ambiguous: say which norm, 'ln1_scale', 'ln2_scale' or "
+                       "'ln_final_scale' (get_act_name('scale', layer, 'ln1') works too)")
     if name not in SITE_AXES:
-        extra = (" (TransformerLens' attention scores, MLP internals and norms are not sites "
+        extra = (" (TransformerLens' embeddings, normalized outputs and pre_linear are not sites "
                  "here)" if name in _NOT_HERE else "")
         raise KeyError(f"unknown site {name!r}{extra}; known sites: {tuple(SITE_AXES)} "
                        f"(TransformerLens names: {', '.join(sorted(_ALIASES))} too)")
     return name
 
 
-def get_act_name(name: str, layer: int | None = None) -> str:
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
     """TransformerLens' hook name of a site at a layer: ``get_act_name("z", 3)`` ->
-    ``"blocks.3.attn.hook_z"``; our site names and TL's (``"result"``, ``"attn"``) both work.
-    ``cache[get_act_name("z", 3)]`` is ``cache["z", 3]``."""
+    ``"blocks.3.attn.hook_z"``; our site names and TL's (``"result"``, ``"attn"``, ``"pre"``,
+    ``"post"``, ``"scores"``) both work. Norm scales as in TL: ``get_act_name("scale", 3,
+    "ln1")`` -> ``"blocks.3.ln1.hook_scale"``, ``get_act_name("scale")`` (or
+    ``"ln_final_scale"``) -> ``"ln_final.hook_scale"``. ``cache[get_act_name("z", 3)]`` is
+    ``cache["z", 3]``."""
+    if name == "scale":
+        if layer_type is None and layer is None:
+            layer_type = "ln_final"
+        if layer_type not in _SCALES:
+            raise KeyError(f"get_act_name('scale', {layer!r}, {layer_type!r}): 'scale' is "
+                           f"ambiguous; layer_type must be one of {tuple(_SCALES)}")
+        name = _SCALES[layer_type]
     site = site_name(name)
+    if SITE_TABLE[site].final:
+        if layer is not None:
+            raise ValueError(f"get_act_name({name!r}): the final norm belongs to no layer; "
+                             "leave the layer out")
+        return TL_HOOKS[site]
     if layer is None:
-        raise ValueError(f"get_act_name({name!r}): every site here is per layer; pass the layer")
+        raise ValueError(f"get_act_name({name!r}): every site but the final norm's is per layer; "
+                         "pass the layer")
     return TL_HOOKS[site].format(int(layer))
 
 
-def parse_act_name(hook: str) -> tuple[str, int]:
-    """``"blocks.3.attn.hook_z"`` -> ``("z", 3)`` (the inverse of :func:`get_act_name`)."""
+def parse_act_name(hook: str) -> tuple[str, int | None]:
+    """``"blocks.3.attn.hook_z"`` -> ``("z", 3)`` (the inverse of :func:`get_act_name`);
+    ``"ln_final.hook_scale"`` -> ``("ln_final_scale", None)`` (a final site: no layer)."""
+    if hook in _FROM_TL:
+        return _FROM_TL[hook], None
+    m = re.match(r"^blocks\.(-?\d+)\.(.+)$", hook)
+    if m is not None and "blocks.{}." + m.group(2) in _FROM_TL:
+        return _FROM_TL["blocks.{}." + m.group(2)], int(m.group(1))
     m = _TL_NAME.match(hook)
     if m is None:
         raise KeyError(f"{hook!r} is neither a site name {tuple(SITE_AXES)} nor a "
                        "TransformerLens hook name like 'blocks.3.attn.hook_z'")
     layer, short = int(m.group(1)), m.group(2)
     site = site_name(short)
-    if TL_HOOKS[site].format(layer) != hook:
-        raise KeyError(f"{hook!r}: TransformerLens calls this site "
-                       f"{TL_HOOKS[site].format(layer)!r}")
-    return site, layer
+    raise KeyError(f"{hook!r}: TransformerLens calls this site "
+                   f"{get_act_name(site, None if SITE_TABLE[site].final else layer)!r}")
 
 
 @jax.tree_util.register_pytree_node_class
@@ -120,7 +156,7 @@ class ActivationCache:
 
     def __contains__(self, key) -> bool:
         if isinstance(key, str):
-            if key.startswith("blocks."):
+            if key.startswith("blocks.") or key in _FROM_TL:
                 try:
                     key = parse_act_name(key)
                 except KeyError:
@@ -153,7 +189,13 @@ class ActivationCache:
         return SITE_AXES[site_name(site)]
 
     def _layer(self, site: str, layer, check: bool = True) -> int:
-        """A layer index with negative ones resolved (module docstring rule)."""
+        """A layer index with negative ones resolved (module docstring rule); None for a final
+        site is its one layer (``n_layers``)."""
+        if layer is None and SITE_TABLE[site].final:
+            if self.n_layers is not None:
+                return self.n_layers
+            held = tuple(sorted(x for s, x in self.data if s == site))
+            return held[-1] if held else -1
         if isinstance(layer, bool) or not hasattr(layer, "__index__"):
             raise TypeError(f"cache[{site!r}, {layer!r}]: the layer must be an int")
         layer = int(layer)
@@ -172,8 +214,10 @@ class ActivationCache:
 
     def __getitem__(self, key):
         if isinstance(key, str):
-            if key.startswith("blocks."):
+            if key.startswith("blocks.") or key in _FROM_TL:
                 return self[parse_act_name(key)]
+            if key in SITE_TABLE and SITE_TABLE[key].final:
+                return self.labelled(key, None)  # one value, no layer axis
             return self.stack(key)
         site, layer = key
         site = site_name(site)
@@ -186,8 +230,8 @@ class ActivationCache:
             self.layers(site)  # raises the "not captured" error
         return self.data[(site, want)]
 
-    def labelled(self, site: str, layer: int) -> Labelled:
-        """Layer ``layer``'s value of ``site`` with its axis names."""
+    def labelled(self, site: str, layer: int | None) -> Labelled:
+        """Layer ``layer``'s value of ``site`` with its axis names (None: a final site's)."""
         return Labelled(self[site, layer], self.axes(site))
 
     def stack(self, site: str, layers=None) -> Labelled:

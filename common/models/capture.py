@@ -1,13 +1,21 @@
 """Capture by site name: ``logits, cache = run_with_cache(model, input_ids, names_filter=...)``.
 
-Only the requested sites are kept (and the optional ones, ``pattern`` and ``head_out``, only
-computed where requested): a capture of ``z`` runs the same fused attention as the plain
-forward and merely returns an array it computes anyway. ``head_out`` is derived from ``z``
-and ``W_O`` after the forward; ``pattern`` switches the layers that capture it (only those)
-to the reference attention path.
+Only the requested sites are kept (and the optional ones, ``attn_scores``, ``pattern`` and
+``head_out``, only computed where requested): a capture of ``z`` runs the same fused attention
+as the plain forward and merely returns an array it computes anyway. ``head_out`` is derived
+from ``z`` and ``W_O`` after the forward; ``attn_scores`` and ``pattern`` switch the layers
+that capture them (only those) to the reference attention path. ``layers`` selects blocks; the
+final norm's site (``ln_final_scale``, at layer ``n_layers``) is kept whenever it is named.
 
 Everything runs under one ``jax.jit`` keyed on the model's graph definition, the names and
-the intervention's static fields: changing an intervention's values does not retrace.
+the intervention's static fields: changing an intervention's values does not retrace. The
+first jitted run turns on the persistent compilation cache (:mod:`common.models.compile_cache`),
+so a second process does not compile the same program again.
+
+``model(ids)`` (:func:`call`) runs this jitted forward when called from plain Python, and the
+forward inline when called inside a JAX transformation of the caller's (``jax.jit``,
+``jax.grad``, ``nnx.jit``, ``vmap``: some input or parameter is a tracer), so it is as fast as
+:func:`forward` from the second call and still traceable.
 """
 
 from __future__ import annotations
@@ -21,9 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.attention.hooks import NO_HOOKS, OPTIONAL_SITES, SITES, Hooks, resolve_hooks
+from common.attention.hooks import (
+    FINAL_SITES,
+    NO_HOOKS,
+    OPTIONAL_SITES,
+    SITES,
+    Hooks,
+    resolve_hooks,
+)
 from common.attention.masks import Mask
 from common.models.activation_cache import ActivationCache
+from common.models.compile_cache import enable as enable_compilation_cache
 
 NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
 
@@ -66,8 +82,13 @@ def resolve_layers(layers: Iterable[int] | int | None, n_layers: int) -> tuple[i
     return tuple(sorted({resolve_layer(x, n_layers) for x in layers}))
 
 
+# Optional sites the capture derives after the forward instead of computing them in it.
+_DERIVED = ("head_out",)
+
+
 class CaptureHooks(Hooks):
-    """Records the values of ``sites`` at ``layers`` (after ``inner`` edited them)."""
+    """Records the values of ``sites`` at ``layers`` (after ``inner`` edited them); the final
+    sites (:data:`~common.attention.hooks.FINAL_SITES`) whatever ``layers`` says."""
 
     def __init__(self, sites: Iterable[str], layers: Iterable[int], inner: Hooks = NO_HOOKS):
         self.sites = frozenset(sites)
@@ -76,10 +97,10 @@ class CaptureHooks(Hooks):
         self.store: dict[tuple[str, int], jax.Array] = {}
 
     def _takes(self, site: str, layer: int) -> bool:
-        return site in self.sites and layer in self.layers
+        return site in self.sites and (layer in self.layers or site in FINAL_SITES)
 
     def wants(self, site: str, layer: int) -> bool:
-        if site == "pattern" and self._takes(site, layer):
+        if site in OPTIONAL_SITES and site not in _DERIVED and self._takes(site, layer):
             return True
         return self.inner.wants(site, layer)
 
@@ -160,12 +181,51 @@ def run_with_cache(
         logits, store = capture_store(model, input_ids, positions, mask, intervention, sites, layers,
                                  last_only)
         return logits, ActivationCache(store, n_layers=model.config.n_layers)
+    logits, store = _run_jit(model, nnx.split(model), input_ids, positions, mask, intervention,
+                             sites, layers, last_only)
+    return logits, ActivationCache(store, n_layers=model.config.n_layers)
+
+
+def _run_jit(model, split, input_ids, positions, mask, intervention, sites, layers, last_only):
     if intervention is not None and hasattr(intervention, "validate"):
         intervention.validate(model.config)  # clear errors before tracing
-    graphdef, state = nnx.split(model)
-    logits, store = _capture_jit(graphdef, state, input_ids, positions, mask, intervention,
-                                 sites=sites, layers=layers, last_only=last_only)
-    return logits, ActivationCache(store, n_layers=model.config.n_layers)
+    enable_compilation_cache()
+    graphdef, state = split
+    return _capture_jit(graphdef, state, input_ids, positions, mask, intervention,
+                        sites=sites, layers=layers, last_only=last_only)
+
+
+def _has_tracer(tree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def call(
+    model,
+    input_ids: jax.Array,
+    *,
+    positions: jax.Array | None = None,
+    mask: Mask | None = None,
+    intervention: Any = None,
+) -> jax.Array:
+    """``model(input_ids, ...)``: logits ``[batch, seq, vocab]``.
+
+    From plain Python: the jitted :func:`forward` (compiled once per shape and intervention
+    structure, then reused; the same numbers). Inside a transformation of the caller's (any of
+    the inputs, the intervention's arrays or the model's parameters is a tracer), or with a
+    custom :class:`~common.attention.hooks.Hooks`: the forward inline, as part of the caller's
+    trace.
+    """
+    if isinstance(intervention, Hooks):
+        return model.forward(input_ids, positions=positions, mask=mask, hooks=intervention)[0]
+    split = nnx.split(model)
+    if _has_tracer((split[1], input_ids, positions, mask, intervention)):
+        hooks = resolve_hooks(intervention, model.config)
+        return model.forward(input_ids, positions=positions, mask=mask, hooks=hooks)[0]
+    input_ids = jnp.asarray(input_ids)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
+    return _run_jit(model, split, input_ids, positions, mask, intervention, (),
+                    tuple(range(model.config.n_layers)), False)[0]
 
 
 def forward(

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.attention.hooks import NO_HOOKS, Hooks, resolve_hooks
+from common.attention.hooks import NO_HOOKS, Hooks
 from common.attention.layer import LayerKV, MultiHeadAttention, param
 from common.attention.masks import Mask
 from common.attention.rope import RoPE
 from common.models import views
+from common.models.capture import call as capture_call
 from common.models.capture import run_with_cache
 from common.models.config import ModelConfig
 from common.models.layers import MLP, Embed, Norm
@@ -70,16 +71,20 @@ class Block(nnx.Module):
     def __call__(self, x, *, positions, mask, cache, cache_index, hooks: Hooks, layer: int):
         """``x [batch, seq, d_model]`` -> ``(x, cache)``."""
         x = hooks.site("resid_pre", layer, x)
-        attn_out, cache = self.attn(self.attn_norm(x), positions=positions, mask=mask,
-                                    cache=cache, cache_index=cache_index, hooks=hooks, layer=layer)
+        attn_out, cache = self.attn(self.attn_norm(x, hooks, "ln1_scale", layer), positions=positions,
+                                    mask=mask, cache=cache, cache_index=cache_index, hooks=hooks,
+                                    layer=layer)
         attn_out = hooks.site("attn_out", layer, attn_out)
+
+        def mlp(y):
+            return hooks.site("mlp_out", layer,
+                              self.mlp(self.mlp_norm(y, hooks, "ln2_scale", layer), hooks, layer))
+
         if self.parallel:
-            mlp_out = hooks.site("mlp_out", layer, self.mlp(self.mlp_norm(x)))
-            x = x + attn_out + mlp_out
+            x = x + attn_out + mlp(x)
         else:
             x = hooks.site("resid_mid", layer, x + attn_out)
-            mlp_out = hooks.site("mlp_out", layer, self.mlp(self.mlp_norm(x)))
-            x = x + mlp_out
+            x = x + mlp(x)
         return hooks.site("resid_post", layer, x), cache
 
 
@@ -116,9 +121,10 @@ class DecoderLM(nnx.Module):
             x = x + self.pos_embed(positions, self.dtype)
         return x
 
-    def unembed(self, x: jax.Array) -> jax.Array:
-        """Final norm and unembedding: ``[..., d_model] -> [..., vocab]`` float32 logits."""
-        x = self.final_norm(x)
+    def unembed(self, x: jax.Array, hooks: Hooks = NO_HOOKS) -> jax.Array:
+        """Final norm and unembedding: ``[..., d_model] -> [..., vocab]`` float32 logits; the
+        final norm's divisor is the site ``ln_final_scale`` at layer ``n_layers``."""
+        x = self.final_norm(x, hooks, "ln_final_scale", self.config.n_layers)
         if self.lm_head is None:
             return self.embed.attend(x)
         return jnp.einsum("...d,dv->...v", x, self.lm_head[...].astype(x.dtype),
@@ -204,7 +210,7 @@ class DecoderLM(nnx.Module):
                 new_layers.append(layer_cache)
         if last_only:
             x = x[:, -1:]
-        logits = self.unembed(x)
+        logits = self.unembed(x, hooks)
         if cache is not None:
             cache = KVCache(tuple(new_layers), cache.length + s, valid)
         return logits, cache
@@ -221,9 +227,14 @@ class DecoderLM(nnx.Module):
 
         ``intervention``: None, a :class:`~common.attention.hooks.Hooks`, or an object with
         ``.hooks(config)`` (``common.interp.Intervention``).
+
+        Called from plain Python this is the jitted forward (``common.models.capture.forward``:
+        the first call per shape and intervention structure compiles, later ones reuse it);
+        inside ``jax.jit``/``grad``/``nnx.jit`` of the caller's it runs inline in that trace
+        (see :func:`common.models.capture.call`).
         """
-        hooks = resolve_hooks(intervention, self.config)
-        return self.forward(input_ids, positions=positions, mask=mask, hooks=hooks)[0]
+        return capture_call(self, input_ids, positions=positions, mask=mask,
+                            intervention=intervention)
 
     def run_with_cache(self, input_ids: jax.Array, **kw):
         """``(logits, cache)`` with the requested sites; see :func:`common.models.capture.run_with_cache`."""

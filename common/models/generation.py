@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common.models.compile_cache import enable as enable_compilation_cache
 from common.models.decoder import DecoderLM, init_cache
 
 
@@ -82,6 +83,7 @@ def generate(
     for i, x in enumerate(prompts):
         tokens[i, p - len(x):] = x
         valid[i, p - len(x):] = True
+    enable_compilation_cache()
     graphdef, state = nnx.split(model)
     out = _generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(valid),
                     jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),

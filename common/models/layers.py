@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from common.attention.hooks import NO_HOOKS, Hooks
 from common.attention.layer import param
 
 ACTIVATIONS = {
@@ -17,7 +18,16 @@ ACTIVATIONS = {
 
 
 class Norm(nnx.Module):
-    """RMSNorm (Llama) or LayerNorm (GPT-2, NeoX) over the last axis ``[..., d_model]``."""
+    """RMSNorm (Llama) or LayerNorm (GPT-2, NeoX) over the last axis ``[..., d_model]``.
+
+    ``norm(x, hooks=h, site="ln1_scale", layer=l)`` passes the per-token divisor ``scale
+    [batch, pos]`` (float32; ``sqrt(mean(x²) + eps)``, or ``sqrt(var(x) + eps)`` for LayerNorm:
+    TransformerLens' ``hook_scale``) through the hooks. A hook that returns another array (a
+    patch, a frozen scale, a traced offset) makes the norm divide by it; one that returns the
+    array it was given leaves the norm's own ``x · rsqrt(...)``, so observing changes no bit,
+    and the traced program is the same with or without hooks (the unused divisor is dropped by
+    XLA).
+    """
 
     def __init__(self, d_model: int, kind: str, eps: float, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.kind = kind
@@ -25,17 +35,29 @@ class Norm(nnx.Module):
         self.scale = param(rngs, (d_model,), ("embed",), param_dtype, "ones")
         self.bias = param(rngs, (d_model,), ("embed",), param_dtype, "zeros") if kind == "layer" else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, hooks: Hooks = NO_HOOKS, site: str | None = None,
+                 layer: int = 0) -> jax.Array:
         dtype = x.dtype
         xf = x.astype(jnp.float32)
         if self.kind == "rms":
-            y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+            y = self._divide(xf, jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps,
+                             hooks, site, layer)
             return y.astype(dtype) * self.scale[...].astype(dtype)
         mean = jnp.mean(xf, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        y = self._divide(xf - mean, var + self.eps, hooks, site, layer)
         y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
         return y.astype(dtype)
+
+    @staticmethod
+    def _divide(xf, ms, hooks: Hooks, site: str | None, layer: int) -> jax.Array:
+        """``xf / sqrt(ms)`` (``ms [..., 1]``), the divisor passed through ``hooks.site``."""
+        scale = jnp.sqrt(ms)[..., 0]
+        if site is not None:
+            edited = hooks.site(site, layer, scale)
+            if edited is not scale:  # replaced: divide by what the hook returned
+                return xf / edited.astype(jnp.float32)[..., None]
+        return xf * jax.lax.rsqrt(ms)  # observed or no hooks: the norm's own computation
 
 
 class MLP(nnx.Module):
@@ -56,16 +78,20 @@ class MLP(nnx.Module):
         self.up_bias = p((d_mlp,), ("mlp",), "zeros") if bias else None
         self.down_bias = p((d_model,), ("embed",), "zeros") if bias else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``x [batch, seq, d_model] -> [batch, seq, d_model]``."""
+    def __call__(self, x: jax.Array, hooks: Hooks = NO_HOOKS, layer: int = 0) -> jax.Array:
+        """``x [batch, seq, d_model] -> [batch, seq, d_model]``; sites ``mlp_pre`` (the gate
+        projection of a gated MLP, the biased input projection of a plain one) and ``mlp_post``
+        (the hidden activation entering the down projection)."""
         dt = self.dtype
         up = x @ self.up_kernel[...].astype(dt)
         if self.up_bias is not None:
             up = up + self.up_bias[...].astype(dt)
         if self.gate_kernel is not None:
-            h = ACTIVATIONS[self.act](x @ self.gate_kernel[...].astype(dt)) * up
+            pre = hooks.site("mlp_pre", layer, x @ self.gate_kernel[...].astype(dt))
+            h = ACTIVATIONS[self.act](pre) * up
         else:
-            h = ACTIVATIONS[self.act](up)
+            h = ACTIVATIONS[self.act](hooks.site("mlp_pre", layer, up))
+        h = hooks.site("mlp_post", layer, h)
         out = h @ self.down_kernel[...].astype(dt)
         if self.down_bias is not None:
             out = out + self.down_bias[...].astype(dt)

@@ -7,6 +7,7 @@ import pathlib
 
 from flax import nnx
 
+from common.models.compile_cache import enable as enable_compilation_cache
 from common.models.config import config_from_hf
 from common.models.convert import assign_weights
 from common.models.decoder import DecoderLM
@@ -42,10 +43,15 @@ def load_pretrained(
       dtype: ``float32`` or ``bfloat16`` compute.
       attn_backend: attention backend for every layer.
 
+    Loading turns on JAX's persistent compilation cache (``~/.cache/headlab/jax``; opt out
+    with ``HEADLAB_COMPILATION_CACHE=0``; see :mod:`common.models.compile_cache`).
+
     Returns:
       ``(model, tokenizer)``.
     """
     from common import weights
+
+    enable_compilation_cache()
 
     name = str(name_or_path)
     if name in KNOWN_MODELS:

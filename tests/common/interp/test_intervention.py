@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from common.attention.hooks import SITE_TABLE, Hooks
 from common.attention.masks import Mask
 from common.interp import Intervention, Patch, forward, run_with_cache
 from common.models.capture import _capture_jit
@@ -95,11 +96,14 @@ def test_patching_a_site_with_its_own_value_changes_nothing(tiny, ids, full_cach
     logits, cache = full_cache
     if site in ("k", "v", "rot_k"):
         heads = [(0, 1), (1, 0)]
-    elif site in ("q", "rot_q", "pattern", "z", "head_out"):
+    elif site in ("q", "rot_q", "attn_scores", "pattern", "z", "head_out"):
         heads = [(0, 2), (1, 3)]
     else:
         heads = None
-    iv = Intervention.patch(TINY, cache, site, heads=heads, layers=None if heads else [0, 1])
+    final = SITE_TABLE[site].final  # ln_final_scale: its one layer, n_layers
+    iv = Intervention.patch(TINY, cache, site, heads=heads,
+                            layers=None if heads or final else [0, 1])
+    assert tuple(iv.patches[0].layers) == ((TINY.n_layers,) if final else (0, 1))
     np.testing.assert_allclose(_np(forward(tiny, ids, intervention=iv)), _np(logits),
                                atol=2e-6, rtol=0)
 
@@ -258,3 +262,46 @@ def test_bad_input_names_the_field(tiny, ids, full_cache):
     with pytest.raises(ValueError, match=r"position mask of length 5 for a sequence of 6"):
         forward(tiny, ids, intervention=Intervention(offset=jnp.ones((L, H, D)),
                                                      offset_where=jnp.ones((1, 5))))
+
+
+def test_a_loop_of_single_head_patches_compiles_once(tiny, ids, corrupted, monkeypatch):
+    """Issue 12 item 5: which layer a patch edits is data, so a Python loop over every (layer,
+    head) runs one compiled program; each run equals a hand-written hook that replaces that
+    one head's z (run eagerly, no Intervention involved)."""
+    _, src = run_with_cache(tiny, corrupted, names_filter="z")
+    forward(tiny, ids, intervention=Intervention.patch(TINY, src, "z", heads=[(0, 0)]))
+    n = _capture_jit._cache_size()
+
+    class ReplaceOneHead(Hooks):
+        def __init__(self, layer, head):
+            self.layer, self.head = layer, head
+
+        def site(self, site, layer, value):
+            if site == "z" and layer == self.layer:
+                return value.at[:, :, self.head].set(src["z", layer][:, :, self.head])
+            return value
+
+    for layer in range(L):
+        for head in range(H):
+            iv = Intervention.patch(TINY, src, "z", heads=[(layer, head)])
+            got = _np(forward(tiny, ids, intervention=iv))
+            want = _np(tiny(ids, intervention=ReplaceOneHead(layer, head)))
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+            # Outside jit the layers are known and selected in Python: the same numbers.
+            eager = run_with_cache(tiny, ids, names_filter=(), intervention=iv, jit=False)[0]
+            np.testing.assert_allclose(got, _np(eager), atol=1e-5, rtol=0)
+    assert _capture_jit._cache_size() == n
+    # Several layers in one patch, in any order: value[i] goes to layers[i].
+    both = Patch(site="z", layers=np.asarray([1, 0], np.int32),
+                 value=jnp.stack([src["z", 1], src["z", 0]]))
+    whole = Intervention.patch(TINY, src, "z", layers=[0, 1])
+    np.testing.assert_array_equal(_np(forward(tiny, ids, intervention=Intervention(patches=(both,)))),
+                                  _np(forward(tiny, ids, intervention=whole)))
+    with pytest.raises(ValueError, match=r"patches\[0\].layers: repeated layer"):
+        forward(tiny, ids, intervention=Intervention(patches=(both.replace(
+            layers=np.asarray([1, 1], np.int32)),)))
+    # Optional sites change the program where they are computed: their layers stay static.
+    _, full = run_with_cache(tiny, corrupted, names_filter=("pattern", "attn_scores", "z"))
+    for site in ("pattern", "attn_scores"):
+        assert Intervention.patch(TINY, full, site, heads=[(1, 0)]).patches[0].static_layers == (1,)
+    assert Intervention.patch(TINY, full, "z", heads=[(1, 0)]).patches[0].static_layers is None

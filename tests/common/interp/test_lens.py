@@ -82,8 +82,25 @@ def test_act_names_and_cache_lookup_by_hook_name(tiny, full_cache):
     assert cache["result"].axes == cache["head_out"].axes
     with pytest.raises(KeyError, match="TransformerLens calls this site 'blocks.0.attn.hook_z'"):
         cache["blocks.0.hook_z"]
-    with pytest.raises(KeyError, match="attention scores, MLP internals and norms are not sites"):
-        get_act_name("attn_scores", 0)
+    # Issue 12 item 3: scores, MLP internals and norm scales under TransformerLens' names.
+    assert get_act_name("attn_scores", 1) == get_act_name("scores", 1) == (
+        "blocks.1.attn.hook_attn_scores")
+    assert get_act_name("pre", 0) == get_act_name("mlp_pre", 0) == "blocks.0.mlp.hook_pre"
+    assert get_act_name("post", 1) == "blocks.1.mlp.hook_post"
+    assert get_act_name("scale", 1, "ln1") == get_act_name("ln1_scale", 1) == "blocks.1.ln1.hook_scale"
+    assert get_act_name("scale", 0, "ln2") == "blocks.0.ln2.hook_scale"
+    assert get_act_name("scale") == get_act_name("ln_final_scale") == "ln_final.hook_scale"
+    for hook, want in (("blocks.1.attn.hook_attn_scores", ("attn_scores", 1)),
+                       ("blocks.0.mlp.hook_post", ("mlp_post", 0)),
+                       ("blocks.1.ln2.hook_scale", ("ln2_scale", 1)),
+                       ("ln_final.hook_scale", ("ln_final_scale", None))):
+        assert parse_act_name(hook) == want
+    with pytest.raises(KeyError, match="'scale' is ambiguous"):
+        get_act_name("scale", 0)
+    with pytest.raises(ValueError, match="final norm belongs to no layer"):
+        get_act_name("ln_final_scale", 1)
+    with pytest.raises(KeyError, match="embeddings, normalized outputs and pre_linear are not sites"):
+        get_act_name("pre_linear", 0)
     with pytest.raises(KeyError, match="nor a TransformerLens hook name"):
         parse_act_name("hook_z")
 

@@ -87,3 +87,97 @@ def test_patching_sweep_equals_single_patches_and_gqa_groups(smollm2, prompts):
         _, z = run_with_cache(model, corrupt, names_filter="z", layers=12, intervention=iv)
         changed = np.abs(np.asarray(z["z", 12]) - np.asarray(z_base["z", 12])).max(axis=(0, 1, 3))
         assert (changed > 1e-6).tolist() == [h // 3 == kv for h in range(9)]
+
+
+def _hf_sites(hf_model, ids: np.ndarray, layers):
+    """transformers' own values of the new sites, read by its hooks on the same GGUF weights:
+    forward hooks on ``gate_proj`` (mlp_pre), pre-hooks on ``down_proj`` (mlp_post) and on the
+    norms (their input x: the divisor is sqrt(mean(x²) + eps), and the norm's output must be
+    x / divisor · w), and an attention function registered with transformers'
+    ``AttentionInterface`` that reads the rotated queries and keys it is handed (attn_scores =
+    q·kᵀ · scaling, then transformers' own sdpa attention)."""
+    import torch
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    out, handles = {}, []
+
+    def keep(name, layer, fn):
+        return lambda mod, args, *res: out.__setitem__((name, layer), fn(args, res))
+
+    def scores_fn(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):
+        k = repeat_kv(key, module.num_key_value_groups)
+        out[("attn_scores", module.layer_idx)] = (query @ k.transpose(2, 3) * scaling).numpy()
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kw)
+
+    AttentionInterface.register("headlab_scores", scores_fn)
+    before = hf_model.config._attn_implementation
+    blocks = hf_model.model.layers
+    for layer in layers:
+        b = blocks[layer]
+        handles += [
+            b.mlp.gate_proj.register_forward_hook(keep("mlp_pre", layer, lambda a, r: r[0].numpy())),
+            b.mlp.down_proj.register_forward_pre_hook(keep("mlp_post", layer, lambda a, r: a[0].numpy())),
+            b.input_layernorm.register_forward_hook(
+                keep("ln1", layer, lambda a, r: (a[0].numpy(), r[0].numpy()))),
+            b.post_attention_layernorm.register_forward_hook(
+                keep("ln2", layer, lambda a, r: (a[0].numpy(), r[0].numpy()))),
+        ]
+    handles.append(hf_model.model.norm.register_forward_hook(
+        keep("ln_final", None, lambda a, r: (a[0].numpy(), r[0].numpy()))))
+    try:
+        hf_model.set_attn_implementation("headlab_scores")
+        with torch.no_grad():
+            hf_model(torch.tensor(ids, dtype=torch.long))
+    finally:
+        hf_model.set_attn_implementation(before)
+        for h in handles:
+            h.remove()
+    return out
+
+
+def test_new_sites_agree_with_transformers_hooks(smollm2, hf_smollm2, prompts):
+    """Issue 12 item 3: attn_scores, mlp_pre, mlp_post and the three norm scales against
+    transformers' hooks on SmolLM2 (float32; every element to 1e-4, absolute or relative: the
+    norm scales reach 900 at the first token, where float32 rounding alone is 6e-5)."""
+    model = smollm2[0]
+    ids = np.asarray(prompts[0])
+    layers = (0, 14, 29)
+    eps = model.config.norm_eps
+    _, c = run_with_cache(model, ids, layers=layers, names_filter=(
+        "attn_scores", "pattern", "mlp_pre", "mlp_post", "ln1_scale", "ln2_scale",
+        "ln_final_scale"))
+    ref = _hf_sites(hf_smollm2, ids, layers)
+    s = ids.shape[1]
+    causal = np.tril(np.ones((s, s), bool))
+
+    def close(name, got, want, mask=None):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        if mask is not None:
+            got, want = got[..., mask], want[..., mask]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+        return np.abs(got - want).max(), np.abs(want).max()
+
+    worst = {}
+    for layer in layers:
+        worst["attn_scores", layer] = close("attn_scores", c["attn_scores", layer],
+                                            ref["attn_scores", layer], causal)
+        assert (np.asarray(c["attn_scores", layer])[..., ~causal] == np.finfo(np.float32).min).all()
+        for site in ("mlp_pre", "mlp_post"):
+            worst[site, layer] = close(site, c[site, layer], ref[site, layer])
+        for site, norm, key in (("ln1_scale", "input_layernorm", "ln1"),
+                                ("ln2_scale", "post_attention_layernorm", "ln2")):
+            x, y = ref[key, layer]
+            got = np.asarray(c[site, layer], np.float64)
+            want = np.sqrt((x.astype(np.float64) ** 2).mean(-1) + eps)
+            worst[site, layer] = close(site, got, want)
+            w = getattr(hf_smollm2.model.layers[layer], norm).weight.detach().numpy()
+            close(site + " divides", x / got[..., None] * w, y)  # transformers' norm output
+    x, y = ref["ln_final", None]
+    got = np.asarray(c["ln_final_scale"], np.float64)
+    worst["ln_final_scale", None] = close("ln_final_scale", got,
+                                          np.sqrt((x.astype(np.float64) ** 2).mean(-1) + eps))
+    close("ln_final_scale divides", x / got[..., None] * hf_smollm2.model.norm.weight.detach().numpy(), y)
+    print("max abs error, max abs value per site:", {k: f"{e:.1e}/{m:.1f}" for k, (e, m) in worst.items()})
