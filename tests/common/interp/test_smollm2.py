@@ -58,6 +58,7 @@ def test_captured_pattern_z_and_head_out_by_hand(smollm2, prompts):
                                    np.asarray(c["attn_out", layer]), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # default run: the tiny-model sweep tests in test_sweeps.py
 def test_patching_sweep_equals_single_patches_and_gqa_groups(smollm2, prompts):
     model = smollm2[0]
     cfg = model.config

@@ -12,6 +12,7 @@ from tools.examples import transformerlens_tour as tour
 pytestmark = pytest.mark.smollm2
 
 
+@pytest.mark.slow  # default run: each task's own tests (test_smollm2.py, test_lens.py, test_sweeps.py)
 def test_the_tour_runs_and_agrees_with_transformers(smollm2, hf_smollm2, capsys):
     model, tokenizer = smollm2
     out = tour.main(model, tokenizer, hf_smollm2)

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 _SCRIPT = """
@@ -56,6 +58,7 @@ def test_on_at_the_first_call_and_read_by_a_second_process(tmp_path):
     assert second["after"] == str(folder) and second["hits"] >= 1  # and read back
 
 
+@pytest.mark.slow  # default run: test_on_at_the_first_call_and_read_by_a_second_process
 def test_opt_out_and_the_users_own_folder(tmp_path):
     off = _run(tmp_path, HEADLAB_COMPILATION_CACHE="0")
     assert off["after"] is None and not (tmp_path / "jax").exists()
