@@ -136,11 +136,15 @@ class MultiHeadAttention(nnx.Module):
         cache_index: jax.Array | None = None,
         hooks: Hooks = NO_HOOKS,
         layer: int = 0,
+        kv_x: jax.Array | None = None,
     ) -> tuple[jax.Array, LayerKV | None]:
         """Attend.
 
         Args:
           x: ``[batch, seq, d_model]``.
+          kv_x: optional ``[batch, kv_seq, d_model]``: keys and values come from this sequence
+            (cross-attention, e.g. an encoder-decoder's decoder attending to the encoder output);
+            None (default) is self-attention on ``x``. Not with RoPE or a KV cache (ValueError).
           positions: RoPE positions ``[batch, seq]`` of the new tokens.
           mask: attention mask over ``[seq, kv_len]`` (``kv_len`` = cache length if cached).
           cache: this layer's KV cache; new keys/values are written at ``cache_index``.
@@ -152,8 +156,11 @@ class MultiHeadAttention(nnx.Module):
         """
         x = x.astype(self.dtype)
         q = hooks.site("q", layer, self._proj(x, self.q_kernel, self.q_bias))
-        k = hooks.site("k", layer, self._proj(x, self.k_kernel, self.k_bias))
-        v = hooks.site("v", layer, self._proj(x, self.v_kernel, self.v_bias))
+        if kv_x is not None and (self.rope is not None or cache is not None):
+            raise ValueError("MultiHeadAttention: kv_x (cross-attention) takes no RoPE and no cache")
+        src = x if kv_x is None else kv_x.astype(self.dtype)
+        k = hooks.site("k", layer, self._proj(src, self.k_kernel, self.k_bias))
+        v = hooks.site("v", layer, self._proj(src, self.v_kernel, self.v_bias))
         edit = hooks.attention_edit(layer)
         q_pos = positions if edit is None or edit.q_positions is None else edit.q_positions
         k_pos = positions if edit is None or edit.kv_positions is None else edit.kv_positions
