@@ -1,0 +1,270 @@
+"""Succession scores of every attention head from the weights alone (spec §3-§4).
+
+Notation (paper and spec): ``W_E [vocab, d_model]`` the embedding; ``MLP0`` layer 0's MLP;
+``W_OV^{l,h} = W_V^{l,h} W_O^{l,h}`` the OV map of head ``(l, h)`` (``W_V`` of a grouped-query
+model is that of the KV head ``h // group``, as Hugging Face's ``repeat_kv``); ``W_U [d_model,
+vocab]`` the unembedding. The *effective OV logits* of head (l, h) on tokens ``t_1..t_m`` are
+
+    logits[l, h, i, j] = ( N_f( E_eff[t_i] · W_OV^{l,h} ) · W_U )[t_j]        [L, H, m, m]
+
+with ``E_eff`` the effective embedding (``embed_mode``) and ``N_f`` the final norm (on by default
+as issue 14 asks; off is the derivative code's choice). Within an ordinal class the *succession
+score* counts a pair (t_i, t_{i+1}) as a success when ``t_{i+1}`` has the largest logit among the
+class's tokens in row ``t_i`` (ties count, as in the derivative); a head's score is the mean over
+all pairs of all classes except the held-out ones (pooled: every pair weighs the same), and
+chance is the mean of ``1 / |class|`` over those pairs. The copy score (row ``t_i``'s argmax is
+``t_i``) is the positive control; the predecessor score asks for ``t_{i-1}``.
+
+Every head of the model is scored in one jitted program (``[L, H, m, d_model]`` products, no
+forward pass): SmolLM2's 270 heads in well under a second after compilation.
+
+Effective embeddings (``embed_mode``):
+
+* ``mlp0_only`` (default, the derivative's ``blocks[0].mlp(W_E)``): ``MLP0(N_2(W_E))``, the
+  MLP of layer 0 on the raw token embedding, attention skipped and no residual. For a pre-norm
+  model the MLP module is applied after its own input norm ``N_2`` (RMSNorm / LayerNorm of layer
+  0): headlab includes it (the SwiGLU of a Llama model is not meant to see un-normed inputs);
+  the derivative applied GPT-2's MLP without ``ln_2``.
+* ``resid_plus_mlp0``: ``W_E + MLP0(N_2(W_E))`` (the residual after layer 0 without attention).
+* ``raw_embed``: ``W_E``.
+* ``block0``: block 0 on each token as a one-token sequence (attention then reads the token).
+
+The head's input norm (``ln_1`` of layer l) is not applied, as in the derivative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from common.interp import W_E, W_O, W_U, W_V, Labelled, effective_embedding, final_norm_linear
+from projects.successor_heads.tasks import OrdinalClass
+
+EMBED_MODES = ("mlp0_only", "resid_plus_mlp0", "raw_embed", "block0")
+_MLP0_MODES = ("mlp0_only", "resid_plus_mlp0", "block0")
+
+
+class NoMLP0Error(ValueError):
+    """The model has no MLP in layer 0, so an ``mlp0`` effective embedding is undefined."""
+
+
+def has_mlp0(config) -> bool:
+    """Whether layer 0 has an MLP (headlab's ``DecoderLM`` always does; ``d_mlp`` 0 or a
+    ``mlp_layers`` list without 0 in a foreign config means not)."""
+    layers = getattr(config, "mlp_layers", None)
+    if layers is not None and 0 not in layers:
+        return False
+    return int(getattr(config, "d_mlp", 0) or 0) > 0
+
+
+def resolve_embed_mode(config, mode: str, fallback: str | None = None) -> str:
+    """``mode`` if the model supports it; ``fallback`` (e.g. ``"raw_embed"``) for a model
+    without an MLP in layer 0, else :class:`NoMLP0Error`."""
+    if mode not in EMBED_MODES:
+        raise ValueError(f"embed_mode must be one of {EMBED_MODES}, got {mode!r}")
+    if mode in _MLP0_MODES and not has_mlp0(config):
+        if fallback is None:
+            raise NoMLP0Error(f"embed_mode {mode!r} needs an MLP in layer 0 and this model has "
+                              "none; use embed_mode='raw_embed' (or set embed_fallback)")
+        return resolve_embed_mode(config, fallback)
+    return mode
+
+
+def effective_embed(model, token_ids: jax.Array, mode: str = "mlp0_only") -> jax.Array:
+    """Effective embeddings ``[m, d_model]`` of ``token_ids [m]`` (module docstring)."""
+    mode = resolve_embed_mode(model.config, mode)
+    ids = jnp.asarray(token_ids, jnp.int32)
+    if mode == "raw_embed":
+        return W_E(model).values[ids]
+    if mode == "block0":
+        return effective_embedding(model, ids, mode="block0")
+    resid = effective_embedding(model, ids, mode="mlp0")  # W_E + MLP0(N_2(W_E))
+    if mode == "resid_plus_mlp0":
+        return resid
+    return resid - W_E(model).values[ids]
+
+
+def _ov_logits(model, token_ids: jax.Array, embed_mode: str, final_norm: bool) -> jax.Array:
+    """``[L, H, m, m]`` effective OV logits (rows: input token, columns: output token)."""
+    x = effective_embed(model, token_ids, embed_mode)  # [m, d]
+    wv, wo = W_V(model).values, W_O(model).values  # [L, H, d, k], [L, H, k, d]
+    y = jnp.einsum("md,lhdk->lhmk", x, wv)
+    y = jnp.einsum("lhmk,lhke->lhme", y, wo)  # E_eff · W_OV  [L, H, m, d]
+    wu = W_U(model).values[:, token_ids]  # [d, m]
+    if not final_norm:
+        return jnp.einsum("lhmd,dn->lhmn", y, wu)
+    # The final norm of each vector on its own (scale frozen at itself = the norm), plus the
+    # norm's bias through W_U (model.unembed of zero is exactly that bias; 0 for RMSNorm).
+    normed = final_norm_linear(model, y, y)
+    bias = model.unembed(jnp.zeros((model.config.d_model,), y.dtype))[token_ids]
+    return jnp.einsum("lhmd,dn->lhmn", normed, wu) + bias
+
+
+@jax.jit(static_argnames=("embed_mode", "final_norm"))
+def _ov_logits_jit(graphdef, state, token_ids, embed_mode, final_norm):
+    return _ov_logits(nnx.merge(graphdef, state), token_ids, embed_mode, final_norm)
+
+
+def ov_logits(model, token_ids, *, embed_mode: str = "mlp0_only",
+              final_norm: bool = True) -> Labelled:
+    """Effective OV logits of every head, ``Labelled [layer, head, token_in, token_out]``
+    (``[L, H, m, m]``), in one compiled program (parameters are arguments, not constants)."""
+    ids = jnp.asarray(token_ids, jnp.int32)
+    if ids.ndim != 1:
+        raise ValueError(f"ov_logits: token_ids must be [m], got shape {ids.shape}")
+    embed_mode = resolve_embed_mode(model.config, embed_mode)
+    graphdef, state = nnx.split(model)
+    out = _ov_logits_jit(graphdef, state, ids, embed_mode, bool(final_norm))
+    return Labelled(out, ("layer", "head", "token_in", "token_out"))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairTable:
+    """Every class's pairs and candidate sets over the union of their tokens.
+
+    Attributes:
+      tokens: ``[m]`` distinct token ids (the rows and columns of :func:`ov_logits`).
+      names: class names ``[C]``.
+      src, tgt, cls: ``[P]`` each: pair ``p`` asks that row ``src[p]`` put ``tgt[p]`` first
+        among the tokens of class ``cls[p]``.
+      item, item_cls: ``[Q]``: every (class, item) for the copy score.
+      cand: ``[C, m]`` bool, the candidate tokens of each class.
+      pooled: ``[C]`` bool, the classes in the pooled score (not held out).
+    """
+
+    tokens: np.ndarray
+    names: tuple[str, ...]
+    src: np.ndarray
+    tgt: np.ndarray
+    cls: np.ndarray
+    item: np.ndarray
+    item_cls: np.ndarray
+    cand: np.ndarray
+    pooled: np.ndarray
+
+    @property
+    def chance(self) -> float:
+        """Pooled chance level: mean of ``1 / |class|`` over the pooled pairs."""
+        sizes = self.cand.sum(1)
+        w = self.pooled[self.cls]
+        return float(np.mean(1.0 / sizes[self.cls][w]))
+
+    def class_chance(self) -> dict[str, float]:
+        return {n: 1.0 / float(self.cand[c].sum()) for c, n in enumerate(self.names)}
+
+
+def pair_table(classes: Sequence[OrdinalClass]) -> PairTable:
+    """A :class:`PairTable` of ``classes`` (a token in two classes is one row)."""
+    if not classes:
+        raise ValueError("pair_table: no classes")
+    tokens = sorted({t for c in classes for t in c.token_ids})
+    col = {t: i for i, t in enumerate(tokens)}
+    src, tgt, cls, item, item_cls = [], [], [], [], []
+    cand = np.zeros((len(classes), len(tokens)), bool)
+    for k, c in enumerate(classes):
+        for t in c.token_ids:
+            cand[k, col[t]] = True
+            item.append(col[t])
+            item_cls.append(k)
+        for i, j in c.pairs:
+            src.append(col[c.token_ids[i]])
+            tgt.append(col[c.token_ids[j]])
+            cls.append(k)
+    pooled = np.array([not c.held_out for c in classes])
+    if not pooled.any():
+        raise ValueError("pair_table: every class is held out; nothing to pool")
+    a = lambda v: np.asarray(v, np.int32)  # noqa: E731
+    return PairTable(np.asarray(tokens, np.int32), tuple(c.name for c in classes), a(src),
+                     a(tgt), a(cls), a(item), a(item_cls), cand, pooled)
+
+
+def _first(logits: jax.Array, rows, targets, cls, cand) -> jax.Array:
+    """``[..., P]`` bool: in ``logits[..., rows[p], :]`` the target is a maximum over the
+    candidates of class ``cls[p]`` (ties count as success)."""
+    r = logits[..., rows, :]  # [..., P, m]
+    best = jnp.max(jnp.where(cand[cls], r, -jnp.inf), axis=-1)
+    hit = r[..., jnp.arange(r.shape[-2]), targets]
+    return hit >= best
+
+
+def _class_means(hits: jax.Array, cls, n_classes: int) -> jax.Array:
+    """``[..., P]`` -> ``[..., C]`` mean per class."""
+    onehot = jax.nn.one_hot(cls, n_classes, dtype=jnp.float32)  # [P, C]
+    return (hits.astype(jnp.float32) @ onehot) / onehot.sum(0)
+
+
+@jax.jit
+def _score_arrays(logits, src, tgt, cls, item, item_cls, cand, pooled):
+    n_cls = cand.shape[0]
+    succ = _first(logits, src, tgt, cls, cand)
+    pred = _first(logits, tgt, src, cls, cand)
+    copy = _first(logits, item, item, item_cls, cand)
+    w = pooled[cls].astype(jnp.float32)
+    wi = pooled[item_cls].astype(jnp.float32)
+    pool = lambda h, ww: (h.astype(jnp.float32) @ ww) / ww.sum()  # noqa: E731
+    return {"succession": pool(succ, w), "predecessor": pool(pred, w), "copy": pool(copy, wi),
+            "per_class": _class_means(succ, cls, n_cls), "hits": succ}
+
+
+@dataclasses.dataclass
+class HeadScores:
+    """Scores of every head (``Labelled [layer, head]``) and their per-class breakdown.
+
+    Attributes:
+      succession, copy, predecessor: pooled scores ``[layer, head]``.
+      per_class: ``{class: Labelled [layer, head]}`` succession accuracy per class (held-out
+        classes included).
+      chance: pooled chance level; class_chance: ``{class: 1/|class|}``.
+      table: the :class:`PairTable` scored.
+      hits: ``[layer, head, P]`` bool, the success of each pair.
+    """
+
+    succession: Labelled
+    copy: Labelled
+    predecessor: Labelled
+    per_class: dict[str, Labelled]
+    chance: float
+    class_chance: dict[str, float]
+    table: PairTable
+    hits: np.ndarray
+
+    def top(self, k: int = 10, which: str = "succession") -> list[tuple[int, int, float]]:
+        """The ``k`` best heads ``[(layer, head, score), ...]`` (ties: lower layer, head)."""
+        s = np.asarray(getattr(self, which))
+        order = np.lexsort((np.arange(s.size), -s.ravel()))[:k]
+        return [(int(i // s.shape[1]), int(i % s.shape[1]), float(s.ravel()[i])) for i in order]
+
+    def breakdown(self, layer: int, head: int) -> dict[str, float]:
+        """Per-class succession accuracy of one head."""
+        return {n: float(np.asarray(v)[layer, head]) for n, v in self.per_class.items()}
+
+
+def scores_from_logits(logits, table: PairTable) -> HeadScores:
+    """:class:`HeadScores` from ``logits [L, H, m, m]`` over ``table.tokens``."""
+    vals = logits.values if isinstance(logits, Labelled) else jnp.asarray(logits)
+    if vals.shape[-2:] != (len(table.tokens),) * 2:
+        raise ValueError(f"scores_from_logits: logits {vals.shape} do not match the "
+                         f"{len(table.tokens)} tokens of the table")
+    out = _score_arrays(vals, table.src, table.tgt, table.cls, table.item, table.item_cls,
+                        jnp.asarray(table.cand), jnp.asarray(table.pooled))
+    lab = lambda v: Labelled(np.asarray(v), ("layer", "head"))  # noqa: E731
+    per = np.asarray(out["per_class"])
+    return HeadScores(
+        succession=lab(out["succession"]), copy=lab(out["copy"]),
+        predecessor=lab(out["predecessor"]),
+        per_class={n: lab(per[..., c]) for c, n in enumerate(table.names)},
+        chance=table.chance, class_chance=table.class_chance(), table=table,
+        hits=np.asarray(out["hits"]))
+
+
+def score_heads(model, classes: Sequence[OrdinalClass], *, embed_mode: str = "mlp0_only",
+                final_norm: bool = True) -> HeadScores:
+    """Succession, copy and predecessor scores of every head of ``model`` on ``classes``."""
+    table = pair_table(classes)
+    return scores_from_logits(ov_logits(model, table.tokens, embed_mode=embed_mode,
+                                        final_norm=final_norm), table)
