@@ -190,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean the request can't be served as given (a bad name, file, config, mesh,
     a diverged run); the CLI prints them as one line. Anything else is a bug: traceback."""
+    from common.data.errors import DataError
     from common.sharding.mesh import MeshError
     from common.weights.errors import WeightsError
     from common.weights.fetch import FetchError
 
     return (ConfigError, WeightsError, FetchError, FileNotFoundError, MeshError,
-            FloatingPointError)
+            FloatingPointError, DataError)
 
 
 def one_line(e: Exception) -> str:

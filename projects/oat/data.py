@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from common.data.errors import DataError
 
-class DataError(ValueError):
-    """A malformed trial or data file; the message names the record and what is wrong."""
+__all__ = ["DataError", "Geometry", "check_trial", "crops_float", "split", "to_arrays"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -81,7 +81,7 @@ class Decoder:
         k = key if sampled else jax.random.key(0)
         for i in range(0, len(crops), batch):
             c, t = crops[i:i + batch], target[i:i + batch]
-            pad = batch - len(c) if len(crops) > batch else 0
+            pad = batch - len(c)  # one compiled shape for every call
             if pad:
                 c = np.concatenate([c, np.repeat(c[-1:], pad, 0)])
                 t = np.concatenate([t, np.repeat(t[-1:], pad, 0)])
