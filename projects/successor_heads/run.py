@@ -1,0 +1,241 @@
+"""Experiment entry: ``headlab run successor_heads [--quick]``.
+
+Loads the model, builds the ordinal classes through its tokenizer, scores every head's
+effective OV circuit (succession, copy, predecessor; every embedding mode), locates in-context
+succession with per-head DLA and activation patching on list prompts, trains the mod-10 SAEs
+and runs the vector-arithmetic edits; draws the figures and writes summary.json and report.md.
+Each stage prints a start line and its wall time (``common.progress``); ``headlab run`` ends
+with :func:`headline`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import ml_collections
+import numpy as np
+
+from common.progress import bar, stage
+from common.rundir import RunDir
+from projects.successor_heads import incontext, mod10, plots, report, succession, tasks
+from projects.successor_heads.configs.default import validate
+from projects.successor_heads.paper import PAPER
+
+PREFIX = "successor_heads"
+
+
+def headline(summary: dict) -> list[str]:
+    """The closing lines of ``headlab run``: the scan beside the paper's bar and the pilot, the
+    in-context heads, the mod-10 numbers, and the claims' verdicts."""
+    top = summary["top_heads"][0]
+    cp = summary["copy_top_heads"][0]
+    pilot = PAPER["pilot_smollm2"]
+    lines = [
+        f"{summary['model']}: best succession score {top[2]:.3f} (L{top[0]}H{top[1]}), chance "
+        f"{summary['chance']:.3f}, successor bar {summary['threshold']} -> "
+        + ("a successor head" if top[2] > summary["threshold"] else "no successor head")
+        + f" (pilot: {pilot['best_score']} vs chance {pilot['chance']}; paper: heads in Pythia,"
+        " GPT-2, Llama-2)",
+        f"  copy control: L{cp[0]}H{cp[1]} {cp[2]:.3f} (pilot L23H0 0.989)",
+    ]
+    ic = summary.get("in_context")
+    if ic:
+        d = ic["top_dla_heads"][0]
+        line = (f"  in context: {ic['top1']}/{ic['prompts']} list prompts right at top-1; "
+                f"largest direct effect L{d[0]}H{d[1]} {d[2]:+.2f} logits")
+        if ic.get("top_patch_heads"):
+            p = ic["top_patch_heads"][0]
+            line += f"; patching restores most at L{p[0]}H{p[1]} ({p[2]:.2f})"
+        lines.append(line)
+    m = summary.get("mod10")
+    if m:
+        lines.append(f"  mod-10 SAE features: coverage {m['coverage_mean']:.2f} (paper "
+                     f"{PAPER['mod10_coverage']})")
+    ar = summary.get("arithmetic")
+    if ar:
+        lines.append(f"  vector arithmetic: success {ar['best_rate']:.2f} at k = {ar['best_k']:g}"
+                     f" (random direction {ar['control_at_best_k']:.2f}; paper 0.89 on numbers "
+                     "20-29, 0.53 on months)")
+    cl = summary["claims"]
+    lines.append(f"{sum(c['holds'] for c in cl)} of {len(cl)} claims hold; report.md says "
+                 "which")
+    return lines
+
+
+def _top(a: np.ndarray, k: int) -> list[list]:
+    order = np.argsort(-a.ravel(), kind="stable")[:k]
+    return [[int(i // a.shape[1]), int(i % a.shape[1]), round(float(a.ravel()[i]), 4)]
+            for i in order]
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """Run the experiment into ``workdir`` (see module docstring); returns the summary."""
+    validate(config)
+    t_start = time.time()
+    timings: dict[str, float] = {}
+    tick = [t_start]
+
+    def lap(name: str) -> None:
+        now = time.time()
+        timings[name] = round(now - tick[0], 1)
+        tick[0] = now
+
+    rd = RunDir(workdir)
+    fig_dir = rd.figures
+    problems: dict[str, list[str]] = {}
+    # ------------------------------------------------------------------ model + classes
+    from common.models import load_pretrained
+
+    with stage("load", f"model {config.model}", prefix=PREFIX):
+        model, tok = load_pretrained(config.model)
+    mode = succession.resolve_embed_mode(model.config, config.embed_mode,
+                                         config.embed_fallback or None)
+    classes, gone = tasks.build_classes(tok, config.classes, bare=config.bare,
+                                        held_out=config.held_out)
+    lap("load")
+    # ------------------------------------------------------------------ weight-based scan
+    with stage("scan", f"succession score of all {model.config.n_layers * model.config.n_heads}"
+               f" heads on {len(classes)} classes ({mode}, final norm {config.final_norm})",
+               prefix=PREFIX):
+        t0 = time.perf_counter()
+        sc = succession.score_heads(model, classes, embed_mode=mode,
+                                    final_norm=config.final_norm)
+        scan_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sc = succession.score_heads(model, classes, embed_mode=mode,
+                                    final_norm=config.final_norm)
+        scan_warm_s = time.perf_counter() - t0
+    modes = []
+    if config.compare_modes:
+        combos = [(m, f) for m in succession.EMBED_MODES for f in (True, False)
+                  if succession.has_mlp0(model.config) or m == "raw_embed"]
+        for m, f in bar(combos, "embed modes", unit="mode"):
+            s2 = succession.score_heads(model, classes, embed_mode=m, final_norm=f)
+            t1, c1 = s2.top(1)[0], s2.top(1, "copy")[0]
+            modes.append({"embed_mode": m, "final_norm": f, "best_succession": t1[2],
+                          "best_head": [t1[0], t1[1]], "best_copy": c1[2],
+                          "best_copy_head": [c1[0], c1[1]],
+                          "top3": [list(t) for t in s2.top(3)]})
+    lap("scan")
+    succ = np.asarray(sc.succession)
+    top = sc.top(config.top_k)
+    per_class = {
+        name: {"chance": sc.class_chance[name],
+               "best_head": _top(np.asarray(v), 1)[0],
+               "pairs": int((sc.table.cls == i).sum()),
+               "held_out": bool(not sc.table.pooled[i])}
+        for i, (name, v) in enumerate(sc.per_class.items())}
+    summary: dict = {
+        "model": config.model,
+        "n_layers": model.config.n_layers, "n_heads": model.config.n_heads,
+        "n_kv_heads": model.config.n_kv_heads,
+        "embed_mode": mode, "final_norm": bool(config.final_norm),
+        "threshold": config.threshold,
+        "succession_scores": np.round(succ, 4).tolist(),
+        "top_heads": [[h[0], h[1], round(h[2], 4)] for h in top],
+        "top_heads_per_class": [{"head": [h[0], h[1]],
+                                 "per_class": {k: round(v, 4)
+                                               for k, v in sc.breakdown(h[0], h[1]).items()}}
+                                for h in top],
+        "per_class": per_class,
+        "chance": sc.chance,
+        "n_pairs_pooled": int(sc.table.pooled[sc.table.cls].sum()),
+        "copy_scores": np.round(np.asarray(sc.copy), 4).tolist(),
+        "copy_top_heads": [[h[0], h[1], round(h[2], 4)] for h in sc.top(5, "copy")],
+        "predecessor_top_heads": [[h[0], h[1], round(h[2], 4)]
+                                  for h in sc.top(5, "predecessor")],
+        "n_above_threshold": int((succ > config.threshold).sum()),
+        "embed_modes": modes,
+        "classes": tasks.describe(classes, gone),
+        "scan_seconds": {"first_call": round(scan_s, 3), "warm": round(scan_warm_s, 4)},
+    }
+    # ------------------------------------------------------------------ in context
+    ic_res = None
+    if config.incontext.enabled:
+        ic_classes = list(classes)
+        patch_set = tuple(config.incontext.patch_classes) or None
+        n_patch = len(patch_set) if patch_set else len(ic_classes)
+        with stage("in-context", f"list prompts of {len(ic_classes)} classes; DLA per head and "
+                   f"MLP; activation patching (every head, every MLP) on up to {n_patch} "
+                   "classes", prefix=PREFIX):
+            ic_res = incontext.run_in_context(
+                model, tok, ic_classes, n_items=config.incontext.n_items,
+                max_prompts=config.incontext.max_prompts, patch=config.incontext.patch,
+                patch_prompts=config.incontext.patch_prompts, patch_classes=patch_set,
+                seed=config.seed, progress=lambda xs: bar(xs, "in-context classes",
+                                                          unit="class"))
+        summary["in_context"] = incontext.summarize(ic_res, config.top_k, sc)
+    lap("in_context")
+    # ------------------------------------------------------------------ mod 10
+    m10 = None
+    if config.mod10.enabled:
+        mc = config.mod10
+        n_sae = len(mc.l1) * len(mc.seeds)
+        with stage("mod10", f"{n_sae} SAEs (dictionary {mc.dict_mult:g} x d_model, "
+                   f"{mc.steps} Adam steps, one population) on numeric-token embeddings",
+                   prefix=PREFIX):
+            m10 = mod10.mod10_features(
+                model, tok, embed_mode=mode, dict_mult=mc.dict_mult, l1=mc.l1, seeds=mc.seeds,
+                steps=mc.steps, lr=mc.lr, tied=mc.tied, max_number=mc.max_number,
+                workdir=rd.root / "sae", metrics=rd.metrics, split_seed=config.seed)
+        summary["mod10"] = m10.summary()
+    lap("mod10")
+    if m10 is not None and config.arithmetic.enabled:
+        ac = config.arithmetic
+        with stage("arithmetic", f"mod-10 edits at layer {ac.layer}, k in {list(ac.ks)}",
+                   prefix=PREFIX):
+            ar = mod10.vector_arithmetic(model, tok, classes, m10, ks=ac.ks,
+                                         n_items=ac.n_items, layer=ac.layer, seed=config.seed)
+        rates = [ar.rate(k=k) for k in ac.ks]
+        ctrl = [ar.rate("control_success", k=k) for k in ac.ks]
+        best = int(np.nanargmax(rates))
+        cls_names = sorted({r["class"] for r in ar.rows})
+        summary["arithmetic"] = {
+            "n_edits": len(ar.rows), "layer": ac.layer, "ks": list(ac.ks),
+            "success_by_k": rates, "control_by_k": ctrl,
+            "best_k": float(ac.ks[best]), "best_rate": rates[best],
+            "control_at_best_k": ctrl[best],
+            "per_class_at_best_k": {c: ar.rate(k=ac.ks[best], **{"class": c})
+                                    for c in cls_names},
+            "grid_at_best_k": np.round(ar.grid(ac.ks[best]), 3).tolist()}
+        summary["arithmetic_success"] = rates[best]
+    else:
+        summary["arithmetic_success"] = None
+    lap("arithmetic")
+    summary["claims"] = report.claims(summary)
+    # ------------------------------------------------------------------ figures
+    figs = [("succession_heatmap", lambda: plots.score_heatmaps(
+        succ, np.asarray(sc.copy), sc.chance, fig_dir, config.model, mode))]
+    top5 = top[:5]
+    figs.append(("per_class_top_heads", lambda: plots.per_class_bars(
+        top5, {n: [float(np.asarray(sc.per_class[n])[h[0], h[1]]) for h in top5]
+               for n in sc.per_class}, sc.class_chance, fig_dir)))
+    if modes:
+        figs.append(("embed_modes", lambda: plots.mode_comparison(
+            modes, sc.chance, config.threshold, fig_dir)))
+    if ic_res is not None:
+        figs.append(("incontext_heads", lambda: plots.incontext_heads(
+            ic_res.dla_heads, ic_res.dla_heads_shuffled, ic_res.patch_heads, fig_dir)))
+        figs.append(("incontext_layers", lambda: plots.incontext_layers(
+            ic_res.dla_mlp, ic_res.dla_heads, ic_res.patch_mlp, fig_dir)))
+    if m10 is not None:
+        figs.append(("mod10_features", lambda: plots.mod10_activations(
+            m10.acts, m10.tokens.value, m10.tokens.domain, mod10.DOMAINS,
+            m10.coverage[m10.best], fig_dir)))
+        if "arithmetic" in summary:
+            a = summary["arithmetic"]
+            figs.append(("vector_arithmetic", lambda: plots.arithmetic(
+                np.asarray(a["grid_at_best_k"], float), a["ks"], a["success_by_k"],
+                a["control_by_k"], a["best_k"], fig_dir)))
+    with stage("figures", f"{len(figs)} figures (PNG + PDF) into {fig_dir}", prefix=PREFIX):
+        for name, draw in bar(figs, "figures", unit="fig"):
+            problems[name] = draw()
+    summary["figure_layout_problems"] = {k: v for k, v in problems.items() if v}
+    lap("figures")
+    # ------------------------------------------------------------------ report
+    summary["timings"] = timings
+    summary["total_seconds"] = round(time.time() - t_start, 1)
+    rd.write_summary(summary)
+    rd.write_report(report.render(summary, config))
+    return summary
