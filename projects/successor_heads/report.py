@@ -168,6 +168,8 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
                             f"{_h(m['best_copy_head'])} {m['best_copy']:.3f}"]
                            for m in s["embed_modes"]],
                           ["embed_mode", "final norm", "best succession", "best copy"]), ""]
+    if s.get("in_context_skipped"):
+        lines += ["## In-context succession", "", f"Not run: {s['in_context_skipped']}.", ""]
     ic = s.get("in_context")
     if ic:
         lines += [
@@ -194,6 +196,12 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
             f"Sum over all heads {ic['dla_heads_total']:+.2f}, over all MLPs "
             f"{ic['dla_mlp_total']:+.2f}; largest MLPs: " + ", ".join(
                 f"MLP{r[0]} {r[1]:+.2f}" for r in ic["top_dla_mlp_layers"]) + ".",
+            "",
+            "Reading the patching: replacing MLP0's output at every position transplants the "
+            "tokens themselves (MLP0's output is about 30x the norm of the raw embedding in "
+            "SmolLM2, so the residual after layer 0 is mostly MLP0), so MLP0 restoring about "
+            "everything is expected and says nothing about succession; the later layers are the"
+            " informative ones.",
             "",
         ]
         if "top_patch_heads" in ic:

@@ -69,8 +69,12 @@ def _top(a: np.ndarray, k: int) -> list[list]:
             for i in order]
 
 
-def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    """Run the experiment into ``workdir`` (see module docstring); returns the summary."""
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None) -> dict:
+    """Run the experiment into ``workdir`` (see module docstring); returns the summary.
+
+    ``loaded``: an already loaded ``(model, tokenizer)`` used instead of ``config.model``
+    (tests run the whole pipeline on a tiny model this way).
+    """
     validate(config)
     t_start = time.time()
     timings: dict[str, float] = {}
@@ -87,8 +91,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     # ------------------------------------------------------------------ model + classes
     from common.models import load_pretrained
 
-    with stage("load", f"model {config.model}", prefix=PREFIX):
-        model, tok = load_pretrained(config.model)
+    with stage("load", f"model {config.model}", prefix=PREFIX, enabled=loaded is None):
+        model, tok = loaded if loaded is not None else load_pretrained(config.model)
     mode = succession.resolve_embed_mode(model.config, config.embed_mode,
                                          config.embed_fallback or None)
     classes, gone = tasks.build_classes(tok, config.classes, bare=config.bare,
@@ -159,13 +163,17 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         with stage("in-context", f"list prompts of {len(ic_classes)} classes; DLA per head and "
                    f"MLP; activation patching (every head, every MLP) on up to {n_patch} "
                    "classes", prefix=PREFIX):
-            ic_res = incontext.run_in_context(
-                model, tok, ic_classes, n_items=config.incontext.n_items,
-                max_prompts=config.incontext.max_prompts, patch=config.incontext.patch,
-                patch_prompts=config.incontext.patch_prompts, patch_classes=patch_set,
-                seed=config.seed, progress=lambda xs: bar(xs, "in-context classes",
-                                                          unit="class"))
-        summary["in_context"] = incontext.summarize(ic_res, config.top_k, sc)
+            try:
+                ic_res = incontext.run_in_context(
+                    model, tok, ic_classes, n_items=config.incontext.n_items,
+                    max_prompts=config.incontext.max_prompts, patch=config.incontext.patch,
+                    patch_prompts=config.incontext.patch_prompts, patch_classes=patch_set,
+                    seed=config.seed, progress=lambda xs: bar(xs, "in-context classes",
+                                                              unit="class"))
+            except ValueError as e:  # the model continues no list: say so, go on
+                summary["in_context_skipped"] = str(e)
+        if ic_res is not None:
+            summary["in_context"] = incontext.summarize(ic_res, config.top_k, sc)
     lap("in_context")
     # ------------------------------------------------------------------ mod 10
     m10 = None
