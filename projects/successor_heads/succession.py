@@ -89,20 +89,43 @@ def effective_embed(model, token_ids: jax.Array, mode: str = "mlp0_only") -> jax
     return resid - W_E(model).values[ids]
 
 
-def _ov_logits(model, token_ids: jax.Array, embed_mode: str, final_norm: bool) -> jax.Array:
-    """``[L, H, m, m]`` effective OV logits (rows: input token, columns: output token)."""
+def _ov_logits(model, token_ids: jax.Array, embed_mode: str, final_norm: bool,
+               exact: bool = True) -> jax.Array:
+    """``[L, H, m, m]`` effective OV logits (rows: input token, columns: output token).
+
+    ``exact=False`` (for ranking only) drops the final norm's per-row divisor where that
+    changes no ranking: an RMSNorm has no bias, so each row is only scaled by ``r > 0``.
+
+    Contracted in the cheap order: ``A = E_eff W_V`` per KV head ``[L, K, m, d_head]`` and
+    ``M = W_O^{l,h} (γ ⊙ W_U)`` ``[L, H, d_head, m]``, then ``A @ M``; the final norm's
+    per-row divisor ``r = 1/sqrt(mean(y_c²) + eps)`` of ``y = A W_O`` comes from the Gram
+    matrix ``W_O W_Oᵀ`` (``y_c = y`` centred for LayerNorm), so ``y [L, H, m, d_model]`` is
+    never formed. The norm's elementwise scale γ (and centring) is read through
+    ``common.interp.final_norm_linear`` at a probe residual whose divisor is known.
+    """
+    cfg = model.config
     x = effective_embed(model, token_ids, embed_mode)  # [m, d]
-    wv, wo = W_V(model).values, W_O(model).values  # [L, H, d, k], [L, H, k, d]
-    y = jnp.einsum("md,lhdk->lhmk", x, wv)
-    y = jnp.einsum("lhmk,lhke->lhme", y, wo)  # E_eff · W_OV  [L, H, m, d]
+    wv = W_V(model, expand=False).values  # [L, K, d, k]
+    wo = W_O(model).values  # [L, H, k, d]
+    group = cfg.n_heads // cfg.n_kv_heads
+    a = jnp.repeat(jnp.einsum("md,lgdk->lgmk", x, wv), group, axis=1)  # [L, H, m, k]
     wu = W_U(model).values[:, token_ids]  # [d, m]
     if not final_norm:
-        return jnp.einsum("lhmd,dn->lhmn", y, wu)
-    # The final norm of each vector on its own (scale frozen at itself = the norm), plus the
-    # norm's bias through W_U (model.unembed of zero is exactly that bias; 0 for RMSNorm).
-    normed = final_norm_linear(model, y, y)
-    bias = model.unembed(jnp.zeros((model.config.d_model,), y.dtype))[token_ids]
-    return jnp.einsum("lhmd,dn->lhmn", normed, wu) + bias
+        return jnp.einsum("lhmk,lhkn->lhmn", a, jnp.einsum("lhkd,dn->lhkn", wo, wu))
+    d = cfg.d_model
+    eps = cfg.norm_eps
+    # A probe residual with divisor exactly 1/sqrt(1 + eps) for either norm kind.
+    probe = jnp.ones((d,), wo.dtype) if cfg.norm == "rms" else jnp.where(
+        jnp.arange(d) % 2 == 0, 1.0, -1.0).astype(wo.dtype)
+    wo_g = final_norm_linear(model, wo, probe) * jnp.sqrt(1.0 + eps)  # centre(W_O) ⊙ γ
+    core = jnp.einsum("lhmk,lhkn->lhmn", a, jnp.einsum("lhkd,dn->lhkn", wo_g, wu))
+    if not exact and cfg.norm == "rms":
+        return core
+    wo_c = wo if cfg.norm == "rms" else wo - wo.mean(-1, keepdims=True)
+    gram = jnp.einsum("lhkd,lhjd->lhkj", wo_c, wo_c)  # [L, H, k, k]
+    ms = jnp.einsum("lhmk,lhkj,lhmj->lhm", a, gram, a) / d  # mean(y_c²) per row
+    bias = model.unembed(jnp.zeros((d,), wo.dtype))[token_ids]  # the norm's bias through W_U
+    return core * jax.lax.rsqrt(ms + eps)[..., None] + bias
 
 
 @jax.jit(static_argnames=("embed_mode", "final_norm"))
@@ -198,7 +221,6 @@ def _class_means(hits: jax.Array, cls, n_classes: int) -> jax.Array:
     return (hits.astype(jnp.float32) @ onehot) / onehot.sum(0)
 
 
-@jax.jit
 def _score_arrays(logits, src, tgt, cls, item, item_cls, cand, pooled):
     n_cls = cand.shape[0]
     succ = _first(logits, src, tgt, cls, cand)
@@ -209,6 +231,9 @@ def _score_arrays(logits, src, tgt, cls, item, item_cls, cand, pooled):
     pool = lambda h, ww: (h.astype(jnp.float32) @ ww) / ww.sum()  # noqa: E731
     return {"succession": pool(succ, w), "predecessor": pool(pred, w), "copy": pool(copy, wi),
             "per_class": _class_means(succ, cls, n_cls), "hits": succ}
+
+
+_score_arrays_jit = jax.jit(_score_arrays)
 
 
 @dataclasses.dataclass
@@ -250,8 +275,12 @@ def scores_from_logits(logits, table: PairTable) -> HeadScores:
     if vals.shape[-2:] != (len(table.tokens),) * 2:
         raise ValueError(f"scores_from_logits: logits {vals.shape} do not match the "
                          f"{len(table.tokens)} tokens of the table")
-    out = _score_arrays(vals, table.src, table.tgt, table.cls, table.item, table.item_cls,
-                        jnp.asarray(table.cand), jnp.asarray(table.pooled))
+    out = _score_arrays_jit(vals, table.src, table.tgt, table.cls, table.item, table.item_cls,
+                            jnp.asarray(table.cand), jnp.asarray(table.pooled))
+    return _head_scores(out, table)
+
+
+def _head_scores(out: dict, table: PairTable) -> HeadScores:
     lab = lambda v: Labelled(np.asarray(v), ("layer", "head"))  # noqa: E731
     per = np.asarray(out["per_class"])
     return HeadScores(
@@ -262,9 +291,22 @@ def scores_from_logits(logits, table: PairTable) -> HeadScores:
         hits=np.asarray(out["hits"]))
 
 
+@jax.jit(static_argnames=("embed_mode", "final_norm"))
+def _score_heads_jit(graphdef, state, tokens, arrays, embed_mode, final_norm):
+    logits = _ov_logits(nnx.merge(graphdef, state), tokens, embed_mode, final_norm,
+                        exact=False)
+    return _score_arrays(logits, *arrays)
+
+
 def score_heads(model, classes: Sequence[OrdinalClass], *, embed_mode: str = "mlp0_only",
                 final_norm: bool = True) -> HeadScores:
-    """Succession, copy and predecessor scores of every head of ``model`` on ``classes``."""
+    """Succession, copy and predecessor scores of every head of ``model`` on ``classes``
+    (logits and scores in one compiled program; rankings as :func:`ov_logits`')."""
     table = pair_table(classes)
-    return scores_from_logits(ov_logits(model, table.tokens, embed_mode=embed_mode,
-                                        final_norm=final_norm), table)
+    embed_mode = resolve_embed_mode(model.config, embed_mode)
+    graphdef, state = nnx.split(model)
+    arrays = (table.src, table.tgt, table.cls, table.item, table.item_cls,
+              jnp.asarray(table.cand), jnp.asarray(table.pooled))
+    out = _score_heads_jit(graphdef, state, jnp.asarray(table.tokens), arrays, embed_mode,
+                           bool(final_norm))
+    return _head_scores(out, table)

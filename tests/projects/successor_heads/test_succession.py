@@ -125,6 +125,8 @@ def test_batched_score_equals_per_head_per_token_loop(mode, final_norm):
     E = t["model.embed_tokens.weight"].astype(np.float64)
     g = CFG.n_heads // CFG.n_kv_heads
     hits = np.zeros((CFG.n_layers, CFG.n_heads, len(table.src)), bool)
+    logits_all = np.asarray(S.ov_logits(model, table.tokens, embed_mode=mode,
+                                        final_norm=final_norm).values)
     for layer in range(CFG.n_layers):
         for h in range(CFG.n_heads):
             ov = (w_v(t, CFG, layer, h // g).astype(np.float64)
@@ -137,6 +139,8 @@ def test_batched_score_equals_per_head_per_token_loop(mode, final_norm):
                     logits = E @ out
                 cands = table.tokens[table.cand[c]]
                 hits[layer, h, p] = table.tokens[tg] == cands[np.argmax(logits[cands])]
+                np.testing.assert_allclose(logits_all[layer, h, s], logits[table.tokens],
+                                           rtol=2e-4, atol=2e-4 * np.abs(logits).max())
     np.testing.assert_array_equal(got.hits, hits)
     pooled = table.pooled[table.cls]
     np.testing.assert_allclose(np.asarray(got.succession), hits[..., pooled].mean(-1),
