@@ -12,9 +12,10 @@ in the loss); ``N + 2`` = BOS (decoder input only).
 * **Decoder**: ``[BOS, f_1, …, f_T]``, each fixation the object embedding of the fixated object
   with flag 1 iff it is the target; BOS is an all-ones crop at the shelf centre
   ``(rows // 2, cols // 2)``; a 1-D sinusoidal temporal PE is added.
-* **Layers**: post-LN ``torch.nn.Transformer`` layers (ReLU FFN, dropout, final LayerNorms on both
-  stacks) with every attention a :class:`common.attention.layer.MultiHeadAttention` (head axis
-  explicit; the decoder's cross-attention via ``kv_x``).
+* **Layers**: post-LN ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecoderLayer`` (ReLU FFN,
+  dropout; the official ``TransformerEncoder``/``TransformerDecoder`` stacks have no final
+  LayerNorm) with every attention a :class:`common.attention.layer.MultiHeadAttention` (head
+  axis explicit; the decoder's cross-attention via ``kv_x``).
 * **Object attention** (pointer head): for each of ``C`` heads ``s_c = A_d A_eᵀ / √d_model`` with
   ``A_e = H_enc K_c + b``, ``A_d = H_dec Q_c + b'`` (kernels ``[d_model, C, d_model]``), a
   constant 0 appended for PAD, then ``logits = Σ_c w_c s_c + b``: ``[batch, T + 1, N + 2]``.
@@ -258,8 +259,6 @@ class OAT(nnx.Module):
         self.cnn = CNNEmbedding(cfg, rngs)
         self.encoder = nnx.List([EncoderLayer(cfg, rngs) for _ in range(cfg.enc_layers)])
         self.decoder = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.dec_layers)])
-        self.enc_norm = nnx.LayerNorm(cfg.d_model, epsilon=1e-5, rngs=rngs)
-        self.dec_norm = nnx.LayerNorm(cfg.d_model, epsilon=1e-5, rngs=rngs)
         self.pointer = ObjectAttention(cfg, rngs)
 
     # -- embeddings -----------------------------------------------------------------------------
@@ -301,7 +300,7 @@ class OAT(nnx.Module):
         x = jnp.concatenate([objects, table[:, cfg.n:cfg.n + 1]], axis=1)
         for layer in self.encoder:
             x = layer(x, keys)
-        return self.enc_norm(x)
+        return x
 
     def decode_logits(self, table: jax.Array, memory: jax.Array, dec_in: jax.Array,
                       key: jax.Array | None = None) -> jax.Array:
@@ -314,7 +313,7 @@ class OAT(nnx.Module):
         mask = Mask(causal=True, kv_valid=dec_in != cfg.pad)
         for layer in self.decoder:
             y = layer(y, memory, mask, keys)
-        return self.pointer(self.dec_norm(y), memory)
+        return self.pointer(y, memory)
 
     def __call__(self, crops: jax.Array, target: jax.Array, dec_in: jax.Array,
                  key: jax.Array | None = None) -> jax.Array:
