@@ -33,11 +33,13 @@ def _heat(ax, a, vmin, vmax, cmap, title):
     ax.set_xticks(range(a.shape[1]))
     step = max(1, a.shape[0] // 10)
     ax.set_yticks(range(0, a.shape[0], step))
+    if a.shape[0] <= 4:
+        ax.set_yticks(range(a.shape[0]))
     return im
 
 
 def score_heatmaps(succ: np.ndarray, copy: np.ndarray, chance: float, out: pathlib.Path,
-                   model: str, mode: str) -> list[str]:
+                   model: str, mode: str, name: str = "succession_heatmap") -> list[str]:
     """Succession and copy scores ``[layer, head]`` side by side on one 0-1 colour scale."""
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 5.2), constrained_layout=True)
     im = _heat(axes[0], succ, 0, 1, "viridis",
@@ -46,7 +48,7 @@ def score_heatmaps(succ: np.ndarray, copy: np.ndarray, chance: float, out: pathl
     cb = fig.colorbar(im, ax=axes, shrink=0.9)
     cb.set_label("fraction of pairs ranked first (0-1)")
     fig.suptitle(f"{model}: effective OV circuit of every head ({mode})", fontsize=11)
-    return save(fig, out, "succession_heatmap")
+    return save(fig, out, name)
 
 
 def per_class_bars(heads: Sequence[tuple[int, int, float]], breakdown: dict[str, list[float]],

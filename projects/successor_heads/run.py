@@ -32,7 +32,9 @@ def headline(summary: dict) -> list[str]:
     cp = summary["copy_top_heads"][0]
     pilot = PAPER["pilot_smollm2"]
     lines = [
-        f"{summary['model']}: best succession score {top[2]:.3f} (L{top[0]}H{top[1]}), chance "
+        f"{summary['model']}: best succession score {top[2]:.3f} (L{top[0]}H{top[1]}"
+        + (f" and {summary['n_tied_best'] - 1} more tied" if summary.get("n_tied_best", 1) > 1
+           else "") + "), chance "
         f"{summary['chance']:.3f}, successor bar {summary['threshold']} -> "
         + ("a successor head" if top[2] > summary["threshold"] else "no successor head")
         + f" (pilot: {pilot['best_score']} vs chance {pilot['chance']}; paper: heads in Pythia,"
@@ -150,6 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
         "predecessor_top_heads": [[h[0], h[1], round(h[2], 4)]
                                   for h in sc.top(5, "predecessor")],
         "n_above_threshold": int((succ > config.threshold).sum()),
+        "n_tied_best": int(np.isclose(succ, succ.max()).sum()),
         "embed_modes": modes,
         "classes": tasks.describe(classes, gone),
         "scan_seconds": {"first_call": round(scan_s, 3), "warm": round(scan_warm_s, 4)},
@@ -211,10 +214,43 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
     else:
         summary["arithmetic_success"] = None
     lap("arithmetic")
+    # ------------------------------------------------------------------ toy positive case
+    toy_sc = None
+    if config.toy.enabled:
+        from projects.successor_heads import toy
+
+        tc = config.toy
+        with stage("toy", f"train a {tc.n_layers}-layer model on synthetic ordinal lists "
+                   f"({tc.steps} steps) and scan its heads", prefix=PREFIX):
+            tmodel, ttok, tloss = toy.train_toy(
+                steps=tc.steps, lr=tc.lr, d_model=tc.d_model, n_layers=tc.n_layers,
+                seed=config.seed, workdir=rd.root / "toy")
+            tcls, _ = tasks.build_classes(ttok, ("numbers", "days", "months", "letters"),
+                                          bare=())
+            tmodes = {}
+            for m in succession.EMBED_MODES:
+                s_m = succession.score_heads(tmodel, tcls, embed_mode=m, final_norm=True)
+                tmodes[m] = {"top_heads": [[a, b, round(v, 4)] for a, b, v in s_m.top(3)],
+                             "best_copy": round(s_m.top(1, "copy")[0][2], 4)}
+                if m == "raw_embed":
+                    toy_sc = s_m
+        best = toy_sc.top(1)[0]
+        summary["toy"] = {
+            "loss": tloss, "steps": tc.steps, "chance": toy_sc.chance,
+            "classes": {c.name: len(c.items) for c in tcls},
+            "succession_scores_raw_embed": np.round(np.asarray(toy_sc.succession), 4).tolist(),
+            "best_head_raw_embed": [best[0], best[1], round(best[2], 4)],
+            "best_per_class": toy_sc.breakdown(best[0], best[1]),
+            "by_embed_mode": tmodes}
+    lap("toy")
     summary["claims"] = report.claims(summary)
     # ------------------------------------------------------------------ figures
     figs = [("succession_heatmap", lambda: plots.score_heatmaps(
         succ, np.asarray(sc.copy), sc.chance, fig_dir, config.model, mode))]
+    if toy_sc is not None:
+        figs.append(("toy_succession_heatmap", lambda: plots.score_heatmaps(
+            np.asarray(toy_sc.succession), np.asarray(toy_sc.copy), toy_sc.chance, fig_dir,
+            "toy model on synthetic lists", "raw_embed", name="toy_succession_heatmap")))
     top5 = top[:5]
     figs.append(("per_class_top_heads", lambda: plots.per_class_bars(
         top5, {n: [float(np.asarray(sc.per_class[n])[h[0], h[1]]) for h in top5]

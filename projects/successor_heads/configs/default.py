@@ -61,6 +61,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.arithmetic.ks = (1.0, 2.0, 4.0)
     c.arithmetic.n_items = 3
     c.arithmetic.layer = 1  # edit the residual stream entering this layer
+    # ---- a tiny model trained on synthetic ordinal lists: the positive case (§13) ----
+    c.toy = ml_collections.ConfigDict()
+    c.toy.enabled = True
+    c.toy.steps = 1500
+    c.toy.d_model = 64
+    c.toy.n_layers = 2
+    c.toy.lr = 3e-3
     c.seed = 0
     if arg == "quick":
         c.incontext.max_prompts = 8
@@ -98,5 +105,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.mod10.steps must be >= 1 and lr > 0")
     if m.steps > 250 and m.steps % 250:
         raise ConfigError("config.mod10.steps must be a multiple of 250 (the logging interval)")
+    if c.toy.steps < 1 or (c.toy.steps > 100 and c.toy.steps % 100):
+        raise ConfigError("config.toy.steps must be >= 1 and a multiple of 100 above 100")
     if not c.arithmetic.ks or c.arithmetic.layer < 1:
         raise ConfigError("config.arithmetic: ks must be non-empty and layer >= 1")
