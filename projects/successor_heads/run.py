@@ -18,7 +18,15 @@ import numpy as np
 
 from common.progress import bar, stage
 from common.rundir import RunDir
-from projects.successor_heads import incontext, mod10, plots, report, succession, tasks
+from projects.successor_heads import (
+    incontext,
+    mod10,
+    natural,
+    plots,
+    report,
+    succession,
+    tasks,
+)
 from projects.successor_heads.configs.default import validate
 from projects.successor_heads.paper import PAPER
 
@@ -178,6 +186,21 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
         if ic_res is not None:
             summary["in_context"] = incontext.summarize(ic_res, config.top_k, sc)
     lap("in_context")
+    # ------------------------------------------------------------------ natural text
+    if config.natural.enabled:
+        ic = summary.get("in_context")
+        lh = ic["top_dla_heads"][0][:2] if ic else top[0][:2]
+        nc = config.natural
+        with stage("natural text", f"L{lh[0]}H{lh[1]} on {nc.n_texts} AG News texts: what its "
+                   "direct effect promotes", prefix=PREFIX):
+            try:
+                texts = natural.agnews_texts(nc.n_texts)
+                summary["natural"] = natural.head_behaviour(
+                    model, tok, texts, int(lh[0]), int(lh[1]), seq=nc.seq,
+                    top_frac=nc.top_frac)
+            except (FileNotFoundError, ValueError) as e:
+                summary["natural_skipped"] = str(e)
+    lap("natural")
     # ------------------------------------------------------------------ mod 10
     m10 = None
     if config.mod10.enabled:

@@ -68,8 +68,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.toy.d_model = 64
     c.toy.n_layers = 2
     c.toy.lr = 3e-3
+    # ---- the top in-context head on natural text (paper §4, in small) ----
+    c.natural = ml_collections.ConfigDict()
+    c.natural.enabled = True
+    c.natural.n_texts = 300  # AG News test texts from $HEADLAB_DATA
+    c.natural.seq = 48
+    c.natural.top_frac = 0.1
     c.seed = 0
     if arg == "quick":
+        c.natural.n_texts = 100
         c.incontext.max_prompts = 8
         c.incontext.patch_prompts = 6
         c.incontext.patch_classes = ("number_words", "ordinal_words", "days", "months")
@@ -105,6 +112,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.mod10.steps must be >= 1 and lr > 0")
     if m.steps > 250 and m.steps % 250:
         raise ConfigError("config.mod10.steps must be a multiple of 250 (the logging interval)")
+    if c.natural.n_texts < 1 or c.natural.seq < 2 or not 0 < c.natural.top_frac <= 1:
+        raise ConfigError("config.natural: n_texts >= 1, seq >= 2, 0 < top_frac <= 1")
     if c.toy.steps < 1 or (c.toy.steps > 100 and c.toy.steps % 100):
         raise ConfigError("config.toy.steps must be >= 1 and a multiple of 100 above 100")
     if not c.arithmetic.ks or c.arithmetic.layer < 1:

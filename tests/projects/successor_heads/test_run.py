@@ -26,6 +26,7 @@ def _tiny_config():
     c.mod10.steps = 50
     c.compare_modes = False
     c.toy.enabled = False  # tests/projects/successor_heads/test_toy.py
+    c.natural.n_texts = 10
     c.incontext.max_prompts = 4
     c.incontext.patch_classes = ("days",)
     return c
