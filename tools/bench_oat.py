@@ -6,7 +6,8 @@ the same size, forward + backward + clipped Adam, on CPU in the same process.
 
 ``quick`` = the quick config's model (d_model 128, 2 + 2 layers, 4 × 6 objects of 12 × 8 crops);
 ``paper`` = the paper's model (d_model 512, 4 + 4 layers, FFN 512, 6 × 14 objects of 150 × 93
-crops). Batch 20, decoder length 17 (quick) / 21 (paper). Prints steps/s and the ratio (target:
+crops). Batch 20 by default (``--batch``), decoder length 17 (quick) / 21 (paper). Prints
+steps/s and the ratio (target:
 ours ≥ 1.5× PyTorch). Timings exclude compilation / the first step; on a shared CPU they are
 noisy (the median of the timed steps is used).
 
@@ -211,7 +212,8 @@ def batch(cfg: OATConfig, max_len: int, b: int = 20, seed: int = 0) -> dict[str,
             "uid": np.arange(b, dtype=np.int32), "seed": np.zeros(b, np.int32)}
 
 
-def jax_step_times(cfg: OATConfig, max_len: int, steps: int) -> tuple[list[float], float]:
+def jax_step_times(cfg: OATConfig, max_len: int, steps: int, b: int = 20
+                   ) -> tuple[list[float], float]:
     """Per-step wall times of our jitted train step (shared ``make_train_step``) after compile."""
     table = pe_lib.learn_table(cfg.pe_rows, pe_lib.part_width(cfg.d_pe), steps=100)
     task = T.make_task(cfg, table, max_len, seed=0)
@@ -219,21 +221,21 @@ def jax_step_times(cfg: OATConfig, max_len: int, steps: int) -> tuple[list[float
     init = sharded_init(task.make_model, tx, make_mesh())
     step = jax.jit(make_train_step(init.model_def, task.loss_fn, tx), donate_argnums=0)
     state = init.create()
-    b = {k: jnp.asarray(v) for k, v in batch(cfg, max_len).items()}
+    bt = {k: jnp.asarray(v) for k, v in batch(cfg, max_len, b).items()}
     t0 = time.perf_counter()
-    state, m, _ = step(state, b)
+    state, m, _ = step(state, bt)
     jax.block_until_ready(m["loss"])
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, m, _ = step(state, b)
+        state, m, _ = step(state, bt)
         jax.block_until_ready(m["loss"])
         times.append(time.perf_counter() - t0)
     return times, compile_s
 
 
-def torch_step_times(cfg: OATConfig, max_len: int, steps: int) -> list[float]:
+def torch_step_times(cfg: OATConfig, max_len: int, steps: int, bsz: int = 20) -> list[float]:
     """Per-step wall times of the PyTorch model: forward, CE (PAD ignored), backward, clip 1.0,
     Adam 1e-4 (the first step is a warm-up, not timed)."""
     torch.manual_seed(0)
@@ -241,7 +243,7 @@ def torch_step_times(cfg: OATConfig, max_len: int, steps: int) -> list[float]:
     m = TorchOAT(cfg, table, max_len + 1).train()
     opt = torch.optim.Adam(m.parameters(), lr=1e-4)
     b = {k: torch.as_tensor(v).long() if v.dtype != np.float32 else torch.as_tensor(v)
-         for k, v in batch(cfg, max_len).items()}
+         for k, v in batch(cfg, max_len, bsz).items()}
     loss_fn = nn.CrossEntropyLoss(ignore_index=cfg.pad)
     times = []
     for i in range(steps + 1):
@@ -264,20 +266,22 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=tuple(SIZES), default="quick")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=20,
+                    help="batch (the paper's 20 needs more than 23 GB at --size paper)")
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2],
                     help="torch thread counts to try (the fastest counts)")
     a = ap.parse_args(argv)
     cfg, max_len = SIZES[a.size], MAX_LEN[a.size]
-    jt, compile_s = jax_step_times(cfg, max_len, a.steps)
+    jt, compile_s = jax_step_times(cfg, max_len, a.steps, a.batch)
     ours = 1 / float(np.median(jt))
     per_threads = {}
     for n in a.threads:
         torch.set_num_threads(n)
-        per_threads[n] = 1 / float(np.median(torch_step_times(cfg, max_len, a.steps)))
+        per_threads[n] = 1 / float(np.median(torch_step_times(cfg, max_len, a.steps, a.batch)))
     best = max(per_threads, key=per_threads.get)
     theirs = per_threads[best]
     print(f"OAT {a.size} (d_model {cfg.d_model}, {cfg.enc_layers}+{cfg.dec_layers} layers, "
-          f"{cfg.n} objects of {cfg.crop_h}x{cfg.crop_w}, batch 20, decoder {max_len + 1}), "
+          f"{cfg.n} objects of {cfg.crop_h}x{cfg.crop_w}, batch {a.batch}, decoder {max_len + 1}), "
           f"median of {a.steps} timed steps each:")
     print(f"  ours (JAX, shared train step): {ours:.2f} steps/s (compile {compile_s:.1f} s)")
     print("  PyTorch re-implementation:     " + ", ".join(

@@ -137,6 +137,18 @@ class Keys:
         return jax.random.fold_in(self.key, self.i)
 
 
+def max_pool(x: jax.Array, p: int) -> jax.Array:
+    """Non-overlapping ``p × p`` max pooling of ``x [n, H, W, C]`` (floor, as torch's
+    ``MaxPool2d(p)``) as a reshape and a max: the same values as ``reduce_window``, and a
+    backward pass without XLA:CPU's slow select-and-scatter (5x faster CNN gradients at the
+    paper's 150 × 93 crops)."""
+    if p == 1:
+        return x
+    n, h, w, c = x.shape
+    x = x[:, : h // p * p, : w // p * p]
+    return x.reshape(n, h // p, p, w // p, p, c).max(axis=(2, 4))
+
+
 class CNNEmbedding(nnx.Module):
     """conv(k1) → ReLU → maxpool(p1) → conv(k2) → ReLU → maxpool(p2) → flatten → Linear(d_app)."""
 
@@ -155,8 +167,7 @@ class CNNEmbedding(nnx.Module):
         lead = crops.shape[:-3]
         x = crops.reshape((-1, *crops.shape[-3:]))
         for conv, p in ((self.conv1, self.pools[0]), (self.conv2, self.pools[1])):
-            x = jax.nn.relu(conv(x))
-            x = nnx.max_pool(x, (p, p), strides=(p, p), padding="VALID")
+            x = max_pool(jax.nn.relu(conv(x)), p)
         # flatten channel-first like torch (C, H, W) so a converted torch fc matches
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         return self.fc(x).reshape((*lead, -1))

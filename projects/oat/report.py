@@ -190,6 +190,12 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
         "initialised with Xavier variance (normal for the per-head attention kernels, uniform "
         "elsewhere), biases at zero (torch: uniform for Linear biases).",
         "- **Baselines** are our definitions (above); the paper's may differ.",
+        "- **NSS** follows the official binary map: a map with fewer distinct predicted "
+        "pixels gets larger z-scores at its hits, so NSS rewards sparse predictions (one "
+        "greedy scanpath scores far above 20 samples); compare it only between methods with "
+        "the same number of scanpaths per trial.",
+        "- **SIM** here counts the fixation steps only (not the EOS step), so that fixation "
+        "maps without a stop probability compare with OAT.",
         "- **Crops.** Ours are RGB in [0, 1] for every dataset (the official Amazon crops stay "
         "BGR 0–255).",
     ]
