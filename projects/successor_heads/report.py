@@ -138,7 +138,7 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
                   ("held out" if c["held_out"] else "") + (" cyclic" if c["cyclic"] else ""),
                   "; ".join(c["dropped"]) or "-"]
                  for n, c in cls["classes"].items()],
-                ["class", "kept items", "pairs", "chance", "", "dropped (reason)"]),
+                ["class", "kept items", "pairs", "chance", "notes", "dropped (reason)"]),
         "",
     ]
     if cls["dropped_classes"]:
