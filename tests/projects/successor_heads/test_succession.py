@@ -254,3 +254,49 @@ def test_held_out_classes_are_scored_but_not_pooled():
     pooled = sc.hits[..., table.cls != keep].mean(-1)
     np.testing.assert_allclose(np.asarray(sc.succession), pooled, atol=1e-6)
     assert "days" in sc.per_class
+
+
+def test_layernorm_model_logits_equal_the_per_token_loop():
+    """A tiny GPT-2 (LayerNorm with bias, learned positions, biases everywhere): the effective
+    OV logits with the final norm equal ``model.unembed`` of each token's OV output; this
+    exercises the centring, the Gram-matrix divisor and the norm's bias term."""
+    from common.models import config_from_hf
+    from common.models.convert import weight_map
+
+    cfg = config_from_hf("gpt2", {"n_embd": 32, "n_layer": 2, "n_head": 4,
+                                  "vocab_size": len(TOK), "layer_norm_epsilon": 1e-5,
+                                  "activation_function": "gelu_new", "n_positions": 32,
+                                  "tie_word_embeddings": True})
+    rng = np.random.default_rng(9)
+    d, f = 32, 128
+    shapes = {"wte.weight": (cfg.vocab_size, d), "wpe.weight": (32, d),
+              "c_attn.weight": (d, 3 * d), "c_attn.bias": (3 * d,),
+              "attn.c_proj.weight": (d, d), "c_fc.weight": (d, f), "c_fc.bias": (f,),
+              "mlp.c_proj.weight": (f, d)}
+    tensors = {}
+    for _, name, _ in weight_map(cfg):
+        name = name if isinstance(name, str) else name[0]
+        shape = next((v for k, v in shapes.items() if name.endswith(k)), (d,))
+        v = rng.standard_normal(shape).astype(np.float32)
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            v = (1.0 + 0.2 * v).astype(np.float32)
+        elif len(shape) == 2 and "wte" not in name and "wpe" not in name:
+            v = (v / np.sqrt(shape[0])).astype(np.float32)
+        tensors[name] = v
+    model = build(cfg, tensors)
+    classes, _ = _classes()
+    table = S.pair_table(classes)
+    for mode in ("raw_embed", "resid_plus_mlp0"):
+        got = np.asarray(S.ov_logits(model, table.tokens, embed_mode=mode).values)
+        x = np.asarray(S.effective_embed(model, table.tokens, mode), np.float64)
+        ov = np.asarray(S.W_V(model).values, np.float64) @ np.asarray(S.W_O(model).values,
+                                                                         np.float64)
+        for layer in range(cfg.n_layers):
+            for h in range(cfg.n_heads):
+                out = jnp.asarray(x @ ov[layer, h], jnp.float32)  # [m, d]
+                want = np.asarray(model.unembed(out))[:, table.tokens]
+                np.testing.assert_allclose(got[layer, h], want, rtol=1e-4,
+                                           atol=1e-4 * np.abs(want).max())
+        sc = S.score_heads(model, classes, embed_mode=mode)
+        want_hits = S.scores_from_logits(got, table).hits
+        np.testing.assert_array_equal(sc.hits, want_hits)
