@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.interp import (
+    W_O,
     W_U,
     Intervention,
     Patch,
@@ -314,4 +315,48 @@ def summarize(r: InContextResult, k: int, weight_scores=None) -> dict:
             for n, v in r.per_class.items() if "patch_heads" in v}
         out["patch_skipped"] = {n: v["patch_skipped"] for n, v in r.per_class.items()
                                 if "patch_skipped" in v}
+    return out
+
+
+def contextual_ov_logits(model, tokenizer, table, classes: Sequence[OrdinalClass], *,
+                         n_context: int = 2, prefix: str = "List:") -> np.ndarray:
+    """Effective OV logits with the *in-context* input (spec §12 step 4): ``[L, H, m, m]``.
+
+    Row ``t`` of head (l, h) is ``N_f(v^{l}_{kv(h)}[t] W_O^{l,h}) W_U`` over the table's
+    tokens, where ``v`` is the head's value vector (its own input norm included: the captured
+    ``v`` site) at the position of ``t`` in the list prompt ``prefix t_{i-n}, ..., t_{i-1}, t,``
+    (as many predecessors as the class has, up to ``n_context``). Rows of tokens without a
+    prompt are ``-inf``. Scored with :func:`~projects.successor_heads.succession.
+    scores_from_logits`, this asks whether a head increments the representation it actually
+    reads in context rather than MLP0 of the raw embedding.
+    """
+    cfg = model.config
+    comma = tokenizer.encode(",")[0]
+    head = list(tokenizer.encode(prefix))
+    col = {int(t): i for i, t in enumerate(table.tokens)}
+    prompts: dict[int, list[int]] = {}
+    for cls in classes:
+        prev = {j: i for i, j in cls.pairs}
+        for k, t in enumerate(cls.token_ids):
+            chain = [k]
+            while len(chain) <= n_context and chain[0] in prev and prev[chain[0]] not in chain:
+                chain.insert(0, prev[chain[0]])
+            ids = head + [x for i in chain for x in (cls.token_ids[i], comma)]
+            prompts.setdefault(len(ids), []).append((col[t], ids))
+    m = len(table.tokens)
+    out = np.full((cfg.n_layers, cfg.n_heads, m, m), -np.inf, np.float32)
+    wo = W_O(model).values  # [L, H, k, d]
+    wu = W_U(model).values[:, jnp.asarray(table.tokens)]
+    group = cfg.n_heads // cfg.n_kv_heads
+    for length, rows in prompts.items():
+        ids = jnp.asarray([r[1] for r in rows], jnp.int32)
+        _, cache = run_with_cache(model, ids, names_filter=("v", "resid_post"))
+        v = cache.stack("v").values[:, :, length - 2]  # [L, b, K, k] at the item
+        v = jnp.repeat(v, group, axis=2)  # [L, b, H, k]
+        y = jnp.einsum("lbhk,lhkd->lhbd", v, wo)
+        normed = final_norm_linear(model, y, y)
+        bias = model.unembed(jnp.zeros((cfg.d_model,), y.dtype))[jnp.asarray(table.tokens)]
+        lg = np.asarray(jnp.einsum("lhbd,dn->lhbn", normed, wu) + bias)
+        for b, (r, _) in enumerate(rows):
+            out[:, :, r] = lg[:, :, b]
     return out

@@ -223,6 +223,24 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
                 + f". Patched classes: {', '.join(ic['per_class_patch'])}."
                 + (f" Skipped: {ic['patch_skipped']}." if ic.get("patch_skipped") else ""), ""]
         lines += ["Figures: `figures/incontext_heads.png`, `figures/incontext_layers.png`.", ""]
+    co = s.get("contextual_ov")
+    if co:
+        t0 = co["top_heads"][0]
+        lines += [
+            "### The same score on in-context inputs",
+            "",
+            "Spec §12 step 4: each head's OV circuit fed with the value vector it actually reads "
+            "at an item inside a list prompt (`List: t_i-2, t_i-1, t_i,`; the captured `v` "
+            "site, its own input norm included) instead of MLP0(W_E). Top heads: " + ", ".join(
+                f"{_h(r)} {r[2]:.3f}" for r in co["top_heads"][:5])
+            + f" (chance {co['chance']:.3f}; copy control " + ", ".join(
+                f"{_h(r)} {r[2]:.3f}" for r in co["copy_top_heads"]) + f"). {_h(t0)} per "
+            "class: " + ", ".join(f"{k} {v:.2f}" for k, v in co["top_head_per_class"].items())
+            + "."
+            + (f" The head with the largest direct effect in context, {_h(co['dla_head'])}, "
+               f"scores {co['dla_head_score']:.3f} here." if co.get("dla_head") else ""),
+            "",
+        ]
     nat = s.get("natural")
     if nat:
         h = f"L{nat['layer']}H{nat['head']}"

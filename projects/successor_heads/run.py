@@ -185,6 +185,20 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
                 summary["in_context_skipped"] = str(e)
         if ic_res is not None:
             summary["in_context"] = incontext.summarize(ic_res, config.top_k, sc)
+        with stage("in-context OV", "succession scores with each head's in-context input (v at "
+                   "the item in a list prompt) instead of MLP0(W_E)", prefix=PREFIX):
+            csc = succession.scores_from_logits(
+                incontext.contextual_ov_logits(model, tok, sc.table, classes), sc.table)
+        dla_top = summary["in_context"]["top_dla_heads"][0][:2] if ic_res is not None else None
+        summary["contextual_ov"] = {
+            "top_heads": [[a, b, round(v, 4)] for a, b, v in csc.top(config.top_k)],
+            "copy_top_heads": [[a, b, round(v, 4)] for a, b, v in csc.top(3, "copy")],
+            "chance": csc.chance,
+            "top_head_per_class": {k: round(v, 4) for k, v in csc.breakdown(
+                *csc.top(1)[0][:2]).items()},
+            "dla_head": dla_top,
+            "dla_head_score": (round(float(np.asarray(csc.succession)[tuple(dla_top)]), 4)
+                               if dla_top else None)}
     lap("in_context")
     # ------------------------------------------------------------------ natural text
     if config.natural.enabled:

@@ -65,3 +65,28 @@ def test_nothing_right_is_a_clear_error():
         pytest.skip("the random model happened to continue a list")
     with pytest.raises(ValueError, match="no list prompt right at top-1"):
         incontext.run_in_context(model, TOK, [_days()], patch=False)
+
+
+def test_contextual_ov_logits_at_layer0_by_hand():
+    """At layer 0 a head's value at an item is norm1(E[t]) W_V, whatever the context: the
+    in-context OV logits of layer 0 equal the hand computation from the HF tensors."""
+    from projects.successor_heads import succession
+    from tests.projects.successor_heads.tiny import w_o, w_v
+
+    t = random_tensors(CFG, seed=13)
+    model = build(CFG, t)
+    classes = tasks.build_classes(TOK, ("days", "number_words"), bare=())[0]
+    table = succession.pair_table(classes)
+    got = incontext.contextual_ov_logits(model, TOK, table, classes)
+    assert got.shape == (CFG.n_layers, CFG.n_heads, len(table.tokens), len(table.tokens))
+    assert np.isfinite(got).all()  # every class token has a prompt
+    E = t["model.embed_tokens.weight"]
+    g1 = t["model.layers.0.input_layernorm.weight"]
+    for h in range(CFG.n_heads):
+        for r, tok_id in enumerate(table.tokens):
+            e = E[tok_id].astype(np.float64)
+            n1 = e / np.sqrt((e * e).mean() + CFG.norm_eps) * g1
+            out = n1 @ w_v(t, CFG, 0, h // 2) @ w_o(t, CFG, 0, h)
+            want = np.asarray(model.unembed(jnp.asarray(out, jnp.float32)))[table.tokens]
+            np.testing.assert_allclose(got[0, h, r], want, rtol=1e-4,
+                                       atol=1e-4 * np.abs(want).max())
