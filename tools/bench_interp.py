@@ -30,6 +30,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from tools.roofline import best_time as _best
 from tools.roofline import jax_matmul_gflops
@@ -111,6 +112,23 @@ def hf_ablation_sweep(model, ids, correct: int, wrong: int, n_heads_total: int |
             handle.remove()
             out[layer, head] = float((lg[:, correct] - lg[:, wrong]).mean())
     return out
+
+
+def sweep_memory(model, ids, metric) -> str:
+    """The compiled sweep program's memory as XLA reports it (temporaries: what the sweep
+    allocates beyond its inputs, e.g. a stacked copy of the block parameters), next to the
+    parameters' own size, and this process's peak RSS so far."""
+    import resource
+
+    from common.interp import sweeps
+
+    args, kw, _ = sweeps.sweep_program(model, ids, 0.0, metric)
+    mem = sweeps._sweep_jit.lower(*args, **kw).compile().memory_analysis()
+    blocks = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model.blocks)))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    return (f"sweep program memory: temporaries {mem.temp_size_in_bytes / 2**20:.0f} MiB, "
+            f"arguments {mem.argument_size_in_bytes / 2**20:.0f} MiB (block parameters "
+            f"{blocks / 2**20:.0f} MiB); process peak RSS {peak:.0f} MiB")
 
 
 def _timed(fn):
@@ -289,6 +307,7 @@ def main(argv=None) -> None:
           f"{hf_flops / ours_flops:.2f}x; max |ours - transformers| = {err:.2e} (target 1e-4)")
     print(f"  (a full forward with all {s} logits is {(cfg.n_layers * bf + unembed_all) / 1e9:.1f}"
           f" GFLOP; the sweep reads only 2 logits at the last position)")
+    print("  " + sweep_memory(model, jids, metric))
     top = ours.map(lambda v: v - base).top(5, largest=False)
     print("  most important heads (metric change): " + ", ".join(
         f"L{lh[0]}H{lh[1]} {v:+.3f}" for lh, v in top))

@@ -20,7 +20,7 @@ The final norm's site (``ln_final_scale``) belongs to no block: it is reported a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -151,7 +151,21 @@ class AttentionEdit(NamedTuple):
 
 
 class Hooks:
-    """No-op hooks: the plain forward."""
+    """No-op hooks: the plain forward.
+
+    **Scanned layers.** The model's blocks share one parameter stack and the forward scans
+    over it (:class:`~common.models.decoder.DecoderLM`). A scan runs one program for many
+    layers, so the hooks describe, per layer, the static part of what they do
+    (:meth:`layer_program`: which optional sites they want, whether attention is edited, what
+    they record); the model scans each run of consecutive layers with equal programs once,
+    through the hooks :meth:`for_layers` returns for it. Inside such a run ``layer`` reaches
+    :meth:`site` and :meth:`attention_edit` as a traced int32 scalar (index arrays with it;
+    decide nothing in Python on it), and the values a hook keeps leave the scan through
+    buffers carried by it (:meth:`scan_outputs` per layer, :meth:`scan_keep` which layers,
+    :meth:`scan_collect` the result). Hooks that need ``layer`` as a Python int leave :meth:`for_layers`
+    at its default (None): the model then runs every layer unrolled with Python ints, as
+    before (slower to compile, the same numbers).
+    """
 
     def wants(self, site: str, layer: int) -> bool:  # noqa: ARG002
         """Whether an optional site must be computed at this layer (static)."""
@@ -164,6 +178,32 @@ class Hooks:
     def attention_edit(self, layer: int) -> AttentionEdit | None:  # noqa: ARG002
         """How this layer's attention computation is changed, if at all."""
         return None
+
+    def layer_program(self, layer: int) -> Hashable:  # noqa: ARG002
+        """What these hooks do at ``layer`` that changes the traced program (static, hashable);
+        consecutive layers with equal values are scanned as one run."""
+        return ()
+
+    def for_layers(self, start: int, stop: int) -> Hooks | None:  # noqa: ARG002
+        """Hooks for the run of layers ``start .. stop-1`` (all with one
+        :meth:`layer_program`), whose ``layer`` may be traced; None: run them unrolled with
+        these hooks. The no-op base class serves itself; subclasses opt in."""
+        return self if type(self) is Hooks else None
+
+    def scan_outputs(self) -> Any:
+        """The values kept by :meth:`site` during one layer of a run (a pytree of arrays,
+        taken and cleared)."""
+        return {}
+
+    def scan_keep(self, layers: tuple[int, ...], outputs: Any) -> Any:  # noqa: ARG002
+        """For each leaf of :meth:`scan_outputs` (``outputs``: their structure), the layers of
+        the run ``layers`` whose value is kept (a tuple); the model keeps only those, so a
+        capture at a few layers of a long run holds a few values, not one per layer."""
+        return jax.tree.map(lambda _: (), outputs)
+
+    def scan_collect(self, layers: tuple[int, ...], outputs: Any) -> None:
+        """Receive the kept values of the run ``layers``: each leaf of :meth:`scan_outputs`
+        stacked over its :meth:`scan_keep` layers (leading axis)."""
 
 
 NO_HOOKS = Hooks()

@@ -133,7 +133,7 @@ class Patch:
         Known layers (outside a trace) select the entry in Python; traced ones select it in
         the program (``x`` itself where ``layer`` is not patched: exact either way).
         """
-        known = _concrete(self.layers)
+        known = None if isinstance(layer, jax.core.Tracer) else _concrete(self.layers)
         if known is not None:
             hits = np.flatnonzero(known.reshape(-1) == layer)
             return x if hits.size == 0 else self.apply(int(hits[0]), x, field)
@@ -530,28 +530,64 @@ def _pos_mask(w: jax.Array | None, z: jax.Array) -> jax.Array | float:
 
 
 class InterventionHooks(Hooks):
-    """Applies an :class:`Intervention` at the model's sites (built by ``.hooks(config)``)."""
+    """Applies an :class:`Intervention` at the model's sites (built by ``.hooks(config)``).
 
-    def __init__(self, iv: Intervention, config, inner: Hooks | None = None):
+    In a scanned run of layers (:meth:`for_layers`) the static choices (which patches are
+    computed, whether attention is edited) are read at the run's first layer ``rep`` (the
+    run's layers share them by construction) and ``layer`` indexes the per-layer arrays as a
+    traced scalar."""
+
+    def __init__(self, iv: Intervention, config, inner: Hooks | None = None,
+                 rep: int | None = None):
         self.iv = iv
         self.config = config
         self.inner = inner
+        self.rep = rep
         self._patches: dict[str, list[int]] = {}  # site -> indices into iv.patches
         for j, p in enumerate(iv.patches):
             self._patches.setdefault(p.site, []).append(j)
         layers = iv.edit_layers
         self._edit_layers = set(range(config.n_layers) if layers is None else layers)
 
+    def _static(self, layer) -> int:
+        """The layer the static choices are read at."""
+        return layer if self.rep is None else self.rep
+
     def wants(self, site: str, layer: int) -> bool:
-        if any(self.iv.patches[j].computed_at(layer) for j in self._patches.get(site, ())):
+        at = self._static(layer)
+        if any(self.iv.patches[j].computed_at(at) for j in self._patches.get(site, ())):
             return True
         return self.inner is not None and self.inner.wants(site, layer)
 
+    def layer_program(self, layer: int):
+        return (tuple(p.computed_at(layer) for p in self.iv.patches),
+                layer in self._edit_layers,
+                () if self.inner is None else self.inner.layer_program(layer))
+
+    def for_layers(self, start: int, stop: int) -> Hooks | None:
+        inner = None
+        if self.inner is not None:
+            inner = self.inner.for_layers(start, stop)
+            if inner is None:
+                return None
+        return InterventionHooks(self.iv, self.config, inner, rep=start)
+
+    def scan_outputs(self):
+        return {} if self.inner is None else self.inner.scan_outputs()
+
+    def scan_keep(self, layers, outputs):
+        return {} if self.inner is None else self.inner.scan_keep(layers, outputs)
+
+    def scan_collect(self, layers, outputs) -> None:
+        if self.inner is not None:
+            self.inner.scan_collect(layers, outputs)
+
     def site(self, site: str, layer: int, value: jax.Array) -> jax.Array:
         iv = self.iv
+        at = self._static(layer)
         for j in self._patches.get(site, ()):
             p = iv.patches[j]
-            if p.computed_at(layer):
+            if p.computed_at(at):
                 value = p.apply_at(layer, value, f"patches[{j}]")
         if site == "z":
             value = self._edit_z(layer, value)
@@ -578,7 +614,7 @@ class InterventionHooks(Hooks):
     def attention_edit(self, layer: int) -> AttentionEdit | None:
         iv = self.iv
         inner = None if self.inner is None else self.inner.attention_edit(layer)
-        if layer not in self._edit_layers or (
+        if self._static(layer) not in self._edit_layers or (
             iv.prob_transform is None and iv.mask is None and iv.q_positions is None
             and iv.kv_positions is None
         ):

@@ -30,6 +30,7 @@ from common.interp.results import PatchingResult
 from common.interp.views import W_O, W_U
 from common.labelled import Labelled
 from common.models.capture import capture_store, resolve_layers, run_with_cache
+from common.models.layer_stack import layer_params
 
 
 class _PatchSite(Hooks):
@@ -76,31 +77,26 @@ def _sweep_jit(graphdef, state, resid_pre, src, masks, metric, positions, mask, 
     """``[L, V]`` metric values; ``resid_pre [L, b, s, d]``, ``src [L, *site_shape]``."""
     model = nnx.merge(graphdef, state)
     n_layers = model.config.n_layers
-    block_def = nnx.graphdef(model.blocks[0])
-    if any(nnx.graphdef(model.blocks[i]) != block_def for i in range(1, n_layers)):
-        raise NotImplementedError("sweeps need blocks of one structure (they are scanned over)")
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs),
-                           *[nnx.state(model.blocks[i]) for i in range(n_layers)])
+    block_def, stacked = nnx.split(model.blocks)  # the model's own stack: no second copy
     kw = dict(positions=positions, mask=mask, cache=None, cache_index=None)
 
     def per_layer(layer):
         x = resid_pre[layer]
         src_l = src[layer]
-        params_l = jax.tree.map(lambda a: a[layer], stacked)
+        params_l = layer_params(stacked, layer)
 
         def variant(m):
             block = nnx.merge(block_def, params_l)
             y, _ = block(x, hooks=_PatchSite(site, m, src_l), layer=layer, **kw)
 
-            def body(y, inp):
-                params_i, i = inp
-
+            def body(y, i):
                 def run(y):
-                    return nnx.merge(block_def, params_i)(y, hooks=NO_HOOKS, layer=i, **kw)[0]
+                    block = nnx.merge(block_def, layer_params(stacked, i))
+                    return block(y, hooks=NO_HOOKS, layer=i, **kw)[0]
 
                 return jax.lax.cond(i > layer, run, lambda y: y, y), None
 
-            y, _ = jax.lax.scan(body, y, (stacked, jnp.arange(n_layers)))
+            y, _ = jax.lax.scan(body, y, jnp.arange(n_layers))
             return evaluate(metric, model, y)
 
         if chunk is None:
@@ -144,6 +140,23 @@ def patch_sweep(
     Returns:
       ``Labelled [layer, head]`` (``kv_head`` for k/v sites), or ``[layer, head, pos]``.
     """
+    args, kw, site_shape = sweep_program(model, base_ids, source, metric, site=site,
+                                         per_position=per_position, positions=positions,
+                                         mask=mask, chunk=chunk)
+    out = _sweep_jit(*args, **kw)
+    cfg = model.config
+    head_name = "kv_head" if site in ("k", "v", "rot_k") else "head"
+    if per_position:
+        n, sq = site_shape[HEAD_AXIS[site]], site_shape[POS_AXIS[site]]
+        return Labelled(out.reshape(cfg.n_layers, n, sq), ("layer", head_name, "pos"))
+    return Labelled(out, ("layer", head_name))
+
+
+def sweep_program(model, base_ids, source, metric, *, site: str = "z",
+                  per_position: bool = False, positions=None, mask=None, chunk=None):
+    """``(args, kwargs, site_shape)`` of the one jitted sweep program of :func:`patch_sweep`
+    (``_sweep_jit(*args, **kwargs)``; ``_sweep_jit.lower(*args, **kwargs)`` for its compiled
+    memory, as ``tools/bench_interp.py`` reports)."""
     _check_site(site)
     base_ids = jnp.asarray(base_ids)
     b, s = base_ids.shape
@@ -152,7 +165,7 @@ def patch_sweep(
     graphdef, state = nnx.split(model)
     _, store = jax.eval_shape(
         lambda st: capture_store(nnx.merge(graphdef, st), base_ids, positions, mask, None, (site,),
-                            (0,), True), state)
+                                 (0,), True), state)
     site_shape = tuple(store[(site, 0)].shape)
     _, cache = run_with_cache(model, base_ids, names_filter="resid_pre", positions=positions,
                               mask=mask)
@@ -170,14 +183,8 @@ def patch_sweep(
         raise ValueError(f"patch_sweep: source {src.shape} does not fit site {site!r} of shape "
                          f"{(cfg.n_layers,) + site_shape}") from None
     masks = _variant_masks(site, site_shape, per_position)
-    out = _sweep_jit(graphdef, state, resid, src, masks, as_metric(metric, warn=True), positions,
-                     mask,
-                     site=site, chunk=chunk)
-    head_name = "kv_head" if site in ("k", "v", "rot_k") else "head"
-    if per_position:
-        n, sq = site_shape[HEAD_AXIS[site]], site_shape[POS_AXIS[site]]
-        return Labelled(out.reshape(cfg.n_layers, n, sq), ("layer", head_name, "pos"))
-    return Labelled(out, ("layer", head_name))
+    args = (graphdef, state, resid, src, masks, as_metric(metric, warn=True), positions, mask)
+    return args, dict(site=site, chunk=chunk), site_shape
 
 
 def _patching_args(name, clean_ids, corrupted_ids, direction, site):
@@ -266,11 +273,13 @@ def metric_value(model, input_ids: jax.Array, metric, *, intervention: Any = Non
 
 
 class _AddAt(Hooks):
-    """Adds ``deltas[layer]`` to ``site`` and records the (pre-delta) values."""
+    """Adds ``deltas[layer]`` (``deltas [L, *site_shape]``) to ``site`` and records the
+    (pre-delta) values; scans over layers (the values leave the scan as its outputs)."""
 
-    def __init__(self, site: str, deltas: dict[int, jax.Array]):
+    def __init__(self, site: str, deltas: jax.Array):
         self.site_name, self.deltas = site, deltas
         self.store: dict[int, jax.Array] = {}
+        self.pending: dict[str, jax.Array] = {}
 
     def wants(self, site, layer):  # noqa: ARG002
         return site == self.site_name and site in OPTIONAL_SITES
@@ -278,8 +287,22 @@ class _AddAt(Hooks):
     def site(self, site, layer, value):
         if site != self.site_name:
             return value
-        self.store[layer] = value
+        self.pending["value"] = value
         return value + self.deltas[layer].astype(value.dtype)
+
+    def for_layers(self, start, stop):  # noqa: ARG002
+        return self
+
+    def scan_outputs(self):
+        out, self.pending = self.pending, {}
+        return out
+
+    def scan_keep(self, layers, outputs):
+        return {"value": layers} if outputs else {}
+
+    def scan_collect(self, layers, outputs):
+        for j, layer in enumerate(layers):
+            self.store[layer] = outputs["value"][j]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "site"))
@@ -289,10 +312,10 @@ def _grad_jit(graphdef, state, ids, metric, positions, mask, *, site):
 
     def shapes(st):
         m = nnx.merge(graphdef, st)
-        return capture_store(m, ids, positions, mask, None, (site,), tuple(range(n)), True)[1]
+        return capture_store(m, ids, positions, mask, None, (site,), (0,), True)[1]
 
-    shp = jax.eval_shape(shapes, state)
-    deltas = {i: jnp.zeros(shp[(site, i)].shape, shp[(site, i)].dtype) for i in range(n)}
+    shp = jax.eval_shape(shapes, state)[(site, 0)]
+    deltas = jnp.zeros((n,) + shp.shape, shp.dtype)
 
     def f(deltas):
         hooks = _AddAt(site, deltas)
@@ -301,7 +324,7 @@ def _grad_jit(graphdef, state, ids, metric, positions, mask, *, site):
         return evaluate(metric, model, x), jnp.stack([hooks.store[i] for i in range(n)])
 
     (value, base), grads = jax.value_and_grad(f, has_aux=True)(deltas)
-    return value, base, jnp.stack([grads[i] for i in range(n)])
+    return value, base, grads
 
 
 def site_gradients(model, input_ids: jax.Array, metric, *, site: str = "z"):

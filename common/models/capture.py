@@ -88,7 +88,10 @@ _DERIVED = ("head_out",)
 
 class CaptureHooks(Hooks):
     """Records the values of ``sites`` at ``layers`` (after ``inner`` edited them); the final
-    sites (:data:`~common.attention.hooks.FINAL_SITES`) whatever ``layers`` says."""
+    sites (:data:`~common.attention.hooks.FINAL_SITES`) whatever ``layers`` says.
+
+    In a scanned run of layers (``for_layers``) the values leave the scan as its outputs and
+    are stored per layer by ``scan_collect``."""
 
     def __init__(self, sites: Iterable[str], layers: Iterable[int], inner: Hooks = NO_HOOKS):
         self.sites = frozenset(sites)
@@ -113,6 +116,59 @@ class CaptureHooks(Hooks):
     def attention_edit(self, layer: int):
         return self.inner.attention_edit(layer)
 
+    def layer_program(self, layer: int):
+        # Only the optional sites change the program; the others are recorded at the chosen
+        # layers of one scan (``scan_keep``), so a capture does not cut the stack into runs.
+        return (tuple(sorted(s for s in self.sites if s in OPTIONAL_SITES and s not in _DERIVED
+                             and self._takes(s, layer))),
+                self.inner.layer_program(layer))
+
+    def for_layers(self, start: int, stop: int) -> Hooks | None:
+        inner = self.inner.for_layers(start, stop)
+        return None if inner is None else _RunCapture(self, start, inner)
+
+
+class _RunCapture(Hooks):
+    """:class:`CaptureHooks` for one run of layers with one program (``rep``: its first layer,
+    where the static choices are read); ``layer`` may be traced."""
+
+    def __init__(self, parent: CaptureHooks, rep: int, inner: Hooks):
+        self.parent, self.rep, self.inner = parent, rep, inner
+        # Non-optional sites are recorded at every layer of the run and kept at the chosen ones.
+        self.taken = {s for s in parent.sites
+                      if s not in OPTIONAL_SITES or parent._takes(s, rep)}
+        self.pending: dict[str, jax.Array] = {}
+
+    def wants(self, site: str, layer) -> bool:
+        if site in OPTIONAL_SITES and site not in _DERIVED and site in self.taken:
+            return True
+        return self.inner.wants(site, layer)
+
+    def site(self, site: str, layer, value: jax.Array) -> jax.Array:
+        value = self.inner.site(site, layer, value)
+        if site in self.taken:
+            self.pending[site] = value
+        return value
+
+    def attention_edit(self, layer):
+        return self.inner.attention_edit(layer)
+
+    def scan_outputs(self):
+        own, self.pending = self.pending, {}
+        return {"own": own, "inner": self.inner.scan_outputs()}
+
+    def scan_keep(self, layers: tuple[int, ...], outputs):
+        own = {site: tuple(i for i in layers if self.parent._takes(site, i))
+               for site in outputs["own"]}
+        return {"own": own, "inner": self.inner.scan_keep(layers, outputs["inner"])}
+
+    def scan_collect(self, layers: tuple[int, ...], outputs) -> None:
+        for site, stacked in outputs["own"].items():
+            kept = tuple(i for i in layers if self.parent._takes(site, i))
+            for j, layer in enumerate(kept):
+                self.parent.store[(site, layer)] = stacked[j]
+        self.inner.scan_collect(layers, outputs["inner"])
+
 
 def capture_store(model, input_ids, positions, mask, intervention, sites, layers, last_only):
     """The un-jitted capture: ``(logits, {(site, layer): value})`` (arguments as
@@ -130,7 +186,7 @@ def capture_store(model, input_ids, positions, mask, intervention, sites, layers
         for layer in layers:
             if ("head_out", layer) in store:  # the intervention computed it in the forward
                 continue
-            wo = model.blocks[layer].attn.o_kernel[...]
+            wo = model.blocks.attn.o_kernel[...][layer]
             z = store[("z", layer)]
             store[("head_out", layer)] = jnp.einsum("bshk,hkd->bshd", z, wo.astype(z.dtype))
     return logits, {k: v for k, v in store.items() if k[0] in keep}

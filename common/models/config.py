@@ -25,6 +25,11 @@ class ModelConfig:
       attn_backend: attention backend (``auto``, ``reference``, ``cpu``, ``xla``, ``cudnn``,
         ``pallas``; see :mod:`common.attention.backends`).
       dtype: compute dtype (``float32`` or ``bfloat16``); logits are returned in float32.
+      scan_layers: scan the forward over the stacked blocks (compile time independent of
+        depth); False unrolls a Python loop over layers (debugging; the same numbers).
+      remat: rematerialisation policy of each layer for training (``none``, ``full``,
+        ``save_dots``, ``save_dots_no_batch`` or a ``jax.checkpoint_policies`` name; see
+        :data:`common.models.layer_stack.REMAT_POLICIES`).
     """
 
     arch: str = "llama"
@@ -53,6 +58,8 @@ class ModelConfig:
     dtype: str = "float32"
     bos_token_id: int | None = None
     eos_token_id: int | tuple | None = None
+    scan_layers: bool = True
+    remat: str = "none"
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -81,6 +88,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.pos must be 'rope' or 'learned', got {self.pos!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"ModelConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        from common.models.layer_stack import check_remat  # lazy: config imports no JAX
+
+        check_remat(self.remat)
         if self.rotary_dim is not None and (self.rotary_dim % 2 or self.rotary_dim > self.d_head):
             raise ValueError(f"ModelConfig.rotary_dim ({self.rotary_dim}) must be even and <= d_head")
 

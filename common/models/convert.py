@@ -146,16 +146,26 @@ def weight_map(cfg: ModelConfig) -> Iterator[tuple[tuple, str | tuple[str, ...],
         raise ValueError(f"unknown architecture {cfg.arch!r}")
 
 
-def _variable(model: nnx.Module, path: tuple) -> nnx.Variable:
-    node = model
+def _variable(model: nnx.Module, path: tuple) -> tuple[nnx.Variable, int | None]:
+    """The variable at ``path`` and the layer it holds there (the block stack keeps every
+    layer of a parameter in one variable: ``("blocks", 3, "attn", "q_kernel")`` is layer 3
+    of ``blocks.attn.q_kernel``), or None for a parameter outside the stack."""
+    node, layer = model, None
     for key in path:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
+        if isinstance(key, int):
+            layer = key
+        else:
+            node = getattr(node, key)
+    return node, layer
 
 
 def assign_weights(model: nnx.Module, tensors: dict, source: str = "checkpoint",
                    pop: bool = True) -> None:
     """Copy Hugging Face ``tensors`` into ``model`` (possibly built with ``nnx.eval_shape``).
+
+    Per-layer tensors are written into the block stack's ``[n_layers, ...]`` parameters: each
+    layer's value goes to the device as it is read, and a parameter's layers are stacked once
+    all are there (peak memory: the weights plus one stacked parameter).
 
     Raises :class:`WeightShapeError` naming ``source`` and the tensor when a tensor is missing
     or its shape does not fit. With ``pop`` the numpy tensors are released as they are copied
@@ -169,10 +179,11 @@ def assign_weights(model: nnx.Module, tensors: dict, source: str = "checkpoint",
 
     plan = [(path, pick(names), fn) for path, names, fn in plan]
     last_use = {name: i for i, (_, name, _) in enumerate(plan)}
+    layers_of: dict[int, dict[int, jnp.ndarray]] = {}  # id(stacked variable) -> {layer: value}
     for i, (path, name, fn) in enumerate(plan):
         if name not in tensors:
             raise WeightShapeError(f"{source}: missing tensor {name!r} for {cfg.arch} model")
-        var = _variable(model, path)
+        var, layer = _variable(model, path)
         w = tensors[name]
         try:
             value = fn(np.asarray(w))
@@ -181,12 +192,19 @@ def assign_weights(model: nnx.Module, tensors: dict, source: str = "checkpoint",
                 f"{source}: tensor {name!r} has shape {tuple(np.shape(w))}, which does not fit "
                 f"the config ({e})"
             ) from e
-        expect = tuple(var.shape)
+        expect = tuple(var.shape) if layer is None else tuple(var.shape[1:])
         if tuple(value.shape) != expect:
             raise WeightShapeError(
                 f"{source}: tensor {name!r} has shape {tuple(np.shape(w))}; the config needs "
                 f"{expect} at {'.'.join(map(str, path))}"
             )
-        var.set_value(jnp.asarray(value, dtype=var.dtype))
+        if layer is None:
+            var.set_value(jnp.asarray(value, dtype=var.dtype))
+        else:
+            got = layers_of.setdefault(id(var), {})
+            got[layer] = jnp.asarray(value, dtype=var.dtype)
+            if len(got) == var.shape[0]:  # every layer read: stack them into the parameter
+                del layers_of[id(var)]
+                var.set_value(jnp.stack([got.pop(i) for i in range(var.shape[0])]))
         if pop and last_use[name] == i:
             del tensors[name]

@@ -18,7 +18,8 @@ from common.attention.hooks import NO_HOOKS, Hooks
 from common.attention.layer import LayerKV, MultiHeadAttention, param
 from common.attention.masks import Mask
 from common.attention.rope import RoPE
-from common.models import views
+from common.models import layer_stack, views
+from common.models.activation_sharding import constrain
 from common.models.capture import call as capture_call
 from common.models.capture import run_with_cache
 from common.models.config import ModelConfig
@@ -28,10 +29,11 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class KVCache(NamedTuple):
-    """Per-layer keys/values ``[batch, max_len, kv_heads, head_dim]``, the number of filled
-    slots ``length`` (int32 scalar) and ``valid [batch, max_len]`` (False for padding slots)."""
+    """The KV cache of every layer, stacked: ``layers.k``/``layers.v [n_layers, batch,
+    max_len, kv_heads, head_dim]`` (keys after RoPE), the number of filled slots ``length``
+    (int32 scalar) and ``valid [batch, max_len]`` (False for padding slots)."""
 
-    layers: tuple[LayerKV, ...]
+    layers: LayerKV
     length: jax.Array
     valid: jax.Array
 
@@ -43,10 +45,9 @@ class KVCache(NamedTuple):
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty KV cache for ``batch`` sequences of up to ``max_len`` tokens."""
     dtype = dtype or _DTYPES[config.dtype]
-    shape = (batch, max_len, config.n_kv_heads, config.d_head)
-    layers = tuple(LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-                   for _ in range(config.n_layers))
-    return KVCache(layers, jnp.zeros((), jnp.int32), jnp.zeros((batch, max_len), bool))
+    shape = (config.n_layers, batch, max_len, config.n_kv_heads, config.d_head)
+    return KVCache(LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)),
+                   jnp.zeros((), jnp.int32), jnp.zeros((batch, max_len), bool))
 
 
 class Block(nnx.Module):
@@ -92,8 +93,11 @@ class DecoderLM(nnx.Module):
     """Decoder-only LM. ``model(input_ids [batch, seq]) -> logits [batch, seq, vocab]`` (f32).
 
     Parameters: ``embed.embedding [vocab, d_model]``, ``pos_embed.embedding [max_pos, d_model]``
-    (GPT-2), ``blocks[i]`` (``attn_norm``, ``attn``, ``mlp_norm``, ``mlp``), ``final_norm``,
-    ``lm_head [d_model, vocab]`` (untied models only).
+    (GPT-2), ``blocks`` (one :class:`Block` whose parameters carry a leading ``layers`` axis:
+    ``blocks.attn.q_kernel [n_layers, d_model, heads, d_head]``, ``blocks.attn_norm``,
+    ``blocks.mlp_norm``, ``blocks.mlp``; see :mod:`common.models.layer_stack`), ``final_norm``,
+    ``lm_head [d_model, vocab]`` (untied models only). ``model.block(i)`` is layer ``i`` as a
+    plain :class:`Block` (a copy); ``model.set_block(i, block)`` writes one back.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -103,7 +107,7 @@ class DecoderLM(nnx.Module):
             Embed(config.max_position, config.d_model, (None, "embed"), rngs=rngs)
             if config.pos == "learned" else None
         )
-        self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.n_layers)])
+        self.blocks = layer_stack.stacked(lambda r: Block(config, rngs=r), config.n_layers, rngs)
         self.final_norm = Norm(config.d_model, config.norm, config.norm_eps, rngs=rngs)
         self.lm_head = (
             None if config.tie_embeddings
@@ -126,9 +130,34 @@ class DecoderLM(nnx.Module):
         final norm's divisor is the site ``ln_final_scale`` at layer ``n_layers``."""
         x = self.final_norm(x, hooks, "ln_final_scale", self.config.n_layers)
         if self.lm_head is None:
-            return self.embed.attend(x)
-        return jnp.einsum("...d,dv->...v", x, self.lm_head[...].astype(x.dtype),
-                          preferred_element_type=jnp.float32)
+            logits = self.embed.attend(x)
+        else:
+            logits = jnp.einsum("...d,dv->...v", x, self.lm_head[...].astype(x.dtype),
+                                preferred_element_type=jnp.float32)
+        if logits.ndim == 3:
+            logits = constrain(logits, ("batch", "seq", "vocab"))
+        return logits
+
+    def block(self, layer: int) -> Block:
+        """Layer ``layer`` (negative counts from the end) as a plain :class:`Block` holding a
+        copy of that layer's parameters (editing it leaves the model unchanged; edit the stack,
+        e.g. ``model.blocks.mlp.down_kernel[...] = w.at[layer].set(...)``)."""
+        n = self.config.n_layers
+        if not -n <= layer < n:
+            raise IndexError(f"block: layer {layer} out of range [0, {n})")
+        graphdef, params = nnx.split(self.blocks)
+        return nnx.merge(graphdef, layer_stack.layer_params(params, layer % n))
+
+    def set_block(self, layer: int, block: Block) -> None:
+        """Write ``block``'s parameters (a :meth:`block` copy, edited) into the stack at
+        ``layer``: a weight edit of one layer."""
+        n = self.config.n_layers
+        if not -n <= layer < n:
+            raise IndexError(f"set_block: layer {layer} out of range [0, {n})")
+        params = nnx.state(self.blocks)
+        new = jax.tree.map(lambda a, b: a.at[layer % n].set(b.astype(a.dtype)), params,
+                           nnx.state(block))
+        nnx.update(self.blocks, new)
 
     def run_blocks(
         self,
@@ -140,14 +169,15 @@ class DecoderLM(nnx.Module):
         start: int = 0,
         stop: int | None = None,
     ) -> jax.Array:
-        """Run blocks ``start .. stop-1`` on the residual stream ``x [batch, seq, d_model]``.
+        """Run blocks ``start .. stop-1`` on the residual stream ``x [batch, seq, d_model]``
+        (scanned over the stack unless ``config.scan_layers`` is False).
 
         Lets a sweep reuse the unchanged layers below the one it edits.
         """
         stop = self.config.n_layers if stop is None else stop
-        for i in range(start, stop):
-            x, _ = self.blocks[i](x, positions=positions, mask=mask, cache=None,
-                                  cache_index=None, hooks=hooks, layer=i)
+        x, _ = layer_stack.run_layers(self.blocks, x, positions=positions, mask=mask, hooks=hooks,
+                                      start=start, stop=stop, scan=self.config.scan_layers,
+                                      remat=self.config.remat)
         return x
 
     def forward(
@@ -184,7 +214,6 @@ class DecoderLM(nnx.Module):
         if self.pos_embed is not None and cache is None and s > self.config.max_position:
             raise ValueError(f"sequence length {s} exceeds max_position {self.config.max_position}")
         cache_index = None
-        new_layers: list[LayerKV] = []
         if cache is not None:
             cache_index = cache.length
             tv = jnp.ones((b, s), bool) if token_valid is None else token_valid.astype(bool)
@@ -201,18 +230,15 @@ class DecoderLM(nnx.Module):
         elif mask is None:
             mask = Mask(causal=True)
         x = self.embed_tokens(input_ids, positions)
-        if cache is None:
-            x = self.run_blocks(x, positions=positions, mask=mask, hooks=hooks)
-        else:
-            for i, block in enumerate(self.blocks):
-                x, layer_cache = block(x, positions=positions, mask=mask, cache=cache.layers[i],
-                                       cache_index=cache_index, hooks=hooks, layer=i)
-                new_layers.append(layer_cache)
+        x, layers_kv = layer_stack.run_layers(
+            self.blocks, x, positions=positions, mask=mask, hooks=hooks, start=0,
+            stop=self.config.n_layers, scan=self.config.scan_layers, remat=self.config.remat,
+            cache=None if cache is None else cache.layers, cache_index=cache_index)
         if last_only:
             x = x[:, -1:]
         logits = self.unembed(x, hooks)
         if cache is not None:
-            cache = KVCache(tuple(new_layers), cache.length + s, valid)
+            cache = KVCache(layers_kv, cache.length + s, valid)
         return logits, cache
 
     def __call__(

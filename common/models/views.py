@@ -29,15 +29,24 @@ from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from common.labelled import Labelled
 from common.models.capture import resolve_layers
 
 
-def _stack(model, layers, fn) -> tuple[jax.Array, dict, dict]:
-    layers = resolve_layers(layers, model.config.n_layers)
-    w = jnp.stack([fn(model.blocks[i].attn) for i in layers])
-    return w, {"layer": layers}, {"layer": model.config.n_layers}
+def _stack(model, layers, name: str, perm: tuple[int, ...] | None = None
+           ) -> tuple[jax.Array, dict, dict]:
+    """The stacked attention parameter ``name`` (``[n_layers, ...]``) at ``layers``, axes
+    permuted by ``perm``: the model's own stack, unsliced, when every layer is asked for."""
+    n = model.config.n_layers
+    layers = resolve_layers(layers, n)
+    w = getattr(model.blocks.attn, name)[...]
+    if layers != tuple(range(n)):
+        w = w[np.asarray(layers)]
+    if perm is not None:
+        w = jnp.transpose(w, perm)
+    return w, {"layer": layers}, {"layer": n}
 
 
 def _expand_kv(w: jax.Array, group: int) -> jax.Array:
@@ -47,13 +56,13 @@ def _expand_kv(w: jax.Array, group: int) -> jax.Array:
 
 def W_Q(model, layers: Iterable[int] | None = None) -> Labelled:
     """``[layer, head, d_model, d_head]``."""
-    w, c, e = _stack(model, layers, lambda a: jnp.transpose(a.q_kernel[...], (1, 0, 2)))
+    w, c, e = _stack(model, layers, "q_kernel", (0, 2, 1, 3))
     return Labelled(w, ("layer", "head", "d_model", "d_head"), c, e)
 
 
 def W_K(model, layers: Iterable[int] | None = None, *, expand: bool = True) -> Labelled:
     """``[layer, head, d_model, d_head]`` (``[layer, kv_head, ...]`` with ``expand=False``)."""
-    w, c, e = _stack(model, layers, lambda a: jnp.transpose(a.k_kernel[...], (1, 0, 2)))
+    w, c, e = _stack(model, layers, "k_kernel", (0, 2, 1, 3))
     if expand:
         return Labelled(_expand_kv(w, model.config.group),
                         ("layer", "head", "d_model", "d_head"), c, e)
@@ -62,7 +71,7 @@ def W_K(model, layers: Iterable[int] | None = None, *, expand: bool = True) -> L
 
 def W_V(model, layers: Iterable[int] | None = None, *, expand: bool = True) -> Labelled:
     """``[layer, head, d_model, d_head]`` (``[layer, kv_head, ...]`` with ``expand=False``)."""
-    w, c, e = _stack(model, layers, lambda a: jnp.transpose(a.v_kernel[...], (1, 0, 2)))
+    w, c, e = _stack(model, layers, "v_kernel", (0, 2, 1, 3))
     if expand:
         return Labelled(_expand_kv(w, model.config.group),
                         ("layer", "head", "d_model", "d_head"), c, e)
@@ -71,15 +80,18 @@ def W_V(model, layers: Iterable[int] | None = None, *, expand: bool = True) -> L
 
 def W_O(model, layers: Iterable[int] | None = None) -> Labelled:
     """``[layer, head, d_head, d_model]``."""
-    w, c, e = _stack(model, layers, lambda a: a.o_kernel[...])
+    w, c, e = _stack(model, layers, "o_kernel")
     return Labelled(w, ("layer", "head", "d_head", "d_model"), c, e)
 
 
 def b_O(model, layers: Iterable[int] | None = None) -> Labelled:
     """``[layer, d_model]`` output bias (zeros for models without one)."""
-    d = model.config.d_model
-    w, c, e = _stack(model, layers,
-                     lambda a: jnp.zeros((d,)) if a.o_bias is None else a.o_bias[...])
+    if model.blocks.attn.o_bias is None:
+        layers = resolve_layers(layers, model.config.n_layers)
+        w = jnp.zeros((len(layers), model.config.d_model))
+        c, e = {"layer": layers}, {"layer": model.config.n_layers}
+    else:
+        w, c, e = _stack(model, layers, "o_bias")
     return Labelled(w, ("layer", "d_model"), c, e)
 
 
@@ -130,7 +142,7 @@ def effective_embedding(model, token_ids: jax.Array | None = None, *,
     if ids.ndim != 1:
         raise ValueError(f"effective_embedding: token_ids must be [n], got {ids.shape}")
     x = model.embed_tokens(ids[:, None], jnp.zeros((ids.shape[0], 1), jnp.int32))
-    block = model.blocks[0]
+    block = model.block(0)
     if mode == "mlp0":
         return (x + block.mlp(block.mlp_norm(x)))[:, 0]
     if mode == "block0":

@@ -11,6 +11,7 @@ from common.sharding.mesh import AXES, MeshConfig, MeshError, describe, make_mes
 from common.sharding.rules import (
     CONTEXT_RULES,
     DEFAULT_RULES,
+    activation_placement,
     logical_names,
     logical_to_spec,
     named_shardings,
@@ -29,6 +30,7 @@ __all__ = [
     "ModelDef",
     "ShardedInit",
     "TrainState",
+    "activation_placement",
     "describe",
     "logical_names",
     "logical_to_spec",

@@ -2,13 +2,14 @@
 
 The core names every parameter dimension (``nnx.Param`` metadata ``out_sharding``, e.g.
 ``('embed', 'heads', 'head_dim')``). A rule table maps each logical name to one mesh axis (or
-``None``: replicated), in the MaxText manner but with a vocabulary of nine names and four
+``None``: replicated), in the MaxText manner but with a vocabulary of ten names and four
 mesh axes:
 
 ==========  =========  ==================================================
 logical     mesh axis  why
 ==========  =========  ==================================================
-batch       data       data parallelism
+batch       data,fsdp  data parallelism; the FSDP axis splits the batch too (ZeRO-3: each
+                       device computes its own examples with gathered parameters)
 embed       fsdp       parameters (and optimiser state) split ZeRO-3 style
 heads       tensor     Megatron-style head parallelism
 kv_heads    tensor     grouped-query K/V heads follow their query heads
@@ -17,11 +18,13 @@ vocab       tensor     embedding / unembedding rows
 head_dim    None
 seq         None       (``context`` with :data:`CONTEXT_RULES`)
 models      data       a population's model axis (``common.train.population``)
+layers      None       the block stack's layer axis (scanned over, so never split)
 ==========  =========  ==================================================
 
-A dimension is left replicated (``None``) when its size is not divisible by the mesh axis
-size (e.g. 3 KV heads on ``tensor=4``) or when the mesh axis is already used by an earlier
-dimension of the same array.
+A rule may name several mesh axes (``batch`` -> ``data`` then ``fsdp``), as MaxText's do. A
+dimension is left replicated (``None``) when its size is not divisible by the mesh axis size
+(e.g. 3 KV heads on ``tensor=4``) or when the mesh axis is already used by an earlier
+dimension of the same array; of several axes, those that fit are kept in order.
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ from collections.abc import Mapping, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-Rules = tuple[tuple[str, str | None], ...]
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 DEFAULT_RULES: Rules = (
-    ("batch", "data"),
+    ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -43,6 +46,7 @@ DEFAULT_RULES: Rules = (
     ("head_dim", None),
     ("seq", None),
     ("models", "data"),
+    ("layers", None),
 )
 # Context (sequence) parallelism for activations: sequence dimension over ``context``.
 CONTEXT_RULES: Rules = tuple((k, "context" if k == "seq" else v) for k, v in DEFAULT_RULES)
@@ -69,27 +73,42 @@ def logical_to_spec(
         return PartitionSpec()
     table = dict(rules)
     used: set[str] = set()
-    out: list[str | None] = []
+    out: list[str | tuple[str, ...] | None] = []
     for i, name in enumerate(names):
         if name is None:
             out.append(None)
             continue
         if name not in table:
             raise KeyError(f"logical axis {name!r} has no sharding rule; known: {sorted(table)}")
-        axis = table[name]
-        if axis is not None and mesh is not None and axis not in mesh.shape:
-            raise KeyError(f"rule {name!r} -> {axis!r}: mesh has axes {tuple(mesh.shape)}")
-        if axis is None or axis in used:
-            out.append(None)
-            continue
-        if mesh is not None and shape is not None and shape[i] % mesh.shape[axis]:
-            out.append(None)
-            continue
-        used.add(axis)
-        out.append(axis)
+        rule = table[name]
+        axes = () if rule is None else (rule,) if isinstance(rule, str) else tuple(rule)
+        kept: list[str] = []
+        size = 1
+        for axis in axes:
+            if mesh is not None and axis not in mesh.shape:
+                raise KeyError(f"rule {name!r} -> {axis!r}: mesh has axes {tuple(mesh.shape)}")
+            if axis in used:
+                continue
+            n = 1 if mesh is None else mesh.shape[axis]
+            if mesh is not None and shape is not None and shape[i] % (size * n):
+                continue
+            kept.append(axis)
+            size *= n
+        used.update(kept)
+        out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
     while out and out[-1] is None:
         out.pop()
     return PartitionSpec(*out)
+
+
+def activation_placement(mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """``(logical names, shape) -> NamedSharding`` on ``mesh`` by ``rules``: the placement of
+    the model's named activations (:mod:`common.models.activation_sharding`) in a train step."""
+
+    def placement(names, shape):
+        return NamedSharding(mesh, logical_to_spec(names, rules, mesh, shape))
+
+    return placement
 
 
 def _logical_names(variable) -> tuple | None:

@@ -45,7 +45,7 @@ from common.data.pipeline import iterate
 from common.progress import quiet
 from common.rundir import MetricsWriter, atomic_write_text
 from common.sharding.mesh import describe
-from common.sharding.rules import DEFAULT_RULES, Rules, logical_to_spec
+from common.sharding.rules import DEFAULT_RULES, Rules, activation_placement, logical_to_spec
 from common.sharding.state import ModelDef, ShardedInit, TrainState, sharded_init
 from common.train.orbax_checkpoint import Checkpointer
 from common.train.population import MODELS, Population
@@ -238,7 +238,9 @@ def train(
     base_step = make_train_step(init.model_def, task.loss_fn, tx, grad_accum=config.grad_accum,
                                 compute_dtype=compute_dtype,
                                 device_data=task.device_data if on_device else None,
-                                batch_shardings=batch_shardings, population=population)
+                                batch_shardings=batch_shardings, population=population,
+                                placement=None if population is not None
+                                else activation_placement(mesh, rules))
     layout: list[tuple[str, tuple[int, ...]]] = []  # (metric, shape), filled when traced
 
     def packed_step(state, batch):

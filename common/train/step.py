@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from common.models.activation_sharding import Placement, activation_sharding
 from common.sharding.state import ModelDef, TrainState
 from common.train.population import Population
 
@@ -63,6 +64,7 @@ def make_train_step(
     device_data: Callable[[jax.Array], dict] | None = None,
     batch_shardings: Any = None,
     population: Population | None = None,
+    placement: Placement | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict, jax.Array]]:
     """The (unjitted) train step; see the module docstring.
 
@@ -76,6 +78,8 @@ def make_train_step(
         batch on device as ``device_data(state.step)``, constrained to ``batch_shardings``.
       population: the models of ``model_def`` when it is a population (``loss_fn`` then returns
         the loss of each model, ``[M]``).
+      placement: where the model's named activations go
+        (:func:`common.sharding.activation_placement`); None leaves them to XLA.
     """
 
     def loss_of(params, batch):
@@ -93,6 +97,10 @@ def make_train_step(
         return loss, aux, grads
 
     def step(state: TrainState, batch: dict | None):
+        with activation_sharding(placement):
+            return placed_step(state, batch)
+
+    def placed_step(state: TrainState, batch: dict | None):
         if device_data is not None:
             batch = device_data(state.step)
             if batch_shardings is not None:

@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=128,
-        dtype="float32", attn_backend="reference"))
+        dtype="float32", attn_backend="reference", scan_layers=True, remat="none"))
     c.data = ml_collections.ConfigDict(dict(
         source="generated", seq_len=32, num_examples=4096, global_batch_size=16, dir=""))
     c.optim = ml_collections.ConfigDict(dict(
@@ -80,7 +80,8 @@ def build(c: ml_collections.ConfigDict, workdir: pathlib.Path):
     mcfg = ModelConfig(arch="llama", vocab_size=m.vocab_size, d_model=m.d_model,
                        n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads,
                        d_mlp=m.d_mlp, attn_backend=m.attn_backend,
-                       dtype=compute or m.dtype, max_position=c.data.seq_len)
+                       dtype=compute or m.dtype, max_position=c.data.seq_len,
+                       scan_layers=m.scan_layers, remat=m.remat)
     seed = int(c.seed)
     task = Task(make_model=lambda: DecoderLM(mcfg, rngs=nnx.Rngs(seed)), loss_fn=loss_fn,
                 batch_axes={"input_ids": ("batch", "seq")})

@@ -29,6 +29,7 @@ def make_model(config: ModelConfig = TINY, seed: int = 0) -> DecoderLM:
     for path, x in leaves:
         name = jax.tree_util.keystr(path)
         n = rng.standard_normal(x.shape).astype(np.float32)
+        fan = x.shape[1:] if "blocks" in name else x.shape  # the stack's layer axis is no fan-in
         if "scale" in name:
             v = 1.0 + 0.2 * n
         elif "bias" in name:
@@ -36,9 +37,9 @@ def make_model(config: ModelConfig = TINY, seed: int = 0) -> DecoderLM:
         elif "embedding" in name:
             v = n
         elif "o_kernel" in name:
-            v = n / np.sqrt(x.shape[0] * x.shape[1])
+            v = n / np.sqrt(fan[0] * fan[1])
         else:
-            v = n / np.sqrt(x.shape[0])
+            v = n / np.sqrt(fan[0])
         new.append(jnp.asarray(v))
     nnx.update(model, jax.tree_util.tree_unflatten(tree, new))
     return model

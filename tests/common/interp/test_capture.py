@@ -78,8 +78,8 @@ def test_pattern_and_z_by_hand(full_cache):
 
 def test_q_k_v_are_the_projections_of_the_normed_residual(tiny, full_cache):
     c = full_cache[1]
-    attn = tiny.blocks[1].attn
-    x = np.asarray(_rms(c["resid_pre", 1], tiny.blocks[1].attn_norm.scale[...], TINY.norm_eps))
+    attn = tiny.block(1).attn
+    x = np.asarray(_rms(c["resid_pre", 1], tiny.block(1).attn_norm.scale[...], TINY.norm_eps))
     for site, kernel in (("q", attn.q_kernel), ("k", attn.k_kernel), ("v", attn.v_kernel)):
         want = np.einsum("bsd,dhk->bshk", x, np.asarray(kernel[...]))
         np.testing.assert_allclose(np.asarray(c[site, 1]), want, atol=1e-5, rtol=0)
@@ -87,16 +87,16 @@ def test_q_k_v_are_the_projections_of_the_normed_residual(tiny, full_cache):
 
 def test_head_out_sums_to_attn_out_with_o_bias():
     model = make_model(TINY.replace(o_bias=True), seed=3)
-    assert np.abs(np.asarray(model.blocks[0].attn.o_bias[...])).max() > 0.05
+    assert np.abs(np.asarray(model.block(0).attn.o_bias[...])).max() > 0.05
     ids = jnp.arange(12).reshape(2, 6) % TINY.vocab_size
     _, c = run_with_cache(model, ids, names_filter=("z", "head_out", "attn_out"))
     for layer in range(TINY.n_layers):
         ho = np.asarray(c["head_out", layer], np.float64)
         assert c.axes("head_out") == ("batch", "pos", "head", "d_model")
-        wo = np.asarray(model.blocks[layer].attn.o_kernel[...], np.float64)
+        wo = np.asarray(model.block(layer).attn.o_kernel[...], np.float64)
         want = np.einsum("bshk,hkd->bshd", np.asarray(c["z", layer], np.float64), wo)
         np.testing.assert_allclose(ho, want, atol=1e-6, rtol=0)
-        total = ho.sum(2) + np.asarray(model.blocks[layer].attn.o_bias[...])
+        total = ho.sum(2) + np.asarray(model.block(layer).attn.o_bias[...])
         np.testing.assert_allclose(total, np.asarray(c["attn_out", layer]), atol=2e-6, rtol=0)
 
 

@@ -22,7 +22,9 @@ def _with_weights(model, edit):
     """A copy of ``model`` whose attention params went through ``edit(layer, attn)``."""
     m = nnx.clone(model)
     for layer in range(L):
-        edit(layer, m.blocks[layer].attn)
+        blk = m.block(layer)
+        edit(layer, blk.attn)
+        m.set_block(layer, blk)
     return m
 
 

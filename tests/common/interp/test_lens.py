@@ -51,7 +51,7 @@ def test_model_attributes_are_the_views(tiny):
     assert tiny.W_U.shape == (TINY.d_model, TINY.vocab_size)
     # the attributes are computed from the parameters: an edit shows up at once
     np.testing.assert_array_equal(np.asarray(tiny.W_O[1, 2]),
-                                  np.asarray(tiny.blocks[1].attn.o_kernel[...][2]))
+                                  np.asarray(tiny.blocks.attn.o_kernel[...][1, 2]))
 
 
 def test_cfg_uses_transformerlens_names(tiny):

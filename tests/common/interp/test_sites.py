@@ -57,7 +57,7 @@ def test_each_site_by_hand(tiny, full_cache):
     logits, c = full_cache
     eps = TINY.norm_eps
     for layer in range(L):
-        blk = tiny.blocks[layer]
+        blk = tiny.block(layer)
         # Norm scales: the divisor sqrt(mean(x²) + eps) of the norm's input.
         x = _np(c["resid_pre", layer])
         np.testing.assert_allclose(_np(c["ln1_scale", layer]), _rms(x, eps), rtol=1e-6)
@@ -106,7 +106,7 @@ def test_patching_them_equals_weight_edits(tiny, ids, full_cache):
     zero = Intervention(patches=(Patch(site="mlp_post", layers=(1,),
                                        value=jnp.zeros((1, 1, 1, TINY.d_mlp))),))
     edited = nnx.clone(tiny)
-    edited.blocks[1].mlp.down_kernel[...] = jnp.zeros_like(edited.blocks[1].mlp.down_kernel[...])
+    edited.blocks.mlp.down_kernel[...] = edited.blocks.mlp.down_kernel[...].at[1].set(0.0)
     np.testing.assert_allclose(np.asarray(forward(tiny, ids, intervention=zero)),
                                np.asarray(forward(edited, ids)), atol=1e-5, rtol=0)
     # mlp_pre is what the nonlinearity sees: replacing it by 0 makes silu(0)·up = 0 too.
@@ -123,7 +123,8 @@ def test_patching_them_equals_weight_edits(tiny, ids, full_cache):
     d1 = Intervention(patches=(Patch(site="ln1_scale", layers=(0,),
                                      value=2 * c["ln1_scale", 0][None]),))
     half = nnx.clone(tiny)
-    half.blocks[0].attn_norm.scale[...] = half.blocks[0].attn_norm.scale[...] / 2
+    scale = half.blocks.attn_norm.scale  # [n_layers, d_model]
+    scale[...] = scale[...].at[0].divide(2)
     np.testing.assert_allclose(np.asarray(forward(tiny, ids, intervention=d1)),
                                np.asarray(forward(half, ids)), atol=1e-5, rtol=0)
     # Scores of head (0, 1): everything but key 0 at -1e9 -> its z is token 0's value.

@@ -36,8 +36,8 @@ def test_gate_equals_zeroed_rows_of_W_O(smollm2, prompts):
     heads = [(3, 4), (17, 8)]
     edited = nnx.clone(model)
     for layer, h in heads:
-        attn = edited.blocks[layer].attn
-        attn.o_kernel[...] = attn.o_kernel[...].at[h].set(0.0)
+        o = edited.blocks.attn.o_kernel  # [n_layers, heads, d_head, d_model]
+        o[...] = o[...].at[layer, h].set(0.0)
     want = np.asarray(forward(edited, ids))
     got = np.asarray(forward(model, ids, intervention=Intervention.ablate(model.config, heads)))
     np.testing.assert_allclose(got, want, atol=5e-5, rtol=0)

@@ -14,7 +14,7 @@ L, H, KV, D = TINY.n_layers, TINY.n_heads, TINY.n_kv_heads, TINY.d_head
 
 def _normed(model, layer, x):
     x = np.asarray(x, np.float64)
-    scale = np.asarray(model.blocks[layer].attn_norm.scale[...], np.float64)
+    scale = np.asarray(model.block(layer).attn_norm.scale[...], np.float64)
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + TINY.norm_eps) * scale
 
 
@@ -66,7 +66,7 @@ def test_ov_and_qk_circuits(tiny, full_cache):
 
 def test_effective_embedding(tiny):
     tokens = jnp.asarray([3, 7, 11])
-    block = tiny.blocks[0]
+    block = tiny.block(0)
     x = np.asarray(W_E(tiny))[np.asarray(tokens)].astype(np.float64)
     n = x / np.sqrt((x * x).mean(-1, keepdims=True) + TINY.norm_eps)
     n = n * np.asarray(block.mlp_norm.scale[...])

@@ -27,8 +27,7 @@ def _model(arch: str) -> DecoderLM:
     # Norm weights and biases away from 1 and 0, so that each one matters.
     rng = np.random.default_rng(0)
     for name in ("attn_norm", "mlp_norm"):
-        for blk in model.blocks:
-            norm = getattr(blk, name)
+        for norm in (getattr(model.blocks, name),):  # the stack: [n_layers, d_model]
             norm.scale[...] = jnp.asarray(1 + 0.2 * rng.standard_normal(norm.scale.shape), jnp.float32)
             if norm.bias is not None:
                 norm.bias[...] = jnp.asarray(0.2 * rng.standard_normal(norm.bias.shape), jnp.float32)
@@ -79,14 +78,15 @@ def test_call_inside_transformations_runs_inline(llama, ids, monkeypatch):
         return m(ids)[:, -1, 3].sum()
 
     g = nnx.grad(loss)(llama)
-    w = llama.blocks[1].mlp.down_kernel
-    d = jnp.asarray(np.random.default_rng(0).standard_normal(w.shape), jnp.float32)
+    w = llama.blocks.mlp.down_kernel[...]  # [n_layers, d_mlp, d_model]: layer 1 is probed
+    d = jnp.zeros_like(w).at[1].set(
+        jnp.asarray(np.random.default_rng(0).standard_normal(w.shape[1:]), jnp.float32))
     eps = 1e-2
     up, dn = nnx.clone(llama), nnx.clone(llama)
-    up.blocks[1].mlp.down_kernel[...] = w[...] + eps * d
-    dn.blocks[1].mlp.down_kernel[...] = w[...] - eps * d
+    up.blocks.mlp.down_kernel[...] = w + eps * d
+    dn.blocks.mlp.down_kernel[...] = w - eps * d
     fd = (float(loss(up)) - float(loss(dn))) / (2 * eps)
-    np.testing.assert_allclose(float(jnp.vdot(g.blocks[1].mlp.down_kernel[...], d)), fd,
+    np.testing.assert_allclose(float(jnp.vdot(g.blocks.mlp.down_kernel[...], d)), fd,
                                rtol=2e-2, atol=1e-4)
 
 
@@ -113,7 +113,8 @@ def test_norm_scales_and_mlp_sites_by_hand(arch, ids):
             return _rms_norm(x, f64(mod.scale[...]), cfg.norm_eps)
         return _layer_norm(x, f64(mod.scale[...]), f64(mod.bias[...]), cfg.norm_eps)
 
-    for layer, blk in enumerate(model.blocks):
+    for layer in range(cfg.n_layers):
+        blk = model.block(layer)
         x = f64(c["resid_pre", layer])
         _, s1 = norm(blk.attn_norm, x)
         np.testing.assert_allclose(f64(c["ln1_scale", layer]), s1, rtol=1e-6)

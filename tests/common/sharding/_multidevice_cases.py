@@ -96,27 +96,29 @@ def test_grad_accumulation_matches_full_batch():
 def test_heads_are_split_over_tensor():
     mesh = make_mesh("data=2,tensor=4")
     init, state, _ = run_steps_on("data=2,tensor=4", 1)
-    attn = state.params["blocks"][0]["attn"]
+    attn = state.params["blocks"]["attn"]  # the block stack: [n_layers, ...]
     tensor = mesh.shape["tensor"]
-    assert attn["q_kernel"].sharding.spec == P("fsdp", "tensor")
-    assert attn["o_kernel"].sharding.spec == P("tensor", None, "fsdp")
-    # each device holds heads / tensor query heads and kv_heads / tensor K/V heads
+    L = CFG.n_layers
+    assert attn["q_kernel"].sharding.spec == P(None, "fsdp", "tensor")
+    assert attn["o_kernel"].sharding.spec == P(None, "tensor", None, "fsdp")
+    # each device holds heads / tensor query heads and kv_heads / tensor K/V heads, of every
+    # layer (the layer axis is never split)
     for shard in attn["q_kernel"].addressable_shards:
-        assert shard.data.shape == (64, CFG.n_heads // tensor, CFG.d_head)
+        assert shard.data.shape == (L, 64, CFG.n_heads // tensor, CFG.d_head)
     for shard in attn["k_kernel"].addressable_shards:
-        assert shard.data.shape == (64, CFG.n_kv_heads // tensor, CFG.d_head)
+        assert shard.data.shape == (L, 64, CFG.n_kv_heads // tensor, CFG.d_head)
     for shard in attn["o_kernel"].addressable_shards:
-        assert shard.data.shape == (CFG.n_heads // tensor, CFG.d_head, 64)
+        assert shard.data.shape == (L, CFG.n_heads // tensor, CFG.d_head, 64)
     # devices that differ only in their tensor coordinate hold different heads
     q_idx = {d: s.index for d, s in zip(
         [s.device for s in attn["q_kernel"].addressable_shards],
         attn["q_kernel"].addressable_shards, strict=True)}
-    heads_of = {d: idx[1] for d, idx in q_idx.items()}
+    heads_of = {d: idx[2] for d, idx in q_idx.items()}  # [layers, embed, heads, head_dim]
     row = mesh.devices[0, 0, :, 0]
     assert len({(heads_of[d].start, heads_of[d].stop) for d in row}) == tensor
     # the optimiser state follows its parameter; the step counter is replicated
     trace = state.opt_state[0]
-    assert trace.trace["blocks"][0]["attn"]["q_kernel"].sharding.spec == P("fsdp", "tensor")
+    assert trace.trace["blocks"]["attn"]["q_kernel"].sharding.spec == P(None, "fsdp", "tensor")
     assert state.step.sharding.spec == P()
 
 
@@ -134,3 +136,46 @@ def test_restore_onto_another_mesh_and_device_count(tmp_path):
                            jax.tree.leaves(target.shardings), strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
             assert y.sharding == t
+
+
+def test_activation_placement_splits_the_residual_and_the_logits():
+    """Under a ZeRO-3 mesh the named activations follow the rules: the residual entering each
+    layer is split over the batch axes only, the logits over batch and vocab, and the train step
+    built with the placement gives the losses of the one without it."""
+    from common.models.activation_sharding import activation_sharding
+    from common.sharding import activation_placement
+
+    mesh = make_mesh("fsdp=4,tensor=2")
+    init = sharded_init(make_model, TX, mesh)
+    seen = []
+    place = activation_placement(mesh)
+
+    def recording(names, shape):
+        sharding = place(names, shape)
+        seen.append((names, sharding.spec))
+        return sharding
+
+    ids = jax.device_put(batch()["input_ids"], jax.sharding.NamedSharding(
+        mesh, logical_to_spec(("batch", "seq"), mesh=mesh)))
+    state = init.create()
+
+    @jax.jit
+    def logits_of(params, ids):
+        with activation_sharding(recording):
+            return init.model_def.bind(params)(ids)
+
+    logits = logits_of(state.params, ids)
+    split = ("data", "fsdp")  # data has size 1 on this mesh
+    assert (("batch", "seq", None), P(split)) in seen
+    assert (("batch", "seq", "vocab"), P(split, None, "tensor")) in seen
+    assert logits.sharding.is_equivalent_to(
+        jax.sharding.NamedSharding(mesh, P("fsdp", None, "tensor")), 3)
+    bsh = {"input_ids": ids.sharding}
+    losses = {}
+    for name, placement in (("placed", place), ("free", None)):
+        step = jax.jit(make_train_step(init.model_def, loss_fn, TX, placement=placement),
+                       in_shardings=(init.shardings, bsh),
+                       out_shardings=(init.shardings, None, None))
+        _, metrics, _ = step(init.create(), {"input_ids": ids})
+        losses[name] = float(metrics["loss"])
+    np.testing.assert_allclose(losses["placed"], losses["free"], rtol=1e-6)

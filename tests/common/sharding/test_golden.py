@@ -24,9 +24,10 @@ def test_partition_specs_match_golden_dump(name):
 def test_golden_dumps_show_head_parallelism():
     # Independent of the committed files: the rules as the design states them.
     lm = dump(golden_models()["lm_tiny"])["params"]
-    assert lm["blocks/0/attn/q_kernel"]["spec"] == ["fsdp", "tensor"]
-    assert lm["blocks/0/attn/o_kernel"]["spec"] == ["tensor", None, "fsdp"]
+    assert lm["blocks/attn/q_kernel"]["spec"] == [None, "fsdp", "tensor"]
+    assert lm["blocks/attn/o_kernel"]["spec"] == [None, "tensor", None, "fsdp"]
+    assert lm["blocks/attn/q_kernel"]["logical"][0] == "layers"  # the stack, never split
     smol = dump(golden_models()["smollm2_135m"])["params"]
     # 9 heads and 3 KV heads do not divide tensor=4: only embed (576 = 2 * 288) is split.
-    assert smol["blocks/0/attn/q_kernel"]["spec"] == ["fsdp"]
+    assert smol["blocks/attn/q_kernel"]["spec"] == [None, "fsdp"]
     assert smol["embed/embedding"]["spec"] == ["tensor", "fsdp"]

@@ -57,7 +57,11 @@ def test_make_mesh_has_explicit_auto_axis_types():
 
 def test_logical_rules_follow_the_table():
     m = amesh(data=2, fsdp=2, tensor=4)
-    assert logical_to_spec(("batch", "seq"), mesh=m) == P("data")
+    # The batch is split over data and fsdp (ZeRO-3), of which the axes that divide it.
+    assert logical_to_spec(("batch", "seq"), mesh=m) == P(("data", "fsdp"))
+    assert logical_to_spec(("batch", "seq"), mesh=m, shape=(8, 16)) == P(("data", "fsdp"))
+    assert logical_to_spec(("batch", "seq"), mesh=m, shape=(2, 16)) == P("data")
+    assert logical_to_spec(("batch", "seq"), mesh=amesh(fsdp=4), shape=(6, 16)) == P("data")
     assert logical_to_spec(("embed", "heads", "head_dim"), mesh=m, shape=(64, 8, 16)) == P(
         "fsdp", "tensor")
     assert logical_to_spec(("heads", "head_dim", "embed"), mesh=m, shape=(8, 16, 64)) == P(
@@ -65,7 +69,9 @@ def test_logical_rules_follow_the_table():
     assert logical_to_spec(("vocab", "embed"), mesh=m, shape=(128, 64)) == P("tensor", "fsdp")
     assert logical_to_spec(("embed", "mlp"), mesh=m, shape=(64, 256)) == P("fsdp", "tensor")
     assert logical_to_spec(None) == P()
-    assert logical_to_spec(("batch", "seq"), CONTEXT_RULES) == P("data", "context")
+    assert logical_to_spec(("batch", "seq"), CONTEXT_RULES) == P(("data", "fsdp"), "context")
+    # A population's models axis takes data; its members' batch is split over fsdp only.
+    assert logical_to_spec(("models", "batch"), mesh=m, shape=(2, 8)) == P("data", "fsdp")
 
 
 def test_indivisible_or_repeated_axes_are_replicated():
@@ -79,8 +85,11 @@ def test_indivisible_or_repeated_axes_are_replicated():
 
 
 def test_unknown_logical_axis_is_named():
-    with pytest.raises(KeyError, match="'layers'"):
-        logical_to_spec(("layers", "embed"))
+    with pytest.raises(KeyError, match="'experts'"):
+        logical_to_spec(("experts", "embed"))
+    # The block stack's layer axis has a rule: never split.
+    assert logical_to_spec(("layers", "embed", "mlp"), mesh=amesh(fsdp=2, tensor=4),
+                           shape=(30, 64, 256)) == P(None, "fsdp", "tensor")
 
 
 def test_param_and_optimizer_specs_from_metadata():
