@@ -87,7 +87,7 @@ def _meta(config: ml_collections.ConfigDict) -> dict:
     """What a checkpoint must agree on to be resumed: everything but the evaluation."""
     d = config.to_dict()
     d.pop("eval", None)
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("steps",)}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("steps", "select")}
     return json.loads(json.dumps(d, default=list))
 
 
@@ -147,7 +147,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                           clip=tc.clip, seed=tc.seed, log_every=tc.log_every,
                           ckpt_every=tc.ckpt_every, eval_every=tc.eval_every, workdir=rd.root,
                           meta=_meta(config), metrics=rd.metrics)
-    model = trained.best
+    if tc.select not in ("last", "best"):
+        raise ValueError(f"train.select must be 'last' or 'best', got {tc.select!r}")
+    model = trained.last if tc.select == "last" else trained.best
     lap("train")
     # ------------------------------------------------------------------ decode
     n_test, S = len(test_t), int(config.eval.samples)
@@ -197,6 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "model": {"d_model": cfg.d_model, "params": count_params(model),
                   "layers": [cfg.enc_layers, cfg.dec_layers], "heads": cfg.heads},
         "best": trained.best_info,
+        "select": tc.select,
         "steps": int(tc.steps),
         "n_train": len(train_t), "n_val": len(val_t), "n_test": n_test,
         "samples": S, "max_len": max_len,

@@ -75,6 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.steps = 40_000
     t.log_every, t.ckpt_every, t.eval_every = 200, 2_000, 2_000
     t.seed = 0
+    # which parameters are tested: "last" (the official code's trainer.test after early
+    # stopping) or "best" (lowest validation Δ of greedy decodes, the paper's monitor)
+    t.select = "last"
     # ---- evaluation ----
     e = c.eval = ml_collections.ConfigDict()
     e.samples = PAPER["samples"]
@@ -97,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         m.enc_layers, m.dec_layers = 2, 2
         p.rows = 8
         t.lr = 1e-3
-        t.steps, t.log_every, t.ckpt_every, t.eval_every = 3_000, 100, 1_000, 500
+        t.steps, t.log_every, t.ckpt_every, t.eval_every = 4_000, 100, 1_000, 500
         e.samples = 20
         if dataset != "synthetic":
             m.pools = (5, 3)
