@@ -210,10 +210,12 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
                 f"MLP{r[0]} {r[1]:+.2f}" for r in ic["top_dla_mlp_layers"]) + ".",
             "",
             "Reading the patching: replacing MLP0's output at every position transplants the "
-            "tokens themselves (MLP0's output is about 30x the norm of the raw embedding in "
-            "SmolLM2, so the residual after layer 0 is mostly MLP0), so MLP0 restoring about "
-            "everything is expected and says nothing about succession; the later layers are the"
-            " informative ones.",
+            "tokens themselves"
+            + (f" (MLP0's output is {s['mlp0_to_embed_norm_ratio']:.0f}x the norm of the raw "
+               "embedding on the class tokens, so the residual after layer 0 is mostly MLP0)"
+               if s.get("mlp0_to_embed_norm_ratio") else "")
+            + ", so MLP0 restoring about everything is expected and says nothing about "
+            "succession; the later layers are the informative ones.",
             "",
         ]
         if "top_patch_heads" in ic:

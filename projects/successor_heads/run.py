@@ -58,6 +58,11 @@ def headline(summary: dict) -> list[str]:
             p = ic["top_patch_heads"][0]
             line += f"; patching restores most at L{p[0]}H{p[1]} ({p[2]:.2f})"
         lines.append(line)
+    co = summary.get("contextual_ov")
+    if co:
+        t = co["top_heads"][0]
+        lines.append(f"  with each head's in-context input instead of MLP0(W_E): best "
+                     f"L{t[0]}H{t[1]} {t[2]:.3f} (chance {co['chance']:.3f})")
     m = summary.get("mod10")
     if m:
         lines.append(f"  mod-10 SAE features: coverage {m['coverage_mean']:.2f} (paper "
@@ -161,6 +166,12 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
                                   for h in sc.top(5, "predecessor")],
         "n_above_threshold": int((succ > config.threshold).sum()),
         "n_tied_best": int(np.isclose(succ, succ.max()).sum()),
+        "mlp0_to_embed_norm_ratio": (float(np.mean(
+            np.linalg.norm(np.asarray(succession.effective_embed(model, sc.table.tokens,
+                                                                 "mlp0_only")), axis=-1)
+            / np.linalg.norm(np.asarray(succession.effective_embed(model, sc.table.tokens,
+                                                                   "raw_embed")), axis=-1)))
+            if succession.has_mlp0(model.config) else None),
         "embed_modes": modes,
         "classes": tasks.describe(classes, gone),
         "scan_seconds": {"first_call": round(scan_s, 3), "warm": round(scan_warm_s, 4)},
