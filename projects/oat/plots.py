@@ -96,16 +96,21 @@ def metric_bars(scores: dict, out: pathlib.Path) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, label in ((axes[0], "behavioural_error", "behavioural error Δ (lower is better)"),
                            (axes[1], "sequence_score", "sequence score (higher is better)")):
-        vals = [scores[n][key] for n in names]
+        vals = np.array([scores[n][key] for n in names], float)
+        finite = np.isfinite(vals)
         y = np.arange(len(names))
-        ax.barh(y, vals, color=[COLOURS.get(n, "k") for n in names])
+        ax.barh(y, np.where(finite, vals, 0.0), color=[COLOURS.get(n, "k") for n in names])
         for yi, v in zip(y, vals, strict=True):
-            ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8)
+            # Δ is infinite when a human statistic is 0 and the method's is not (official sum)
+            ax.text(v if np.isfinite(v) else 0.0, yi,
+                    f" {v:.3f}" if np.isfinite(v) else " ∞ (a human statistic is 0)",
+                    va="center", fontsize=8)
         ax.set_yticks(y, [LABELS.get(n, n) for n in names], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(label)
         ax.set_ylabel("method")
-        ax.set_xlim(0, max(vals) * 1.3)
+        top = vals[finite].max() if finite.any() else 1.0
+        ax.set_xlim(0, (top if top > 0 else 1.0) * 1.45)
     return save(fig, out, "metrics")
 
 

@@ -16,7 +16,7 @@ PE_RMS_MAX = 0.01
 def claims(s: dict) -> list[dict]:
     """``[{"id", "claim", "holds", "detail"}]``: OAT (sampled) beats every baseline on Δ and on
     sequence score; the learned PE matches its Gaussian."""
-    m = s["metrics"]
+    m = _floats(s["metrics"])
     base = [k for k in B.NAMES if k in m]
     out = []
     d_oat = m["oat"]["behavioural_error"]
@@ -38,23 +38,31 @@ def claims(s: dict) -> list[dict]:
     return out
 
 
+def _floats(metrics: dict) -> dict:
+    """Δ and SS per method as floats (summary.json stores an infinite Δ as ``"inf"``)."""
+    return {k: {"behavioural_error": float(v["behavioural_error"]),
+                "sequence_score": float(v["sequence_score"])} for k, v in metrics.items()}
+
+
 def verdict_line(cl: list[dict]) -> str:
     return f"{sum(c['holds'] for c in cl)} of {len(cl)} claims hold"
 
 
 def _f(x, nd: int = 3) -> str:
-    return "–" if x is None else f"{x:.{nd}f}"
+    """A number (also ``"inf"`` as summary.json writes infinities) with ``nd`` decimals."""
+    return "–" if x is None else f"{float(x):.{nd}f}"
 
 
 def render(s: dict, config: ml_collections.ConfigDict) -> str:
     """The report (a newcomer's paragraph, claims, the metrics table, notation, gaps)."""
     m = s["metrics"]
+    mf = _floats(m)
     synthetic = s["dataset"] == "synthetic"
     quick = config.train.steps < 10_000 and config.model.d_app < 256
     cl = claims(s)
     base = [k for k in B.NAMES if k in m]
-    best_d = min(base, key=lambda k: m[k]["behavioural_error"])
-    best_s = max(base, key=lambda k: m[k]["sequence_score"])
+    best_d = min(base, key=lambda k: mf[k]["behavioural_error"])
+    best_s = max(base, key=lambda k: mf[k]["sequence_score"])
     lines = [
         "# OAT: object-level scanpath prediction (Fang et al., ECCV 2024)",
         "",
@@ -82,8 +90,8 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
     ]
     lines += [f"| {c['claim']} | {c['detail']} | {'holds' if c['holds'] else 'fails'} |"
               for c in cl]
-    margin_d = m[best_d]["behavioural_error"] - m["oat"]["behavioural_error"]
-    margin_s = m["oat"]["sequence_score"] - m[best_s]["sequence_score"]
+    margin_d = mf[best_d]["behavioural_error"] - mf["oat"]["behavioural_error"]
+    margin_s = mf["oat"]["sequence_score"] - mf[best_s]["sequence_score"]
     lines += [
         "",
         f"Margins: Δ {_f(margin_d)} below the best baseline ({LABELS[best_d]}), sequence score "

@@ -33,7 +33,8 @@ METHODS = ("oat", "oat_greedy", *B.NAMES)
 def headline(summary: dict) -> list[str]:
     """The closing lines of ``headlab run``: OAT vs the best baseline on Δ and SS, the PE error,
     the claims' verdicts."""
-    m = summary["metrics"]
+    m = {k: {"behavioural_error": float(v["behavioural_error"]),  # "inf" in summary.json
+             "sequence_score": float(v["sequence_score"])} for k, v in summary["metrics"].items()}
     base = [k for k in B.NAMES if k in m]
     bd = min(base, key=lambda k: m[k]["behavioural_error"])
     bs = max(base, key=lambda k: m[k]["sequence_score"])

@@ -112,3 +112,41 @@ def test_quick_config_end_to_end(tmp_path, monkeypatch):
         s = run.run(get_config("quick"), tmp_path)
     assert all(c["holds"] for c in s["claims"]), s["claims"]
     assert np.isfinite(s["metrics"]["oat"]["behavioural_error"])
+
+
+@pytest.mark.slow
+def test_amazon_fixture_end_to_end(tmp_path, monkeypatch):
+    """``--config :amazon+quick,data_dir=...`` on a fixture in the official format: prepare,
+    train a few steps, score, report."""
+    from tests.projects.oat.test_tfds_data import write_amazon
+
+    monkeypatch.setenv("HEADLAB_QUIET", "1")
+    manual = tmp_path / "manual"
+    write_amazon(manual, n_images=5, subjects=("a", "b", "c", "d", "e", "f"))
+    c = get_config("amazon+quick")
+    c.data_dir = str(manual)
+    c.model.d_app, c.model.d_pe, c.model.d_ff, c.model.enc_layers, c.model.dec_layers = (
+        16, 16, 32, 1, 1)
+    c.model.channels = (4, 4)
+    c.train.steps, c.train.log_every, c.train.ckpt_every, c.train.eval_every = 4, 2, 2, 2
+    c.eval.samples, c.eval.mm_samples, c.eval.figure_trials = 2, 1, 1
+    s = run.run(c, tmp_path / "run")
+    assert s["dataset"] == "amazon" and s["grid"] == [6, 14] and s["n_train"] == 24
+    assert (tmp_path / "manual" / "tfds" / "oat_amazon").is_dir()
+    assert set(s["metrics"]) == set(run.METHODS)
+
+
+def test_infinite_delta_is_drawn_and_reported(tmp_path):
+    """Δ is infinite when a human statistic is 0 (official nansum): figure, claims, headline."""
+    from projects.oat import plots, report
+
+    scores = {k: {"behavioural_error": float("inf") if k == "random" else 0.5,
+                  "sequence_score": 0.2} for k in run.METHODS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayoutWarning)
+        plots.metric_bars(scores, tmp_path)
+    assert (tmp_path / "metrics.png").exists()
+    js = {k: {**v, "behavioural_error": "inf" if k == "random" else 0.5}  # as summary.json
+          for k, v in scores.items()}
+    cl = report.claims({"metrics": js, "pe": {"rms": 0.0, "max_abs": 0.0}})
+    assert [c["holds"] for c in cl] == [False, False, True]  # ties do not beat the baselines
