@@ -192,8 +192,9 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
                                 f"{s['model']['layers'][0]} + {s['model']['layers'][1]} layers "
                                 "instead of 4 + 4, lr 1e-3 instead of 1e-4 for a short run); "
                                 "its absolute numbers say nothing about the full model's."
-                                if quick else "The paper's sizes (18,255,843 parameters at "
-                                "150 × 93 crops on 6 × 14 shelves)."),
+                                if quick else "The paper's layer sizes; "
+                                f"{s['model']['params']:,} parameters here (18,255,843 with "
+                                "the paper's 150 × 93 crops on 6 × 14 shelves)."),
         "- **Training.** No patience-based early stop: training runs to the configured steps; "
         "the validation Δ of greedy decodes is logged and its best parameters kept "
         "(`best_params.npz`, `train.select=best` tests them); by default the last parameters "
