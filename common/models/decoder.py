@@ -30,10 +30,12 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 class KVCache(NamedTuple):
     """The KV cache of every layer, stacked: ``layers.k``/``layers.v [n_layers, batch,
-    max_len, kv_heads, head_dim]`` (keys after RoPE), the number of filled slots ``length``
-    (int32 scalar) and ``valid [batch, max_len]`` (False for padding slots)."""
+    max_len, kv_heads, head_dim]`` (keys after RoPE), or one :class:`LayerKV` per layer
+    (``per_layer=True``: the decode loop's layout, beside the weights sliced per layer), the
+    number of filled slots ``length`` (int32 scalar) and ``valid [batch, max_len]`` (False for
+    padding slots)."""
 
-    layers: LayerKV
+    layers: LayerKV | tuple[LayerKV, ...]
     length: jax.Array
     valid: jax.Array
 
@@ -42,12 +44,19 @@ class KVCache(NamedTuple):
         return self.valid.shape[1]
 
 
-def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    """An empty KV cache for ``batch`` sequences of up to ``max_len`` tokens."""
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None, *,
+               per_layer: bool = False) -> KVCache:
+    """An empty KV cache for ``batch`` sequences of up to ``max_len`` tokens (stacked, or one
+    buffer per layer with ``per_layer``)."""
     dtype = dtype or _DTYPES[config.dtype]
-    shape = (config.n_layers, batch, max_len, config.n_kv_heads, config.d_head)
-    return KVCache(LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)),
-                   jnp.zeros((), jnp.int32), jnp.zeros((batch, max_len), bool))
+    shape = (batch, max_len, config.n_kv_heads, config.d_head)
+    if per_layer:
+        layers = tuple(LayerKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+                       for _ in range(config.n_layers))
+    else:
+        stacked = (config.n_layers,) + shape
+        layers = LayerKV(jnp.zeros(stacked, dtype), jnp.zeros(stacked, dtype))
+    return KVCache(layers, jnp.zeros((), jnp.int32), jnp.zeros((batch, max_len), bool))
 
 
 class Block(nnx.Module):
@@ -190,6 +199,7 @@ class DecoderLM(nnx.Module):
         cache: KVCache | None = None,
         token_valid: jax.Array | None = None,
         last_only: bool = False,
+        per_layer: tuple | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """The full forward with hooks and an optional KV cache.
 
@@ -201,6 +211,8 @@ class DecoderLM(nnx.Module):
           cache: KV cache; the new tokens are written at ``cache.length``.
           token_valid: ``[batch, seq]`` bool, False at padding tokens (cached runs only).
           last_only: compute logits for the last position only (``[batch, 1, vocab]``).
+          per_layer: the layers' parameters sliced once (``layer_stack.unstack(model.blocks)``),
+            run unrolled (a decode loop: no slicing of the stack at every token).
 
         Returns:
           ``(logits [batch, seq|1, vocab] float32, updated cache or None)``.
@@ -233,7 +245,8 @@ class DecoderLM(nnx.Module):
         x, layers_kv = layer_stack.run_layers(
             self.blocks, x, positions=positions, mask=mask, hooks=hooks, start=0,
             stop=self.config.n_layers, scan=self.config.scan_layers, remat=self.config.remat,
-            cache=None if cache is None else cache.layers, cache_index=cache_index)
+            cache=None if cache is None else cache.layers, cache_index=cache_index,
+            per_layer=per_layer)
         if last_only:
             x = x[:, -1:]
         logits = self.unembed(x, hooks)

@@ -96,6 +96,16 @@ def layer_params(params: Any, layer) -> Any:
     return jax.tree.map(lambda a: _index(a, layer), params)
 
 
+def unstack(blocks: nnx.Module) -> tuple[Any, ...]:
+    """Every layer's parameters sliced out of the stack (a copy of the weights): for loops that
+    run the layers many times with the same weights (decoding), where slicing the stack inside
+    the loop would copy every layer's weights at every step. MaxText's inference also runs
+    unscanned layers."""
+    _, params = nnx.split(blocks)
+    n = jax.tree.leaves(params)[0].shape[0]
+    return tuple(layer_params(params, i) for i in range(n))
+
+
 def layer_runs(hooks: Hooks, start: int, stop: int, scan: bool) -> list[tuple[int, int]]:
     """``[(a, b), ...]``: consecutive layers of ``start .. stop-1`` with one hook program
     (each layer alone when not scanning)."""
@@ -126,13 +136,26 @@ def run_layers(
     remat: str = "none",
     cache: LayerKV | None = None,
     cache_index: jax.Array | None = None,
+    per_layer: tuple[Any, ...] | None = None,
 ) -> tuple[jax.Array, LayerKV | None]:
     """Run blocks ``start .. stop-1`` of the stack ``blocks`` on ``x [batch, seq, d_model]``.
 
     ``cache``: the stacked KV cache ``[n_layers, batch, max_len, kv_heads, head_dim]`` (new
-    keys/values are written at ``cache_index``). Returns ``(x, cache)``.
+    keys/values are written at ``cache_index``), or with ``per_layer`` a tuple of one
+    :class:`LayerKV` per layer. ``per_layer``: each layer's parameters already sliced out of
+    the stack (:func:`unstack`), run unrolled: a decode loop slices the weights once instead
+    of at every token, and keeps one cache buffer per layer (updating one stacked buffer in a
+    loop can cost XLA a copy of the whole cache per layer). Returns ``(x, cache)``.
     """
     graphdef, params = nnx.split(blocks)
+    if per_layer is not None or _is_per_layer(cache):
+        if per_layer is None or not _is_per_layer(cache) and cache is not None:
+            raise ValueError("run_layers: a per-layer cache needs per_layer parameters, and "
+                             "per_layer parameters a per-layer cache (or none)")
+        scan = False
+        if len(per_layer) != jax.tree.leaves(params)[0].shape[0]:
+            raise ValueError(f"run_layers: per_layer has {len(per_layer)} layers, the stack "
+                             f"{jax.tree.leaves(params)[0].shape[0]}")
     n_new = x.shape[1]
 
     def step(x, kv, layer, layer_hooks, checkpoint):
@@ -147,9 +170,19 @@ def run_layers(
 
         if checkpoint:
             body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
-        layer_kv = None if kv is None else LayerKV(_index(kv.k, layer), _index(kv.v, layer))
-        y, new_kv, outs = body(x, layer_params(params, layer), layer_kv)
-        if kv is not None:
+        if kv is None:
+            layer_kv = None
+        elif _is_per_layer(kv):
+            layer_kv = kv[layer]
+        else:
+            layer_kv = LayerKV(_index(kv.k, layer), _index(kv.v, layer))
+        p = layer_params(params, layer) if per_layer is None else per_layer[layer]
+        y, new_kv, outs = body(x, p, layer_kv)
+        if kv is None:
+            pass
+        elif _is_per_layer(kv):
+            kv = kv[:layer] + (new_kv,) + kv[layer + 1:]
+        else:
             kv = LayerKV(*(_write_new(full, new, layer, cache_index, n_new)
                            for full, new in zip(kv, new_kv, strict=True)))
         return y, kv, outs
@@ -201,6 +234,12 @@ def run_layers(
         else:
             x, kv = scan_run(x, kv, layers, run_hooks)
     return x, kv
+
+
+def _is_per_layer(kv) -> bool:
+    """A cache given as one :class:`LayerKV` per layer (decoding with ``per_layer``), not the
+    stacked ``LayerKV``."""
+    return isinstance(kv, tuple) and not isinstance(kv, LayerKV)
 
 
 def _tree_map_keep(fn, keep, *trees):
