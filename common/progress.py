@@ -75,3 +75,25 @@ def bar(items: Iterable[T], desc: str, *, total: int | None = None, unit: str = 
     """``items`` wrapped in a tqdm bar on stderr (none when disabled or ``HEADLAB_QUIET=1``)."""
     return tqdm(items, desc=desc, total=total, unit=unit, dynamic_ncols=True,
                 disable=not enabled or quiet())
+
+
+class Laps:
+    """Wall time of a run's consecutive stages, for its ``summary.json``.
+
+    ``lap("train")`` records the seconds since the previous lap (or since creation) under
+    ``"train"`` in :attr:`timings`; :attr:`start` is the creation time and :meth:`total` the
+    seconds since.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.time()
+        self._last = self.start
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        now = time.time()
+        self.timings[name] = round(now - self._last, 1)
+        self._last = now
+
+    def total(self) -> float:
+        return round(time.time() - self.start, 1)

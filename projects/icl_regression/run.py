@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from common.progress import bar, stage
+from common.progress import Laps, bar, stage
 from common.rundir import RunDir
 from projects.icl_regression import (
     analysis,
@@ -142,14 +142,8 @@ def _theory(config: ml_collections.ConfigDict, key: jax.Array) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """Run the experiment into ``workdir`` (see module docstring); returns the summary."""
-    t_start = time.time()
-    timings: dict[str, float] = {}
-    tick = [t_start]
-
-    def lap(name: str) -> None:
-        now = time.time()
-        timings[name] = round(now - tick[0], 1)
-        tick[0] = now
+    lap = Laps()
+    t_start, timings = lap.start, lap.timings
 
     buckets = spec.buckets(config)  # validates
     rd = RunDir(workdir)
@@ -364,9 +358,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     lap("figures")
     # ------------------------------------------------------------------ report
     summary["timings"] = timings
-    summary["total_seconds"] = round(time.time() - t_start, 1)
+    summary["total_seconds"] = lap.total()
     rd.write_summary(summary)
     rd.write_report(report.render(summary, config, heads))
-    summary["total_seconds"] = round(time.time() - t_start, 1)
+    summary["total_seconds"] = lap.total()
     rd.write_summary(summary)
     return summary

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from common.progress import bar, stage
+from common.progress import Laps, bar, stage
 from common.rundir import RunDir
 from projects.oat import baselines as B
 from projects.oat import data as D
@@ -108,14 +107,8 @@ def teacher_forced_sim(model, arrays: dict, batch: int = 64) -> float:
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """Run the experiment into ``workdir`` (module docstring); returns the summary."""
-    t_start = time.time()
-    timings: dict[str, float] = {}
-    tick = [t_start]
-
-    def lap(name: str) -> None:
-        now = time.time()
-        timings[name] = round(now - tick[0], 1)
-        tick[0] = now
+    lap = Laps()
+    timings = lap.timings
 
     rd = RunDir(workdir)
     # ------------------------------------------------------------------ data
@@ -227,7 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             draw()
     lap("figures")
     summary["timings"] = timings
-    summary["total_seconds"] = round(time.time() - t_start, 1)
+    summary["total_seconds"] = lap.total()
     rd.write_summary(summary)
     rd.write_report(report.render(summary, config))
     return summary

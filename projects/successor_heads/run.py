@@ -16,7 +16,7 @@ import time
 import ml_collections
 import numpy as np
 
-from common.progress import bar, stage
+from common.progress import Laps, bar, stage
 from common.rundir import RunDir
 from projects.successor_heads import (
     incontext,
@@ -91,14 +91,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
     (tests run the whole pipeline on a tiny model this way).
     """
     validate(config)
-    t_start = time.time()
-    timings: dict[str, float] = {}
-    tick = [t_start]
-
-    def lap(name: str) -> None:
-        now = time.time()
-        timings[name] = round(now - tick[0], 1)
-        tick[0] = now
+    lap = Laps()
+    timings = lap.timings
 
     rd = RunDir(workdir)
     fig_dir = rd.figures
@@ -327,7 +321,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
     lap("figures")
     # ------------------------------------------------------------------ report
     summary["timings"] = timings
-    summary["total_seconds"] = round(time.time() - t_start, 1)
+    summary["total_seconds"] = lap.total()
     rd.write_summary(summary)
     rd.write_report(report.render(summary, config))
     return summary

@@ -41,3 +41,15 @@ def test_quiet_and_disabled_print_nothing(monkeypatch, capsys):
                                           (3725, "1 h 02 min")])
 def test_format_seconds(seconds, text):
     assert format_seconds(seconds) == text
+
+
+def test_laps_time_consecutive_stages(monkeypatch):
+    from common import progress
+
+    clock = iter([100.0, 102.5, 110.0, 111.25])
+    monkeypatch.setattr(progress.time, "time", lambda: next(clock))
+    lap = progress.Laps()
+    lap("data")
+    lap("train")
+    assert lap.timings == {"data": 2.5, "train": 7.5}
+    assert lap.total() == 11.2  # round(11.25, 1)
