@@ -91,8 +91,8 @@ def aot_compile(target: str = "lm", preset: str = "v5e-16", overrides: list[str]
         task, tx, dataset, train_config, _ = module.build(config, tmp)
         example = dataset[0]  # one process here: the local batch is the global batch
     init = sharded_init(task.make_model, tx, mesh_obj)
-    batch_sh = {k: jax.sharding.NamedSharding(mesh_obj, logical_to_spec(v, mesh=mesh_obj))
-                for k, v in task.batch_axes.items()}
+    batch_sh = {k: jax.sharding.NamedSharding(mesh_obj, logical_to_spec(
+        v, mesh=mesh_obj, shape=np.shape(example[k]))) for k, v in task.batch_axes.items()}
     batch = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=batch_sh[k])
              for k, v in example.items()}
     step = jax.jit(make_train_step(init.model_def, task.loss_fn, tx,

@@ -230,9 +230,12 @@ def train(
         batch_shardings = {
             f: jax.tree.map(lambda a, v=v: NamedSharding(mesh, logical_to_spec(
                 v, rules, mesh, a.shape)), shapes[f]) for f, v in task.batch_axes.items()}
-    else:
-        batch_shardings = {k: NamedSharding(mesh, logical_to_spec(v, rules, mesh))
-                           for k, v in task.batch_axes.items()}
+    else:  # the global batch's shape decides which mesh axes divide it
+        first = dataset[0]
+        n_proc = jax.process_count()
+        batch_shardings = {k: NamedSharding(mesh, logical_to_spec(
+            v, rules, mesh, (np.shape(first[k])[0] * n_proc,) + np.shape(first[k])[1:]))
+            for k, v in task.batch_axes.items()}
     replicated = NamedSharding(mesh, PartitionSpec())
     compute_dtype = None if config.compute_dtype is None else jnp.dtype(config.compute_dtype)
     base_step = make_train_step(init.model_def, task.loss_fn, tx, grad_accum=config.grad_accum,
