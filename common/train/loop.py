@@ -225,17 +225,18 @@ def train(
 
     # ---- (1) mesh, shardings, sharded init ------------------------------------------------
     init = sharded_init(task.make_model, tx, mesh, rules)
-    if on_device:  # shapes known: a model axis that the mesh axis does not divide is replicated
+    # The global batch's shapes decide which mesh axes divide each field (a model axis or a
+    # batch that an axis does not divide stays replicated along it).
+    if on_device:
         shapes = jax.eval_shape(task.device_data, jnp.zeros((), jnp.int32))
-        batch_shardings = {
-            f: jax.tree.map(lambda a, v=v: NamedSharding(mesh, logical_to_spec(
-                v, rules, mesh, a.shape)), shapes[f]) for f, v in task.batch_axes.items()}
-    else:  # the global batch's shape decides which mesh axes divide it
-        first = dataset[0]
-        n_proc = jax.process_count()
-        batch_shardings = {k: NamedSharding(mesh, logical_to_spec(
-            v, rules, mesh, (np.shape(first[k])[0] * n_proc,) + np.shape(first[k])[1:]))
-            for k, v in task.batch_axes.items()}
+    else:  # this process's first batch, times the number of processes
+        first, n_proc = dataset[0], jax.process_count()
+        shapes = {k: jax.ShapeDtypeStruct((np.shape(first[k])[0] * n_proc,)
+                                          + np.shape(first[k])[1:], np.asarray(first[k]).dtype)
+                  for k in task.batch_axes}
+    batch_shardings = {
+        f: jax.tree.map(lambda a, v=v: NamedSharding(mesh, logical_to_spec(
+            v, rules, mesh, a.shape)), shapes[f]) for f, v in task.batch_axes.items()}
     replicated = NamedSharding(mesh, PartitionSpec())
     compute_dtype = None if config.compute_dtype is None else jnp.dtype(config.compute_dtype)
     base_step = make_train_step(init.model_def, task.loss_fn, tx, grad_accum=config.grad_accum,
