@@ -1,0 +1,143 @@
+"""Task embeddings and their soft injection into the heads' outputs (Park & Rhee 2025).
+
+A *task embedding* is, per (layer, head), the mean of the head's output ``z`` (the input of the
+output projection) at the last token of few-shot prompts of a task: ``t [n_layers, n_heads,
+d_head]``. *Soft injection* mixes it into a prompt's ``z`` at its prediction position with one
+weight ``a`` per head, ``z' = (1 - a) z + a t`` (``Intervention.mix_a / mix_v / mix_where``).
+
+Prompts of different lengths are right-padded to a common length: under the causal mask the
+padding never reaches the last real token, so ``z`` and the logits at ``last`` equal those of
+the unpadded prompt. Lengths are rounded up to a power of two (:func:`bucket`) so that a few
+compiled programs serve every prompt.
+
+    ids, last = pad_right(prompts)                           # [b, T], [b]
+    t = task_embedding(model, prompts)                       # [L, H, d_head]
+    iv = injection(a, t, last, ids.shape[1])                 # a: [L, H]
+    logits = logits_at(model, ids, last, intervention=iv)    # [b, vocab]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.attention.hooks import resolve_hooks
+from common.attention.masks import Mask
+from common.interp.intervention import Intervention
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+    """The smallest power of two ``>= max(n, minimum)``."""
+    n = max(int(n), int(minimum), 1)
+    return 1 << (n - 1).bit_length()
+
+
+def pad_right(prompts: Sequence[Sequence[int]], *, length: int | None = None, pad_id: int = 0,
+              minimum: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token lists into one array.
+
+    Args:
+      prompts: ``b`` token id lists, each non-empty.
+      length: the padded length (default: :func:`bucket` of the longest prompt).
+
+    Returns:
+      ``(ids [b, length] int32, last [b] int32)``: ``last[i]`` is the index of prompt ``i``'s
+      last token.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("pad_right: needs at least one prompt, each with at least one token")
+    longest = max(len(p) for p in prompts)
+    length = bucket(longest, minimum) if length is None else int(length)
+    if length < longest:
+        raise ValueError(f"pad_right: length {length} is shorter than the longest prompt "
+                         f"({longest} tokens)")
+    ids = np.full((len(prompts), length), pad_id, np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = p
+    last = np.asarray([len(p) - 1 for p in prompts], np.int32)
+    return ids, last
+
+
+def position_mask(last: jax.Array, seq: int) -> jax.Array:
+    """``[b, seq]`` bool, True only at each row's ``last`` position."""
+    return jnp.arange(seq)[None, :] == jnp.asarray(last)[:, None]
+
+
+def injection(a: jax.Array, v: jax.Array, last: jax.Array, seq: int) -> Intervention:
+    """Soft injection at each prompt's last token: ``z' = (1 - a) z + a v`` there only.
+
+    Args:
+      a: ``[n_layers, n_heads]`` mixing weights (``sigmoid`` of the learnt logits).
+      v: ``[n_layers, n_heads, d_head]`` the task embedding.
+      last: ``[b]`` index of each prompt's last token; seq: the padded length.
+    """
+    return Intervention(mix_a=a, mix_v=v, mix_where=position_mask(last, seq))
+
+
+def logits_at(model, ids: jax.Array, last: jax.Array, *,
+              intervention: Intervention | None = None) -> jax.Array:
+    """Next-token logits at each row's last real token, ``[b, vocab]`` float32.
+
+    Runs the blocks on the right-padded ``ids [b, T]`` and unembeds only the ``last [b]``
+    positions (not the whole sequence). Traceable: call it inside your own ``jax.jit`` /
+    ``jax.grad`` (the mixing weights of ``intervention`` are differentiable).
+    """
+    ids = jnp.asarray(ids)
+    b, seq = ids.shape
+    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (b, seq))
+    hooks = resolve_hooks(intervention, model.config)
+    x = model.embed_tokens(ids, positions)
+    x = model.run_blocks(x, positions=positions, mask=Mask(causal=True), hooks=hooks)
+    x = jnp.take_along_axis(x, jnp.asarray(last, jnp.int32)[:, None, None], axis=1)
+    return model.unembed(x, hooks)[:, 0]
+
+
+def first_token_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
+    """Cross-entropy of ``target [b]`` under ``logits [b, vocab]``, per row ``[b]``."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, jnp.asarray(target, jnp.int32)[:, None], axis=-1)[:, 0]
+
+
+def head_outputs_at(model, ids: jax.Array, last: jax.Array) -> jax.Array:
+    """Every head's ``z`` at each row's ``last`` token: ``[b, n_layers, n_heads, d_head]``.
+
+    One jitted forward (``run_with_cache(names_filter="z")``; the unembedding of the final
+    position only).
+    """
+    from common.models.capture import run_with_cache
+
+    _, cache = run_with_cache(model, jnp.asarray(ids), names_filter="z", last_only=True)
+    z = jnp.stack([cache["z", layer] for layer in range(model.config.n_layers)], axis=1)
+    idx = jnp.asarray(last, jnp.int32)[:, None, None, None, None]
+    return jnp.take_along_axis(z, idx, axis=2)[:, :, 0]  # [b, L, H, D]
+
+
+def task_embedding(model, prompts: Sequence[Sequence[int]], *, batch_size: int = 8,
+                   pad_id: int = 0, progress=None) -> jax.Array:
+    """Mean of every head's ``z`` at the last token of ``prompts``: ``[n_layers, n_heads,
+    d_head]`` float32.
+
+    Prompts are sorted by length and run ``batch_size`` at a time, each batch right-padded to
+    a power-of-two length (a short last batch is filled with copies of its first prompt and
+    those rows dropped), so a task compiles a handful of programs.
+
+    Args:
+      prompts: token id lists (few-shot prompts ending where the answer would start).
+      progress: optional ``iterable -> iterable`` wrapper over the batches (a progress bar).
+    """
+    if not prompts:
+        raise ValueError("task_embedding: needs at least one prompt")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    total = None
+    for rows in (progress(batches) if progress else batches):
+        chunk = [prompts[i] for i in rows]
+        chunk += [chunk[0]] * (batch_size - len(chunk))
+        ids, last = pad_right(chunk, pad_id=pad_id)
+        z = head_outputs_at(model, ids, last)[:len(rows)].astype(jnp.float32)
+        s = jnp.sum(z, axis=0)
+        total = s if total is None else total + s
+    return total / len(prompts)

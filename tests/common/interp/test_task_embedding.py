@@ -1,0 +1,125 @@
+"""Task embeddings and soft injection (common.interp.task_embedding) on a tiny random model,
+checked against the plain forward, explicit per-prompt loops and finite differences."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common.interp import forward, run_with_cache
+from common.interp.task_embedding import (
+    bucket,
+    first_token_loss,
+    head_outputs_at,
+    injection,
+    logits_at,
+    pad_right,
+    task_embedding,
+)
+from tests.common.interp.conftest import TINY
+
+L, H, D = TINY.n_layers, TINY.n_heads, TINY.d_head
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = np.random.default_rng(3)
+    return [rng.integers(1, TINY.vocab_size, n).tolist() for n in (3, 7, 5, 11, 4, 9)]
+
+
+def test_bucket_and_pad_right(prompts):
+    assert [bucket(n) for n in (1, 8, 9, 16, 17)] == [8, 8, 16, 16, 32]
+    ids, last = pad_right(prompts, pad_id=0)
+    assert ids.shape == (6, 16) and last.tolist() == [2, 6, 4, 10, 3, 8]
+    np.testing.assert_array_equal(ids[3, :11], prompts[3])
+    assert (ids[3, 11:] == 0).all()
+    with pytest.raises(ValueError, match="shorter than the longest"):
+        pad_right(prompts, length=8)
+    with pytest.raises(ValueError, match="at least one token"):
+        pad_right([[1], []])
+
+
+def test_logits_at_last_token_equal_unpadded_forward(tiny, prompts):
+    ids, last = pad_right(prompts)
+    got = np.asarray(logits_at(tiny, ids, last))
+    for i, p in enumerate(prompts):  # each prompt alone, unpadded, through the plain forward
+        want = np.asarray(forward(tiny, jnp.asarray([p])))[0, -1]
+        np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+    # the padded length does not matter (causal mask: padding never reaches the last token)
+    ids32, last32 = pad_right(prompts, length=32)
+    np.testing.assert_allclose(np.asarray(logits_at(tiny, ids32, last32)), got, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_zero_weights_leave_the_model_unchanged_bit_for_bit(tiny, prompts):
+    ids, last = pad_right(prompts)
+    v = jax.random.normal(jax.random.key(0), (L, H, D))
+    iv = injection(jnp.zeros((L, H)), v, last, ids.shape[1])
+    plain = np.asarray(logits_at(tiny, ids, last))
+    mixed = np.asarray(logits_at(tiny, ids, last, intervention=iv))
+    np.testing.assert_array_equal(mixed, plain)
+    # and the captured z of every layer, every position
+    _, c0 = run_with_cache(tiny, ids, names_filter="z")
+    _, c1 = run_with_cache(tiny, ids, names_filter="z", intervention=iv)
+    for layer in range(L):
+        np.testing.assert_array_equal(np.asarray(c1["z", layer]), np.asarray(c0["z", layer]))
+
+
+def test_weight_one_puts_the_vector_at_the_last_token_only(tiny, prompts):
+    ids, last = pad_right(prompts)
+    layer, head = 1, 2
+    v = np.asarray(jax.random.normal(jax.random.key(1), (L, H, D)))
+    a = np.zeros((L, H), np.float32)
+    a[layer, head] = 1.0
+    iv = injection(jnp.asarray(a), jnp.asarray(v), last, ids.shape[1])
+    _, clean = run_with_cache(tiny, ids, names_filter="z")
+    _, mixed = run_with_cache(tiny, ids, names_filter="z", intervention=iv)
+    zc, zm = np.asarray(clean["z", layer]), np.asarray(mixed["z", layer])
+    rows = np.arange(len(prompts))
+    np.testing.assert_array_equal(zm[rows, last, head], np.broadcast_to(v[layer, head],
+                                                                        (len(prompts), D)))
+    keep = np.ones(zc.shape, bool)
+    keep[rows, last, head] = False  # everything else of this layer is the clean run's
+    np.testing.assert_array_equal(zm[keep], zc[keep])
+    np.testing.assert_array_equal(np.asarray(mixed["z", 0]), np.asarray(clean["z", 0]))
+    assert not np.allclose(zc[rows, last, head], v[layer, head])
+
+
+def test_gradient_wrt_mixing_weights_matches_finite_differences(tiny, prompts):
+    ids, last = pad_right(prompts)
+    v = jax.random.normal(jax.random.key(2), (L, H, D))
+    target = jnp.asarray([5, 9, 1, 30, 2, 44])
+
+    def loss(logit):
+        iv = injection(jax.nn.sigmoid(logit), v, last, ids.shape[1])
+        return jnp.mean(first_token_loss(logits_at(tiny, ids, last, intervention=iv), target))
+
+    logit0 = jax.random.normal(jax.random.key(3), (L, H)) * 0.5
+    g = np.asarray(jax.jit(jax.grad(loss))(logit0))
+    assert np.abs(g).max() > 1e-3
+    f = jax.jit(loss)
+    eps = 1e-2
+    for k in range(3):  # directional derivatives along random directions
+        d = jax.random.normal(jax.random.key(10 + k), (L, H))
+        fd = (float(f(logit0 + eps * d)) - float(f(logit0 - eps * d))) / (2 * eps)
+        np.testing.assert_allclose(float(np.sum(g * np.asarray(d))), fd, rtol=1e-2, atol=1e-4)
+    i, j = np.unravel_index(np.argmax(np.abs(g)), g.shape)  # the largest coordinate alone
+    e = jnp.zeros((L, H)).at[i, j].set(eps)
+    fd = (float(f(logit0 + e)) - float(f(logit0 - e))) / (2 * eps)
+    np.testing.assert_allclose(g[i, j], fd, rtol=1e-2, atol=1e-4)
+
+
+def test_task_embedding_equals_an_explicit_loop(tiny, prompts):
+    got = np.asarray(task_embedding(tiny, prompts, batch_size=4))
+    assert got.shape == (L, H, D)
+    per_prompt = []
+    for p in prompts:  # each prompt alone, unpadded; z at its last token
+        _, cache = run_with_cache(tiny, jnp.asarray([p]), names_filter="z")
+        per_prompt.append(np.stack([np.asarray(cache["z", layer])[0, -1]
+                                    for layer in range(L)]))
+    np.testing.assert_allclose(got, np.mean(per_prompt, axis=0), rtol=1e-5, atol=1e-6)
+    ids, last = pad_right(prompts)
+    z = np.asarray(head_outputs_at(tiny, ids, last))
+    np.testing.assert_allclose(z, np.stack(per_prompt), rtol=1e-5, atol=1e-6)
