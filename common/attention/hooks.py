@@ -142,12 +142,18 @@ class AttentionEdit(NamedTuple):
       q_positions: RoPE positions of queries, ``[batch, seq]`` or ``[batch, heads, seq]``.
       kv_positions: RoPE positions of keys, ``[batch, seq]`` or ``[batch, kv_heads, seq]``.
       prob_transform: ``pattern [batch, heads, q, kv] -> pattern`` (forces the reference path).
+      key_positions: ``(q, k) -> KeyPositions`` from the queries ``[batch, q_len, heads,
+        head_dim]`` and keys ``[batch, kv_len, kv_heads, head_dim]`` before RoPE (all cached
+        keys when decoding): the layer then applies RoPE inside the attention at
+        query-dependent key positions (:mod:`common.attention.key_positions`; PINE) and its
+        KV cache holds keys before RoPE. Replaces ``q_positions``/``kv_positions``.
     """
 
     mask: Mask | None = None
     q_positions: jax.Array | None = None
     kv_positions: jax.Array | None = None
     prob_transform: Callable[[jax.Array], jax.Array] | None = None
+    key_positions: Callable[[jax.Array, jax.Array], Any] | None = None
 
 
 class Hooks:

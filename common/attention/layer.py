@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common.attention.core import dot_product_attention, head_scale
-from common.attention.hooks import NO_HOOKS, Hooks
+from common.attention.hooks import NO_HOOKS, AttentionEdit, Hooks
+from common.attention.key_positions import rope_attention
 from common.attention.masks import Mask
 from common.attention.rope import RoPE
 
@@ -162,6 +163,9 @@ class MultiHeadAttention(nnx.Module):
         k = hooks.site("k", layer, self._proj(src, self.k_kernel, self.k_bias))
         v = hooks.site("v", layer, self._proj(src, self.v_kernel, self.v_bias))
         edit = hooks.attention_edit(layer)
+        if edit is not None and edit.key_positions is not None:
+            return self._keyed_attention(q, k, v, edit, positions, mask, cache, cache_index,
+                                         hooks, layer)
         q_pos = positions if edit is None or edit.q_positions is None else edit.q_positions
         k_pos = positions if edit is None or edit.kv_positions is None else edit.kv_positions
         if edit is not None and edit.mask is not None:
@@ -193,6 +197,59 @@ class MultiHeadAttention(nnx.Module):
                 q, k, v, mask=mask, scale=self.scale, softcap=self.softcap,
                 backend=self.backend, prob_transform=transform,
             ).out
+        return self._output(out, hooks, layer), cache
+
+    def _keyed_attention(self, q, k, v, edit: AttentionEdit, positions, mask: Mask | None,
+                         cache: LayerKV | None, cache_index, hooks: Hooks, layer):
+        """Attention at query-dependent key positions (``edit.key_positions``; PINE).
+
+        ``q``, ``k`` are before RoPE; the cache stores keys before RoPE (re-rotated at every
+        step). Rows in ``vanilla_rows`` take the plain path's output instead (the model's
+        positions and its own ``mask``; keys at ``positions``, or at their cache slots when
+        cached), bit for bit what the plain forward computes there. The ``rot_q``/``rot_k``
+        sites do not exist on this path (no one rotation per key); ``attn_scores`` is not
+        supported on it.
+        """
+        if self.rope is None:
+            raise ValueError("MultiHeadAttention: key_positions need a RoPE model (this layer "
+                             "has no rotary embedding)")
+        if hooks.wants("attn_scores", layer):
+            raise ValueError("MultiHeadAttention: the attn_scores site is not available with "
+                             "key_positions (capture 'pattern' instead)")
+        plain_mask = mask
+        if edit.mask is not None:
+            mask = edit.mask
+        if cache is not None:
+            idx = jnp.asarray(cache_index, jnp.int32)
+            ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, idx, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, idx, 0, 0))
+            cache = LayerKV(ck, cv)
+            k, v = ck.astype(self.dtype), cv.astype(self.dtype)
+        kp = edit.key_positions(q, k)
+        transform = edit.prob_transform
+        if hooks.wants("pattern", layer):
+            inner = transform
+
+            def transform(p):
+                p = p if inner is None else inner(p)
+                return hooks.site("pattern", layer, p)
+
+        out = rope_attention(q, k, v, kp, self.rope, mask=mask, scale=self.scale,
+                             softcap=self.softcap, prob_transform=transform).out
+        if kp.vanilla_rows is not None:
+            b, skv = k.shape[0], k.shape[1]
+            k_pos = positions if cache is None else jnp.broadcast_to(
+                jnp.arange(skv, dtype=jnp.int32), (b, skv))
+            plain = dot_product_attention(
+                self.rope.apply(q, positions), self.rope.apply(k, k_pos), v, mask=plain_mask,
+                scale=self.scale, softcap=self.softcap, backend=self.backend,
+                prob_transform=edit.prob_transform).out
+            out = jnp.where(kp.vanilla_rows[:, :, None, None], plain, out)
+        return self._output(out, hooks, layer), cache
+
+    def _output(self, out: jax.Array, hooks: Hooks, layer) -> jax.Array:
+        """``z [batch, seq, heads, head_dim]`` -> ``attn_out [batch, seq, d_model]`` (the
+        ``z`` and ``head_out`` sites, ``W_O`` and its bias)."""
         z = hooks.site("z", layer, out)
         wo = self.o_kernel[...].astype(self.dtype)
         if hooks.wants("head_out", layer):
@@ -202,4 +259,4 @@ class MultiHeadAttention(nnx.Module):
             out = jnp.einsum("bshk,hkd->bsd", z, wo)
         if self.o_bias is not None:
             out = out + self.o_bias[...].astype(self.dtype)
-        return out, cache
+        return out

@@ -74,6 +74,30 @@ class RoPE:
         return out
 
 
+    def rotate_at(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """Rotate each vector of ``x [..., head_dim]`` by its own position.
+
+        ``positions`` broadcasts against ``x.shape[:-1]`` (any leading shape): the general form
+        of :meth:`apply`, for keys whose position depends on the query
+        (:mod:`common.attention.key_positions`). Computed in float32 like :meth:`apply`.
+        """
+        angles = jnp.asarray(positions).astype(jnp.float32)[..., None] * self.inv_freq()
+        cos = jnp.cos(angles)
+        sin = jnp.sin(angles)
+        cos = jnp.concatenate([cos, cos], axis=-1)
+        sin = jnp.concatenate([sin, sin], axis=-1)
+        dim = self.dim
+        rot, keep = x[..., :dim], x[..., dim:]
+        xf = rot.astype(jnp.float32)
+        half = dim // 2
+        rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+        out = (xf * cos + rotated * sin).astype(x.dtype)
+        if keep.shape[-1]:
+            out = jnp.concatenate([out, jnp.broadcast_to(keep, out.shape[:-1] + keep.shape[-1:])],
+                                  axis=-1)
+        return out
+
+
 def _llama3_scale(inv_freq: jax.Array, cfg: dict) -> jax.Array:
     """Llama 3.1 frequency-dependent scaling of the inverse frequencies."""
     factor = cfg["factor"]

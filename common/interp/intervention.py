@@ -169,8 +169,13 @@ class Intervention:
       q_positions: RoPE positions of queries ``[batch, seq]`` or per head
         ``[batch, n_heads, seq]``.
       kv_positions: RoPE positions of keys ``[batch, seq]`` or ``[batch, n_kv_heads, seq]``.
-      edit_layers: static tuple of layers where ``prob_transform``, ``mask`` and the position
-        ids apply (None: every layer).
+      key_positions: static function ``(q, k, key_params, layer) -> KeyPositions`` of the
+        queries and keys before RoPE: RoPE applied inside the attention at query-dependent
+        key positions (:mod:`common.attention.key_positions`; PINE's per-query segment order);
+        the KV cache then holds keys before RoPE.
+      key_params: any pytree of arrays handed to ``key_positions`` (segment ids, lengths...).
+      edit_layers: static tuple of layers where ``prob_transform``, ``mask``, the position
+        ids and ``key_positions`` apply (None: every layer).
     """
 
     gate: jax.Array | None = None
@@ -187,6 +192,8 @@ class Intervention:
     mask: Mask | None = None
     q_positions: jax.Array | None = None
     kv_positions: jax.Array | None = None
+    key_positions: Callable | None = struct.field(pytree_node=False, default=None)
+    key_params: Any = None
     edit_layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
 
     # ------------------------------------------------------------------ construction helpers
@@ -327,6 +334,15 @@ class Intervention:
                              "(pattern, prob_params, layer) -> pattern")
         if self.prob_heads is not None and self.prob_transform is None:
             raise ValueError("Intervention.prob_heads: given without a prob_transform")
+        if self.key_positions is not None and not callable(self.key_positions):
+            raise ValueError("Intervention.key_positions: must be callable "
+                             "(q, k, key_params, layer) -> KeyPositions")
+        if self.key_positions is not None and (self.q_positions is not None
+                                               or self.kv_positions is not None):
+            raise ValueError("Intervention.key_positions: give it or q_positions/kv_positions, "
+                             "not both")
+        if self.key_params is not None and self.key_positions is None:
+            raise ValueError("Intervention.key_params: given without key_positions")
         if self.edit_layers is not None:
             for layer in self.edit_layers:
                 if not 0 <= layer < L:
@@ -616,7 +632,7 @@ class InterventionHooks(Hooks):
         inner = None if self.inner is None else self.inner.attention_edit(layer)
         if self._static(layer) not in self._edit_layers or (
             iv.prob_transform is None and iv.mask is None and iv.q_positions is None
-            and iv.kv_positions is None
+            and iv.kv_positions is None and iv.key_positions is None
         ):
             return inner
         transform = None
@@ -633,6 +649,8 @@ class InterventionHooks(Hooks):
                 w = w.astype(p.dtype)
                 return w * new + (1 - w) * p
 
+            if hasattr(fn, "fused"):  # a transform a fused kernel can apply (ACT)
+                transform.fused_act = fn.fused(params, None if heads is None else heads[layer])
         if inner is not None and inner.prob_transform is not None:
             first, second = transform, inner.prob_transform
             transform = second if first is None else (lambda p: second(first(p)))
@@ -640,10 +658,18 @@ class InterventionHooks(Hooks):
         def pick(a, b):
             return a if a is not None else b
 
+        key_positions = None
+        if iv.key_positions is not None:
+            fn, kparams = iv.key_positions, iv.key_params
+
+            def key_positions(q, k):
+                return fn(q, k, kparams, layer)
+
         inner = inner or AttentionEdit()
         return AttentionEdit(
             mask=pick(iv.mask, inner.mask),
             q_positions=pick(iv.q_positions, inner.q_positions),
             kv_positions=pick(iv.kv_positions, inner.kv_positions),
             prob_transform=transform,
+            key_positions=pick(key_positions, inner.key_positions),
         )
