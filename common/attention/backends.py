@@ -23,7 +23,9 @@ name           runs                                                             
 ``auto`` tries :func:`auto_order` for the platform and runs the first backend that serves the
 call; when none does it runs ``reference`` and logs why (logger ``common.attention.backends``,
 ``WARNING``, once per distinct reason). Asking for the pattern or a probability transform runs
-``reference`` whatever the backend (logged at ``INFO``, once per reason).
+``reference`` whatever the backend (logged at ``INFO``, once per reason), except an ACT
+calibration (a transform with a ``fused_act`` description), which ``auto`` runs in the fused
+Pallas flash kernel on TPU and ``pallas`` anywhere (:func:`use_fused_act`).
 """
 
 from __future__ import annotations
@@ -243,6 +245,23 @@ def auto_order(platform: str | None = None) -> tuple[str, ...]:
     return ("cpu",)
 
 
+def use_fused_act(backend: str, platform: str | None = None) -> bool:
+    """Whether an ACT probability transform (one with a ``fused_act`` description, see
+    :class:`common.attention.act.ACTCalibration`) runs in the fused Pallas kernel.
+
+    ``pallas`` always does (in interpret mode on CPU); ``auto`` does on TPU, where the flash
+    kernel lowers (Mosaic TPU). ``auto`` on CPU keeps the reference path (materialised
+    pattern, exact); on GPU too, because the fused ACT forward is a Mosaic TPU kernel that does
+    not lower there (the Mosaic GPU kernel has no ACT accumulators). Every other backend runs
+    the reference path for a probability transform.
+    """
+    if backend == "pallas":
+        return True
+    if backend != "auto":
+        return False
+    return (platform or jax.default_backend()) == "tpu"
+
+
 def attend(backend: str, q, k, v, mask: Mask | None, scale: jax.Array, softcap=None,
            prob_transform=None, return_pattern=False) -> tuple[jax.Array, jax.Array | None]:
     """Run backend ``backend`` (a name in :data:`BACKENDS`): ``(out, pattern or None)``.
@@ -254,6 +273,15 @@ def attend(backend: str, q, k, v, mask: Mask | None, scale: jax.Array, softcap=N
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if (prob_transform is not None and not return_pattern
+            and getattr(prob_transform, "fused_act", None) is not None
+            and use_fused_act(backend)):
+        sinks, beta = prob_transform.fused_act(q, k, mask, scale)
+        from common.attention.pallas.api import flash_attention
+
+        out = flash_attention(q, k, v, mask=mask, scale=scale, softcap=softcap,
+                              act_sinks=sinks, act_beta=beta)
+        return out, None
     if return_pattern or prob_transform is not None:
         if backend != "reference":
             need = "the pattern" if return_pattern else "a probability transform"

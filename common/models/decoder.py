@@ -189,6 +189,47 @@ class DecoderLM(nnx.Module):
                                       remat=self.config.remat)
         return x
 
+    def resid_pre(self, input_ids: jax.Array, layer: int, *, positions: jax.Array | None = None,
+                  mask: Mask | None = None, hooks: Hooks = NO_HOOKS) -> jax.Array:
+        """The residual stream entering layer ``layer`` (0 .. n_layers): ``[batch, seq,
+        d_model]``, computed by layers ``0 .. layer-1`` only (no KV cache).
+
+        With :meth:`forward_from` it splits the forward at a layer: a search that edits only
+        layers ``>= layer`` runs the prefix once per input (ACT's head search).
+        """
+        if not 0 <= layer <= self.config.n_layers:
+            raise ValueError(f"resid_pre: layer {layer} out of range [0, {self.config.n_layers}]")
+        positions, mask = self._positions_mask(input_ids, positions, mask)
+        x = self.embed_tokens(input_ids, positions)
+        return self.run_blocks(x, positions=positions, mask=mask, hooks=hooks, stop=layer)
+
+    def forward_from(self, x: jax.Array, start: int, *, positions: jax.Array | None = None,
+                     mask: Mask | None = None, hooks: Hooks = NO_HOOKS,
+                     last_only: bool = False) -> jax.Array:
+        """Logits ``[batch, seq|1, vocab]`` (float32) from the residual ``x [batch, seq,
+        d_model]`` entering layer ``start``: layers ``start .. n_layers-1``, final norm,
+        unembedding. ``forward_from(resid_pre(ids, l), l)`` is the full forward (no KV cache;
+        ``hooks`` apply at the layers run).
+        """
+        if not 0 <= start <= self.config.n_layers:
+            raise ValueError(f"forward_from: start {start} out of range "
+                             f"[0, {self.config.n_layers}]")
+        b, s = x.shape[:2]
+        positions, mask = self._positions_mask(jnp.zeros((b, s), jnp.int32), positions, mask)
+        x = self.run_blocks(x, positions=positions, mask=mask, hooks=hooks, start=start)
+        if last_only:
+            x = x[:, -1:]
+        return self.unembed(x, hooks)
+
+    def _positions_mask(self, input_ids, positions, mask):
+        """Default ``positions`` (``arange``) and ``mask`` (causal) of a cache-free forward."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
+        b, s = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        return positions, Mask(causal=True) if mask is None else mask
+
     def forward(
         self,
         input_ids: jax.Array,
