@@ -12,6 +12,10 @@ and position) run ``vmap``-batched through block ``l`` with the patch and then t
 blocks above (a ``lax.scan`` over the stacked block parameters that skips blocks ``<= l``
 with ``lax.cond``), and the metric reads only the logits it needs (see
 :class:`~common.interp.metrics.LogitMetric`). One compiled program serves every layer.
+
+On a model sharded over a mesh (``load_pretrained(path, mesh=...)``) the same programs run with
+explicit shardings: a sweep's variants split over the ``data`` axis, the captured values and
+gradients of attribution patching split on batch and heads (by the model's rules).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from common.attention.hooks import HEAD_AXIS, NO_HOOKS, OPTIONAL_SITES, POS_AXIS, SITE_AXES, Hooks
 from common.attention.masks import Mask
@@ -29,7 +34,16 @@ from common.interp.metrics import as_metric, evaluate
 from common.interp.results import PatchingResult
 from common.interp.views import W_O, W_U
 from common.labelled import Labelled
-from common.models.capture import capture_store, resolve_layers, run_with_cache
+from common.models.activation_sharding import activation_sharding
+from common.models.capture import (
+    capture_store,
+    model_placement,
+    place_sites,
+    placed_ids,
+    resolve_layers,
+    run_with_cache,
+    site_logical_names,
+)
 from common.models.layer_stack import layer_params
 
 
@@ -72,10 +86,26 @@ def _variant_masks(site: str, site_shape: tuple[int, ...], per_position: bool) -
     return jnp.swapaxes(hp, 1, 2).reshape([n * s] + shape)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "site", "chunk"))
-def _sweep_jit(graphdef, state, resid_pre, src, masks, metric, positions, mask, *, site, chunk):
-    """``[L, V]`` metric values; ``resid_pre [L, b, s, d]``, ``src [L, *site_shape]``."""
+def variant_sharding(placement, n_variants: int):
+    """Sharding of an array whose leading axis is a sweep's variants: split over the mesh's
+    ``data`` axis (where it divides them), the rest replicated; None without a mesh."""
+    if placement is None:
+        return None
+    mesh = placement.mesh
+    axis = "data" if n_variants % mesh.shape.get("data", 1) == 0 else None
+    return NamedSharding(mesh, PartitionSpec(axis))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "site", "chunk", "placement"))
+def _sweep_jit(graphdef, state, resid_pre, src, masks, metric, positions, mask, *, site, chunk,
+               placement=None):
+    """``[L, V]`` metric values; ``resid_pre [L, b, s, d]``, ``src [L, *site_shape]``.
+
+    On a mesh (``placement``) the variants are split over the ``data`` axis."""
     model = nnx.merge(graphdef, state)
+    var_sh = variant_sharding(placement, masks.shape[0])
+    if var_sh is not None:
+        masks = jax.lax.with_sharding_constraint(masks, var_sh)
     n_layers = model.config.n_layers
     block_def, stacked = nnx.split(model.blocks)  # the model's own stack: no second copy
     kw = dict(positions=positions, mask=mask, cache=None, cache_index=None)
@@ -100,8 +130,10 @@ def _sweep_jit(graphdef, state, resid_pre, src, masks, metric, positions, mask, 
             return evaluate(metric, model, y)
 
         if chunk is None:
-            return jax.vmap(variant)(masks)
-        return jax.lax.map(variant, masks, batch_size=chunk)
+            out = jax.vmap(variant)(masks)
+        else:
+            out = jax.lax.map(variant, masks, batch_size=chunk)
+        return out if var_sh is None else jax.lax.with_sharding_constraint(out, var_sh)
 
     return jax.lax.map(per_layer, jnp.arange(n_layers))
 
@@ -183,8 +215,12 @@ def sweep_program(model, base_ids, source, metric, *, site: str = "z",
         raise ValueError(f"patch_sweep: source {src.shape} does not fit site {site!r} of shape "
                          f"{(cfg.n_layers,) + site_shape}") from None
     masks = _variant_masks(site, site_shape, per_position)
+    placement = model_placement(model, state)
+    var_sh = variant_sharding(placement, masks.shape[0])
+    if var_sh is not None:  # the variants over the data axis, explicitly
+        masks = jax.device_put(masks, var_sh)
     args = (graphdef, state, resid, src, masks, as_metric(metric, warn=True), positions, mask)
-    return args, dict(site=site, chunk=chunk), site_shape
+    return args, dict(site=site, chunk=chunk, placement=placement), site_shape
 
 
 def _patching_args(name, clean_ids, corrupted_ids, direction, site):
@@ -305,8 +341,8 @@ class _AddAt(Hooks):
             self.store[layer] = outputs["value"][j]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "site"))
-def _grad_jit(graphdef, state, ids, metric, positions, mask, *, site):
+@functools.partial(jax.jit, static_argnames=("graphdef", "site", "placement"))
+def _grad_jit(graphdef, state, ids, metric, positions, mask, *, site, placement=None):
     model = nnx.merge(graphdef, state)
     n = model.config.n_layers
 
@@ -323,8 +359,13 @@ def _grad_jit(graphdef, state, ids, metric, positions, mask, *, site):
         x = model.run_blocks(x, positions=positions, mask=mask, hooks=hooks)
         return evaluate(metric, model, x), jnp.stack([hooks.store[i] for i in range(n)])
 
-    (value, base), grads = jax.value_and_grad(f, has_aux=True)(deltas)
-    return value, base, grads
+    if placement is not None:
+        deltas = jax.lax.with_sharding_constraint(
+            deltas, placement(site_logical_names(site, (None,)), deltas.shape))
+    with activation_sharding(placement):
+        (value, base), grads = jax.value_and_grad(f, has_aux=True)(deltas)
+    placed = place_sites({(site, "base"): base, (site, "grads"): grads}, placement, (None,))
+    return value, placed[(site, "base")], placed[(site, "grads")]
 
 
 def site_gradients(model, input_ids: jax.Array, metric, *, site: str = "z"):
@@ -333,7 +374,9 @@ def site_gradients(model, input_ids: jax.Array, metric, *, site: str = "z"):
     b, s = ids.shape
     positions, mask = _default_positions_mask(b, s, None, None)
     graphdef, state = nnx.split(model)
-    return _grad_jit(graphdef, state, ids, as_metric(metric), positions, mask, site=site)
+    placement = model_placement(model, state)
+    return _grad_jit(graphdef, state, placed_ids(ids, placement), as_metric(metric), positions,
+                     mask, site=site, placement=placement)
 
 
 def _attribution(grads, base, src, site: str, per_position: bool) -> jax.Array:

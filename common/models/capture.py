@@ -12,6 +12,10 @@ the intervention's static fields: changing an intervention's values does not ret
 first jitted run turns on the persistent compilation cache (:mod:`common.models.compile_cache`),
 so a second process does not compile the same program again.
 
+A model sharded over a mesh (``load_pretrained(path, mesh=...)``) is probed with explicit
+shardings: the ids split on batch, the model's named activations placed by its rules (as in a
+train step), every captured value split on batch and heads (:data:`SITE_LOGICAL`).
+
 ``model(ids)`` (:func:`call`) runs this jitted forward when called from plain Python, and the
 forward inline when called inside a JAX transformation of the caller's (``jax.jit``,
 ``jax.grad``, ``nnx.jit``, ``vmap``: some input or parameter is a tracer), so it is as fast as
@@ -33,12 +37,14 @@ from common.attention.hooks import (
     FINAL_SITES,
     NO_HOOKS,
     OPTIONAL_SITES,
+    SITE_AXES,
     SITES,
     Hooks,
     resolve_hooks,
 )
 from common.attention.masks import Mask
 from common.models.activation_cache import ActivationCache
+from common.models.activation_sharding import activation_sharding
 from common.models.compile_cache import enable as enable_compilation_cache
 
 NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
@@ -192,11 +198,51 @@ def capture_store(model, input_ids, positions, mask, intervention, sites, layers
     return logits, {k: v for k, v in store.items() if k[0] in keep}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sites", "layers", "last_only"))
+SITE_LOGICAL = {"batch": "batch", "head": "heads", "kv_head": "kv_heads"}
+"""Site axis name (:data:`~common.attention.hooks.SITE_AXES`) -> logical axis of the sharding
+rules: a sharded model's captures are split on batch and heads, the rest replicated."""
+
+
+def site_logical_names(site: str, leading: tuple = ()) -> tuple:
+    """Logical names of one captured value of ``site`` (after ``leading`` axes, e.g. a layer
+    axis ``(None,)``)."""
+    return tuple(leading) + tuple(SITE_LOGICAL.get(a) for a in SITE_AXES[site])
+
+
+def place_sites(store: dict, placement, leading: tuple = ()) -> dict:
+    """``{(site, layer): value}`` with each value constrained to its sites' placement (inside a
+    trace); the store itself when ``placement`` is None."""
+    if placement is None:
+        return store
+    return {k: jax.lax.with_sharding_constraint(v, placement(site_logical_names(k[0], leading),
+                                                             v.shape))
+            for k, v in store.items()}
+
+
+def model_placement(model, state):
+    """The placement of a model sharded over a mesh (by the rules it was loaded with,
+    ``model.sharding_rules``), or None on one device."""
+    from common.sharding.rules import placement_of
+
+    return placement_of(state, getattr(model, "sharding_rules", None))
+
+
+def placed_ids(ids: jax.Array, placement) -> jax.Array:
+    """Token ids ``[batch, seq]`` put on the mesh split on batch (unchanged without one)."""
+    if placement is None:
+        return ids
+    return jax.device_put(ids, placement(("batch", "seq"), ids.shape))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sites", "layers", "last_only",
+                                             "placement"))
 def _capture_jit(graphdef, state, input_ids, positions, mask, intervention, *, sites, layers,
-                 last_only):
+                 last_only, placement=None):
     model = nnx.merge(graphdef, state)
-    return capture_store(model, input_ids, positions, mask, intervention, sites, layers, last_only)
+    with activation_sharding(placement):
+        logits, store = capture_store(model, input_ids, positions, mask, intervention, sites,
+                                      layers, last_only)
+    return logits, place_sites(store, placement)
 
 
 def run_with_cache(
@@ -247,8 +293,10 @@ def _run_jit(model, split, input_ids, positions, mask, intervention, sites, laye
         intervention.validate(model.config)  # clear errors before tracing
     enable_compilation_cache()
     graphdef, state = split
-    return _capture_jit(graphdef, state, input_ids, positions, mask, intervention,
-                        sites=sites, layers=layers, last_only=last_only)
+    placement = model_placement(model, state)
+    return _capture_jit(graphdef, state, placed_ids(input_ids, placement), positions, mask,
+                        intervention, sites=sites, layers=layers, last_only=last_only,
+                        placement=placement)
 
 
 def _has_tracer(tree) -> bool:

@@ -2,8 +2,10 @@
 
 Each architecture gets a list of ``(our_path, hf_name, transform)``; transforms reshape torch
 ``[out, in]`` matrices into the explicit-head layout (Q ``[d_model, heads, head_dim]``,
-O ``[heads, head_dim, d_model]``, ...). :func:`assign_weights` checks every shape against the
-model and names the tensor at fault.
+O ``[heads, head_dim, d_model]``, ...) as numpy views, so that slicing a transformed
+memory-mapped tensor reads only the slice. :func:`assign_weights` checks every shape against the
+model and names the tensor at fault; :func:`assign_sharded` builds each parameter directly on
+its devices from the slices each device holds (``jax.make_array_from_callback``).
 """
 
 from __future__ import annotations
@@ -23,17 +25,17 @@ class WeightShapeError(ValueError):
 
 
 def _heads_in(n_heads: int, d_head: int) -> Callable[[np.ndarray], np.ndarray]:
-    """torch ``[heads*d_head, d_model]`` -> ``[d_model, heads, d_head]``."""
-    return lambda w: np.ascontiguousarray(w.reshape(n_heads, d_head, -1).transpose(2, 0, 1))
+    """torch ``[heads*d_head, d_model]`` -> ``[d_model, heads, d_head]`` (a view)."""
+    return lambda w: w.reshape(n_heads, d_head, -1).transpose(2, 0, 1)
 
 
 def _heads_out(n_heads: int, d_head: int) -> Callable[[np.ndarray], np.ndarray]:
-    """torch ``[d_model, heads*d_head]`` -> ``[heads, d_head, d_model]``."""
-    return lambda w: np.ascontiguousarray(w.reshape(w.shape[0], n_heads, d_head).transpose(1, 2, 0))
+    """torch ``[d_model, heads*d_head]`` -> ``[heads, d_head, d_model]`` (a view)."""
+    return lambda w: w.reshape(w.shape[0], n_heads, d_head).transpose(1, 2, 0)
 
 
 def _t(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.T)
+    return w.T
 
 
 def _ident(w: np.ndarray) -> np.ndarray:
@@ -49,7 +51,7 @@ def _gpt2_qkv(w: np.ndarray, j: int, d: int, n_heads: int, d_head: int) -> np.nd
     its bias ``[3d]`` -> ``[heads, d_head]``."""
     if w.ndim == 1:
         return w[j * d:(j + 1) * d].reshape(n_heads, d_head)
-    return np.ascontiguousarray(w[:, j * d:(j + 1) * d].reshape(d, n_heads, d_head))
+    return w[:, j * d:(j + 1) * d].reshape(d, n_heads, d_head)
 
 
 def _neox_qkv(w: np.ndarray, j: int, n_heads: int, d_head: int) -> np.ndarray:
@@ -57,7 +59,7 @@ def _neox_qkv(w: np.ndarray, j: int, n_heads: int, d_head: int) -> np.ndarray:
     ``j`` as ``[d, heads, d_head]``; its bias -> ``[heads, d_head]``."""
     if w.ndim == 1:
         return w.reshape(n_heads, 3, d_head)[:, j]
-    return np.ascontiguousarray(w.reshape(n_heads, 3, d_head, -1)[:, j].transpose(2, 0, 1))
+    return w.reshape(n_heads, 3, d_head, -1)[:, j].transpose(2, 0, 1)
 
 
 def weight_map(cfg: ModelConfig) -> Iterator[tuple[tuple, str | tuple[str, ...], Callable]]:
@@ -105,7 +107,7 @@ def weight_map(cfg: ModelConfig) -> Iterator[tuple[tuple, str | tuple[str, ...],
                 yield b + ("attn", f"{n}_kernel"), p + "attn.c_attn.weight", part
                 yield b + ("attn", f"{n}_bias"), p + "attn.c_attn.bias", part
             yield (b + ("attn", "o_kernel"), p + "attn.c_proj.weight",
-                   lambda w: np.ascontiguousarray(w.reshape(H, D, -1)))
+                   lambda w: w.reshape(H, D, -1))
             yield b + ("attn", "o_bias"), p + "attn.c_proj.bias", _ident
             yield b + ("mlp", "up_kernel"), p + "mlp.c_fc.weight", _ident
             yield b + ("mlp", "up_bias"), p + "mlp.c_fc.bias", _ident
@@ -208,3 +210,85 @@ def assign_weights(model: nnx.Module, tensors: dict, source: str = "checkpoint",
                 var.set_value(jnp.stack([got.pop(i) for i in range(var.shape[0])]))
         if pop and last_use[name] == i:
             del tensors[name]
+
+
+def _grouped_plan(cfg: ModelConfig, tensors) -> dict[tuple, list[tuple[int | None, str, Callable]]]:
+    """``{variable path: [(layer or None, tensor name, transform), ...]}`` in plan order."""
+    def pick(names):
+        names = (names,) if isinstance(names, str) else names
+        return next((n for n in names if n in tensors), names[0])
+
+    out: dict[tuple, list] = {}
+    for path, names, fn in weight_map(cfg):
+        layer = next((k for k in path if isinstance(k, int)), None)
+        var_path = tuple(k for k in path if not isinstance(k, int))
+        out.setdefault(var_path, []).append((layer, pick(names), fn))
+    return out
+
+
+def _shape_of(fn: Callable, shape: tuple[int, ...], dtype) -> tuple[int, ...]:
+    """The shape ``fn`` maps a tensor of ``shape`` to, computed on a zero-stride stand-in
+    (no memory: the transforms are views)."""
+    return tuple(fn(np.broadcast_to(np.zeros((), dtype), shape)).shape)
+
+
+def assign_sharded(model: nnx.Module, tensors: dict, sharding_for: Callable, source: str = "checkpoint",
+                   dtype=None) -> None:
+    """Fill ``model`` (built with ``nnx.eval_shape``) with parameters created on their devices.
+
+    Every parameter is made by ``jax.make_array_from_callback`` with the sharding
+    ``sharding_for(variable)`` returns; the callback, called once per addressable device with
+    that device's index, reads only the slice the device holds: for a block-stack parameter
+    ``[n_layers, ...]``, each layer's tensor is transformed (as a view), sliced, and only the
+    slice is copied. With :class:`~common.weights.lazy.LazyTensor` handles (memory-mapped
+    safetensors) the host therefore never holds more than the addressable devices' shards plus
+    one slice; on a multi-host mesh each process reads only what its devices hold.
+
+    Args:
+      model: an abstract :class:`~common.models.DecoderLM` (``nnx.eval_shape``).
+      tensors: Hugging Face names -> arrays or lazy handles (anything with ``shape`` and
+        ``read()``, or numpy arrays).
+      sharding_for: ``nnx.Variable -> jax.sharding.Sharding``.
+      dtype: the parameters' dtype (default: each variable's own).
+
+    Raises:
+      WeightShapeError: a missing tensor or one whose shape does not fit, naming ``source``.
+    """
+    import jax
+
+    cfg: ModelConfig = model.config
+    for var_path, entries in _grouped_plan(cfg, tensors).items():
+        var, _ = _variable(model, var_path)
+        want = np.dtype(dtype or var.dtype)
+        stacked = entries[0][0] is not None
+        expect = tuple(var.shape[1:]) if stacked else tuple(var.shape)
+        for layer, name, fn in entries:
+            if name not in tensors:
+                raise WeightShapeError(f"{source}: missing tensor {name!r} for {cfg.arch} model")
+            t = tensors[name]
+            try:
+                got = _shape_of(fn, tuple(t.shape), np.float32)
+            except ValueError as e:
+                raise WeightShapeError(
+                    f"{source}: tensor {name!r} has shape {tuple(t.shape)}, which does not fit "
+                    f"the config ({e})") from e
+            if got != expect:
+                where = ".".join(map(str, var_path)) + ("" if layer is None else f"[{layer}]")
+                raise WeightShapeError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}; "
+                                       f"the config needs {expect} at {where}")
+        by_layer = {layer: (name, fn) for layer, name, fn in entries}
+
+        def read(name, fn, index, want=want):
+            t = tensors[name]
+            full = t.read() if hasattr(t, "read") else np.asarray(t)
+            return np.asarray(fn(full)[index], dtype=want)  # copies the slice only
+
+        def callback(index, by_layer=by_layer, stacked=stacked, n=var.shape[0] if stacked else 0):
+            index = tuple(index)
+            if not stacked:
+                return read(*by_layer[None], index)
+            layers = range(n)[index[0]]
+            return np.stack([read(*by_layer[i], index[1:]) for i in layers])
+
+        var.set_value(jax.make_array_from_callback(tuple(var.shape), sharding_for(var), callback,
+                                                   dtype=want))

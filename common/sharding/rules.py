@@ -29,6 +29,7 @@ dimension of the same array; of several axes, those that fit are kept in order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -101,19 +102,43 @@ def logical_to_spec(
     return PartitionSpec(*out)
 
 
-def activation_placement(mesh: Mesh, rules: Rules = DEFAULT_RULES):
+@dataclasses.dataclass(frozen=True)
+class MeshPlacement:
+    """``(logical names, shape) -> NamedSharding`` on ``mesh`` by ``rules``; hashable, so a
+    jitted function can take it as a static argument (the probes do: captures, sweeps)."""
+
+    mesh: Mesh
+    rules: Rules = DEFAULT_RULES
+
+    def __call__(self, names, shape) -> NamedSharding:
+        return NamedSharding(self.mesh, logical_to_spec(names, self.rules, self.mesh, shape))
+
+
+def activation_placement(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> MeshPlacement:
     """``(logical names, shape) -> NamedSharding`` on ``mesh`` by ``rules``: the placement of
-    the model's named activations (:mod:`common.models.activation_sharding`) in a train step."""
-
-    def placement(names, shape):
-        return NamedSharding(mesh, logical_to_spec(names, rules, mesh, shape))
-
-    return placement
+    the model's named activations (:mod:`common.models.activation_sharding`) in a train step
+    and in the probes (captures, sweeps) of a sharded model."""
+    return MeshPlacement(mesh, tuple(rules))
 
 
-def _logical_names(variable) -> tuple | None:
+def placement_of(params, rules: Rules | None = None) -> MeshPlacement | None:
+    """The placement of a model whose parameters ``params`` (arrays, or abstract
+    ``ShapeDtypeStruct`` values with shardings) live on a mesh of more than one device, or None
+    (one device: nothing to place)."""
+    for leaf in jax.tree.leaves(params):
+        sh = getattr(leaf, "sharding", None)
+        if isinstance(sh, NamedSharding) and sh.mesh.size > 1:
+            return MeshPlacement(sh.mesh, DEFAULT_RULES if rules is None else tuple(rules))
+    return None
+
+
+def logical_names_of(variable) -> tuple | None:
+    """The logical axis names of one ``nnx.Variable`` (its ``out_sharding`` metadata), or None."""
     meta = variable.get_metadata() if hasattr(variable, "get_metadata") else {}
     return meta.get("out_sharding") or meta.get("sharding_names") or meta.get("sharding")
+
+
+_logical_names = logical_names_of
 
 
 def param_specs(state, rules: Rules = DEFAULT_RULES, mesh: Mesh | None = None):

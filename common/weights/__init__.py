@@ -33,11 +33,12 @@ import numpy as np
 from common.weights.errors import WeightsError
 from common.weights.gguf_file import load_gguf
 from common.weights.hf_folder import load_hf_folder
+from common.weights.lazy import LazyTensor, open_checkpoint
 from common.weights.loaded_checkpoint import Checkpoint
 from common.weights.tokenizer import Tokenizer
 
-__all__ = ["Checkpoint", "Tokenizer", "WeightsError", "default_model_path", "load_checkpoint",
-           "load_gguf", "load_hf_folder"]
+__all__ = ["Checkpoint", "LazyTensor", "Tokenizer", "WeightsError", "default_model_path",
+           "load_checkpoint", "load_gguf", "load_hf_folder", "open_checkpoint"]
 
 
 def load_checkpoint(path: str | os.PathLike, dtype=np.float32) -> Checkpoint:
