@@ -1,0 +1,104 @@
+"""The PINE forward and its baselines on the shared core, and decoding with a cache of keys
+before RoPE.
+
+``pine_logits(model, prefix_ids, segments_ids, suffix_ids, method="pine")`` returns the logits
+over the suffix ``[len(suffix), vocab]``. The model runs once, jitted (``model(ids,
+intervention=...)``), with ``Intervention(mask=..., key_positions=pine_key_positions,
+key_params=...)``: every layer and head computes its segment order from its own pre-RoPE
+queries and keys, and the core rotates the keys per query. Prompts are right-padded to a
+multiple of ``bucket`` tokens so that prompts of similar length share one compiled program
+(padding comes after the suffix, where causal attention keeps it from every real token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from common.attention.masks import Mask
+from common.interp import Intervention
+from common.models.decoder import init_cache
+from projects.pine.layout import Layout, PineInputError, build_layout
+from projects.pine.method import attention_mask, key_params, method_index, pine_key_positions
+
+BUCKET = 32
+
+
+def check_model(model) -> None:
+    """Raise :class:`PineInputError` unless the model uses RoPE (PINE moves RoPE positions)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "pos", None) != "rope":
+        raise PineInputError(f"PINE needs a RoPE model (Llama family); this model has "
+                             f"{getattr(cfg, 'pos', 'no')!r} position embeddings")
+
+
+def padded_length(n: int, bucket: int = BUCKET) -> int:
+    return -(-n // bucket) * bucket
+
+
+def intervention(layout: Layout, method: str, n: int) -> Intervention:
+    """The :class:`Intervention` of ``method`` for ``layout`` right-padded to ``n`` tokens."""
+    mask = Mask(dense=jnp.asarray(attention_mask(layout, method, n))[None, None])
+    return Intervention(mask=mask, key_positions=pine_key_positions,
+                        key_params=key_params(layout, method, n, n))
+
+
+def pine_forward(model, layout: Layout, method: str = "pine", *,
+                 bucket: int = BUCKET) -> np.ndarray:
+    """Logits ``[N, vocab]`` (float32 numpy) of every token of ``layout`` under ``method``."""
+    check_model(model)
+    method_index(method)
+    n = padded_length(layout.n, bucket)
+    ids = np.zeros(n, np.int32)
+    ids[:layout.n] = layout.ids
+    logits = model(jnp.asarray(ids)[None], intervention=intervention(layout, method, n))
+    return np.asarray(logits[0, :layout.n])
+
+
+def pine_logits(model, prefix_ids: Sequence[int], segments_ids: Sequence[Sequence[int]],
+                suffix_ids: Sequence[int], method: str = "pine", *,
+                bucket: int = BUCKET) -> np.ndarray:
+    """Logits over the suffix positions, ``[len(suffix_ids), vocab]``.
+
+    Args:
+      model: a RoPE decoder (``load_pretrained``'s model).
+      prefix_ids: token ids of the prefix (system prompt, instruction; BOS included if wanted).
+      segments_ids: k lists of token ids, each segment tokenised on its own.
+      suffix_ids: token ids after the segments (question, chat footer).
+      method: one of :data:`~projects.pine.method.METHODS`.
+    """
+    check_model(model)
+    layout = build_layout(prefix_ids, segments_ids, suffix_ids, model.config.vocab_size)
+    return pine_forward(model, layout, method, bucket=bucket)[layout.seg_end:]
+
+
+def pine_decode(model, layout: Layout, method: str, n_new: int) -> tuple[list[int], np.ndarray]:
+    """Greedy decoding of ``n_new`` tokens with a KV cache of keys before RoPE.
+
+    The prompt is prefilled into the cache; every new token then recomputes its own segment
+    order from its pre-RoPE query and the cached keys, and the core re-rotates the cached keys
+    at those positions. Returns ``(new token ids, logits [n_new, vocab])``: the logits that
+    chose each new token (the prompt's last position, then each new token's).
+    """
+    check_model(model)
+    method_index(method)
+    total = layout.n + n_new
+    cache = init_cache(model.config, 1, total)
+    mask = Mask(dense=jnp.asarray(attention_mask(layout, method, layout.n, total))[None, None])
+    iv = Intervention(mask=mask, key_positions=pine_key_positions,
+                      key_params=key_params(layout, method, layout.n, total))
+    logits, cache = model.forward(jnp.asarray(layout.ids)[None], hooks=iv.hooks(model.config),
+                                  cache=cache)
+    out, new = [np.asarray(logits[0, -1])], []
+    for t in range(n_new):
+        new.append(int(np.argmax(out[-1])))
+        if t == n_new - 1:
+            break
+        step = Intervention(key_positions=pine_key_positions,
+                            key_params=key_params(layout, method, 1, total, layout.n + t))
+        logits, cache = model.forward(jnp.asarray([[new[-1]]]), hooks=step.hooks(model.config),
+                                      cache=cache)
+        out.append(np.asarray(logits[0, -1]))
+    return new, np.stack(out)
