@@ -99,8 +99,21 @@ def cmd_train(args) -> int:
         from common.train.cli import train_main
     except ImportError as e:
         raise CLIError(f"headlab train is not available in this checkout ({e})") from e
-    train_main(args.target, args.mesh, args.workdir, args.set or [])
+    summary = train_main(args.target, args.mesh, args.workdir, args.set or [],
+                         config_arg=args.config, profile=args.profile)
+    print(closing_train_line(summary))
     return 0
+
+
+def closing_train_line(summary: dict) -> str:
+    """The line ``headlab train`` ends with: steps, loss, throughput."""
+    parts = [f"{summary['steps'] if summary.get('preempted_at') is None else summary['preempted_at']}"
+             f"/{summary['steps']} steps"]
+    for key, fmt in (("final_loss", "loss {:.4f}"), ("final_tokens_per_sec", "{:,.0f} tokens/s"),
+                     ("final_steps_per_sec", "{:.2f} steps/s")):
+        if isinstance(summary.get(key), int | float):
+            parts.append(fmt.format(summary[key]))
+    return "trained: " + ", ".join(parts)
 
 
 def cmd_generate(args) -> int:
@@ -150,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", help="run directory; the same one resumes "
                                      "(default runs/train-TARGET/<timestamp>)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    t.add_argument("--config", metavar="ARG",
+                   help="the argument of the target's get_config (lm: quick, finetune)")
+    t.add_argument("--profile", metavar="START:STEPS",
+                   help="trace STEPS steps from step START with jax.profiler into WORKDIR/profile")
     t.set_defaults(fn=cmd_train)
 
     g = sub.add_parser("generate", help="complete a prompt with a pretrained model",

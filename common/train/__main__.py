@@ -1,7 +1,9 @@
-"""``python -m common.train TARGET [--mesh SPEC] [--workdir DIR] [--set k=v ...]``.
+"""``python -m common.train TARGET [--config ARG] [--mesh SPEC] [--workdir DIR] [--set k=v ...]
+[--profile START:STEPS]``.
 
 The same as ``headlab train`` (used by ``tpu/launch.sh`` and the multi-process tests); prints
-the summary as JSON. A bad target or ``--set`` prints one line and exits with status 2.
+the user's lines (TensorBoard, preemption) and then the summary as JSON on the last line. A bad
+target or ``--set`` prints one line and exits with status 2. A preempted run exits 0.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mesh", default=None, help="e.g. data=2,tensor=4 (dcn:data=2 across slices)")
     p.add_argument("--workdir", default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--config", default=None, help="the argument of the target's get_config")
+    p.add_argument("--profile", default=None, metavar="START:STEPS",
+                   help="trace STEPS steps from step START with jax.profiler")
     a = p.parse_args(argv)
     try:
-        summary = train_main(a.target, a.mesh, a.workdir, a.overrides)
-    except ConfigError as e:
+        summary = train_main(a.target, a.mesh, a.workdir, a.overrides, config_arg=a.config,
+                             profile=a.profile, say=lambda line: print(line, flush=True))
+    except (ConfigError, ValueError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     print(json.dumps(summary))
     return summary

@@ -1,15 +1,18 @@
-"""``headlab train <target> [--mesh data=2,tensor=4] [--workdir DIR] [--set k=v ...]``.
+"""``headlab train <target> [--config ARG] [--mesh data=2,tensor=4] [--workdir DIR] [--set k=v ...]
+[--profile START:STEPS]``.
 
 A target is ``projects.<target>.train``, a module with ``get_config(arg) -> ConfigDict`` (or a
 ``projects.<target>.configs.default`` that has it) and
 ``build(config, workdir) -> (Task, optax tx, dataset, TrainConfig, eval_fn)``; ``lm``
 (:mod:`projects.lm.train`) is the reference one. ``--set`` is parsed by :mod:`common.configs`.
 Rerunning the same command with the same ``--workdir`` resumes from its newest intact
-checkpoint.
+checkpoint; that includes a run stopped by SIGTERM (a preemption), which saves the step every
+process agreed on and exits 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib
 import pathlib
@@ -49,7 +52,9 @@ def target_module(target: str):
     return module
 
 
-def train_main(target: str, mesh: str | None, workdir, overrides: list[str]) -> dict:
+def train_main(target: str, mesh: str | None, workdir, overrides: list[str], *,
+               config_arg: str | None = None, profile: str | None = None,
+               say=print) -> dict:
     """Run (or resume) training of ``target``; returns the summary (also ``summary.json``).
 
     Args:
@@ -57,6 +62,9 @@ def train_main(target: str, mesh: str | None, workdir, overrides: list[str]) -> 
       mesh: ``"data=2,tensor=4"`` (``dcn:data=2`` for multi-slice); None = data parallel.
       workdir: run directory; None gives ``runs/train-<target>/<UTC timestamp>``.
       overrides: ``["train.steps=100", ...]``.
+      config_arg: the argument of the target's ``get_config`` (``lm``: ``quick``, ``finetune``).
+      profile: ``"START:STEPS"``: trace those steps with jax.profiler into ``<workdir>/profile``.
+      say: where process 0's lines for the user go (TensorBoard, preemption).
     """
     from common.sharding.distributed import maybe_initialize
 
@@ -66,22 +74,36 @@ def train_main(target: str, mesh: str | None, workdir, overrides: list[str]) -> 
     from common.rundir import RunDir
     from common.sharding import make_mesh
     from common.train.loop import train
+    from common.train.watch import parse_profile
 
+    window = parse_profile(profile)
     module = target_module(target)
-    config = module.get_config(None)
+    config = module.get_config(config_arg)
     apply_overrides(config, overrides)
     if workdir is None:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
         workdir = pathlib.Path("runs") / f"train-{target}" / stamp
     rd = RunDir(workdir)
-    if jax.process_index() == 0:
-        rd.write_config({"target": target, "mesh": mesh, **config.to_dict()})
+    lead = jax.process_index() == 0
+    if lead:
+        rd.write_config({"target": target, "config_arg": config_arg, "mesh": mesh,
+                         **config.to_dict()})
     mesh_obj = make_mesh(mesh)
     task, tx, dataset, train_config, eval_fn = module.build(config, rd.root)
+    if window is not None:
+        train_config = dataclasses.replace(train_config, profile=window)
+    if lead and train_config.tensorboard:
+        say(f"TensorBoard: tensorboard --logdir {rd.root / 'tensorboard'}")
     result = train(task, tx, dataset, train_config, mesh_obj, rd.root, eval_fn=eval_fn)
     summary = {"target": target, **result.summary}
-    if jax.process_index() == 0:
+    if lead:
         rd.write_summary(summary)
+        if summary["preempted_at"] is not None:
+            say(f"preempted (SIGTERM): saved step {summary['preempted_at']} of "
+                f"{summary['steps']} in {rd.root / 'checkpoints'}; rerun the same command to "
+                "resume")
+        if window is not None:
+            say(f"profile of steps {window[0]}..{sum(window) - 1}: {rd.root / 'profile'}")
     return summary
 
 
@@ -103,9 +125,10 @@ def restore_run(workdir, mesh: str | None = None, step: int | None = None):
     workdir = pathlib.Path(workdir)
     saved = json.loads((workdir / "config.json").read_text())
     target = saved.pop("target")
+    config_arg = saved.pop("config_arg", None)
     saved.pop("mesh", None)
     module = target_module(target)
-    config = module.get_config(None)
+    config = module.get_config(config_arg)
     config.update_from_flattened_dict(_flatten(saved))
     task, tx, _, _, _ = module.build(config, workdir)
     init = sharded_init(task.make_model, tx, make_mesh(mesh))

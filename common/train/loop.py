@@ -20,6 +20,14 @@ come back.
 
 A population (:mod:`common.train.population`, ``Task.for_population``) trains many models in
 one step; metrics.jsonl then holds one row per (logged step, model).
+
+For pods: on SIGTERM (a preemption notice) every process agrees on one step, saves it and the
+loop returns with ``summary["preempted_at"]`` (:mod:`common.train.preemption`); checkpoints carry
+per-array checksums (:mod:`common.train.orbax_checkpoint`); the logged rows (loss, gradient
+norm, learning rate, steps/s, tokens/s, device memory) also go to TensorBoard event files under
+``tensorboard/``; ``TrainConfig.profile`` traces a window of steps into ``profile/``
+(:mod:`common.train.watch`). A pretrained start (``Task.init_params``) puts the loaded
+parameters straight onto their shardings.
 """
 
 from __future__ import annotations
@@ -49,7 +57,9 @@ from common.sharding.rules import DEFAULT_RULES, Rules, activation_placement, lo
 from common.sharding.state import ModelDef, ShardedInit, TrainState, sharded_init
 from common.train.orbax_checkpoint import Checkpointer
 from common.train.population import MODELS, Population
+from common.train.preemption import PreemptionWatch
 from common.train.step import LossFn, leaf_names, make_train_step
+from common.train.watch import ProfileWindow, TensorBoard, device_memory
 
 
 class NonFiniteError(FloatingPointError):
@@ -81,6 +91,11 @@ class Task:
         ``jax.random.fold_in(key, step)``). Used when ``train`` gets ``dataset=None``: no host
         pipeline, nothing to save but the step.
       population: set by :meth:`for_population`: the models trained together.
+      init_params: optional pretrained start: ``() -> params`` in ``nnx.to_pure_dict`` layout
+        (host or device arrays, e.g. a loaded checkpoint's), placed onto the rules' shardings
+        instead of ``make_model``'s random initialisation (which then only gives the shapes).
+      lr_schedule: optional ``step -> learning rate`` of ``tx``, logged as ``lr``.
+      token_field: the batch field whose elements are tokens (``"input_ids"``), for tokens/s.
     """
 
     make_model: Callable[[], nnx.Module]
@@ -88,6 +103,9 @@ class Task:
     batch_axes: dict[str, tuple[str | None, ...]]
     device_data: Callable[[jax.Array], dict] | None = None
     population: Population | None = None
+    init_params: Callable[[], dict] | None = None
+    lr_schedule: Callable[[int], Any] | None = None
+    token_field: str | None = None
 
     @classmethod
     def for_population(cls, population: Population,
@@ -104,6 +122,8 @@ class TrainConfig:
     ``compute_dtype``: ``"bfloat16"``/``"float16"`` for mixed precision, None for the param dtype.
     ``*_every``: intervals in steps; 0 disables (a final checkpoint is always written unless
     ``checkpoint_every`` is 0). ``steps_per_call`` (on-device data only) must divide them.
+    ``profile``: ``(start, steps)``: a jax.profiler trace of those steps into ``profile/``.
+    ``tensorboard``: also write the logged rows as TensorBoard events under ``tensorboard/``.
     """
 
     steps: int
@@ -119,6 +139,8 @@ class TrainConfig:
     guard_transfers: bool = True
     prefetch_threads: int = 0
     steps_per_call: int = 1
+    profile: tuple[int, int] | None = None
+    tensorboard: bool = True
 
 
 @dataclasses.dataclass
@@ -293,6 +315,8 @@ def train(
         if not on_device:
             data_iter.set_state(data_state["iterator"])
         crc = int(data_state["data_crc"])
+    elif task.init_params is not None:
+        start, state, crc = 0, _pretrained_state(init, tx, task.init_params()), 0
     else:
         start, state, crc = 0, init.create(), 0
     if lead and restored is not None:
@@ -324,9 +348,24 @@ def train(
             ckpt.save(step, state, {"iterator": None if on_device else data_iter.get_state(),
                                     "data_crc": crc})
 
+    tokens_per_step = (int(np.prod(shapes[task.token_field].shape))
+                       if task.token_field and population is None else None)
+    board = (TensorBoard(workdir / "tensorboard")
+             if lead and config.tensorboard and population is None else None)
+    profiler = ProfileWindow(config.profile, workdir / "profile")
+
     def log(step: int, last: dict, steps_per_sec: float) -> None:
         if population is None:
-            metrics_out.write(step, **last, data_crc=crc, steps_per_sec=steps_per_sec)
+            extra = {"steps_per_sec": steps_per_sec, **device_memory()}
+            if tokens_per_step:
+                extra["tokens_per_sec"] = tokens_per_step * steps_per_sec
+            if task.lr_schedule is not None:
+                with jax.transfer_guard("allow"):  # the rate of the last update
+                    extra["lr"] = float(task.lr_schedule(step - 1))
+            metrics_out.write(step, **last, data_crc=crc, **extra)
+            if board is not None:
+                board.write(step, {**{k: v for k, v in last.items() if np.ndim(v) == 0},
+                                   **extra})
             return
         probed = jax.device_get(probe_fn(state.params)) if probe_fn else {}
         for row in population.rows(last, probed):
@@ -343,12 +382,14 @@ def train(
     cpu_loop = time.process_time()
     timed_from = start
     guard = jax.transfer_guard("disallow" if config.guard_transfers else "allow")
+    preempted_at = None
     try:
-        with guard:
+        with guard, PreemptionWatch() as preemption:
             step = start
             while step < config.steps:
                 t0 = time.perf_counter()
                 n = min(per_call - step % per_call, config.steps - step)
+                profiler.before(step)
                 if on_device:
                     batch = None
                 else:
@@ -381,23 +422,38 @@ def train(
                         metrics_out.write(done, **ev)
                     last.update(ev)
                 bar.update(n)
+                profiler.after(done, state)
                 step_times.append(time.perf_counter() - t0)
                 if done - n == start:  # compiled and ran once: time the rest
                     jax.block_until_ready(state)
                     t_loop, cpu_loop, timed_from = time.perf_counter(), time.process_time(), done
+                if done < config.steps and preemption.reached(done):
+                    # every process stops at this same step: save it (data state included)
+                    if pending is not None:
+                        window.extend(check(pending))
+                        pending = None
+                    if ckpt is not None and not at(config.checkpoint_every):
+                        save(done)
+                    preempted_at = done
+                    break
             if pending is not None:
                 window.extend(check(pending))
         t_end, cpu_end = time.perf_counter(), time.process_time()
     finally:
         bar.close()
+        profiler.stop()
+        if board is not None:
+            board.close()
         if ckpt is not None:
             ckpt.close()  # waits for the last async save
     t_closed = time.perf_counter()
-    timed = config.steps - timed_from
+    end = preempted_at if preempted_at is not None else config.steps
+    timed = end - timed_from
 
     summary = {
         "steps": config.steps,
         "resumed_from": start,
+        "preempted_at": preempted_at,  # the step saved on SIGTERM; rerun to resume from it
         "mesh": describe(mesh),
         "processes": jax.process_count(),
         "data_crc": crc,
@@ -411,3 +467,23 @@ def train(
     }
     return TrainResult(state=state, model_def=init.model_def, init=init, summary=summary,
                        step_times=step_times)
+
+
+def _pretrained_state(init: ShardedInit, tx: optax.GradientTransformation,
+                      params: dict) -> TrainState:
+    """A step-0 :class:`TrainState` from loaded ``params``, each placed on its sharding."""
+    want = init.abstract.params
+    if jax.tree.structure(params) != jax.tree.structure(want):
+        raise ValueError("Task.init_params: the loaded parameters' tree differs from the "
+                         f"model's: {jax.tree.structure(params)} vs {jax.tree.structure(want)}")
+    for name, p, a in zip(leaf_names(params), jax.tree.leaves(params), jax.tree.leaves(want),
+                          strict=True):
+        if tuple(np.shape(p)) != tuple(a.shape):
+            raise ValueError(f"Task.init_params: {name} has shape {tuple(np.shape(p))}, the "
+                             f"model needs {tuple(a.shape)}")
+    with jax.transfer_guard("allow"):
+        params = jax.tree.map(lambda p, a: jax.device_put(jnp.asarray(p, a.dtype), a.sharding),
+                              params, want)
+        opt_state = jax.jit(tx.init, out_shardings=init.shardings.opt_state)(params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), init.shardings.step)
+    return TrainState(step=step, params=params, opt_state=opt_state)

@@ -10,10 +10,14 @@ One checkpoint step directory holds two items written by one ``CheckpointManager
 Saves are asynchronous (the arrays are copied to host, then written in a background thread),
 the newest ``keep`` steps are kept. Orbax writes a step into a temporary directory and renames
 it when complete, so a killed run never leaves a half-written step under its final name.
-Files can still be damaged afterwards (a truncated copy, a full disk on a network file system):
-after each save completes we record the size of every file in ``headlab_manifest.json``; on
-restore a step whose files do not match, or that fails to read, is moved aside to
-``<step>.corrupt`` (not deleted) with a warning and the previous step is used.
+Files can still be damaged afterwards (a truncated copy, a full disk on a network file system,
+a flipped bit on a disk or in transit): at save we take a checksum of every array where it lives
+(:mod:`common.train.checksum`, two position-weighted sums of its bits, sharded, a single-pass
+reduction) and of the data state, and once the save completes we record them with the size of
+every file in ``headlab_manifest.json``. On restore a step whose files do not match, that fails
+to read, or whose restored arrays or data state do not match their checksums is moved aside to
+``<step>.corrupt`` (not deleted) with a warning naming the file or array, and the previous step
+is used.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from common.rundir import atomic_write_text
+from common.train.checksum import host_checksums, json_crc
+from common.train.step import leaf_names
 
 MANIFEST = "headlab_manifest.json"
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class Checkpointer:
         self.manager = self._open(keep, async_save)
         self._keep, self._async = keep, async_save
         self._unsealed: list[int] = []
+        self._sums: dict[int, dict] = {}  # step -> checksums, written into its manifest
 
     def _open(self, keep: int, async_save: bool) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(
@@ -62,7 +69,14 @@ class Checkpointer:
     # -- saving -------------------------------------------------------------------------------
 
     def save(self, step: int, state: Any, data_state: dict) -> None:
-        """Start saving ``state`` and ``data_state`` (JSON-able) as ``step``."""
+        """Start saving ``state`` and ``data_state`` (JSON-able) as ``step``.
+
+        The arrays' checksums are computed first (on device, then a few bytes to the host), so
+        they describe exactly what is being written.
+        """
+        self._sums[step] = {"arrays": dict(zip(leaf_names(state), host_checksums(state),
+                                               strict=True)),
+                            "data_crc32": json_crc(data_state)}
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
         # orbax waits for the previous async save before starting this one: seal finished ones.
@@ -82,8 +96,9 @@ class Checkpointer:
     def _seal(self, done: list[int]) -> None:
         for step in done:
             self._unsealed.remove(step)
+            sums = self._sums.pop(step, {})
             if jax.process_index() == 0 and (self.directory / str(step)).is_dir():
-                write_manifest(self.directory / str(step))
+                write_manifest(self.directory / str(step), sums)
 
     # -- restoring ----------------------------------------------------------------------------
 
@@ -107,9 +122,12 @@ class Checkpointer:
                     out = self.manager.restore(s, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract_state),
                         data=ocp.args.JsonRestore()))
-                    return s, out.state, dict(out.data)
                 except Exception as e:  # noqa: BLE001 - any read failure means a damaged step
                     problem = f"restore failed: {type(e).__name__}: {str(e)[:300]}"
+                else:
+                    problem = verify_checksums(self.directory / str(s), out.state, dict(out.data))
+                    if problem is None:
+                        return s, out.state, dict(out.data)
             if step is not None:
                 raise RuntimeError(f"checkpoint step {s} in {self.directory} is damaged: {problem}")
             self._quarantine(s, problem)
@@ -135,8 +153,9 @@ class Checkpointer:
         self.manager.reload()
 
 
-def write_manifest(step_dir: pathlib.Path) -> None:
-    """Record the relative path and size of every file under ``step_dir``."""
+def write_manifest(step_dir: pathlib.Path, sums: dict | None = None) -> None:
+    """Record the relative path and size of every file under ``step_dir``, and ``sums``
+    (``{"arrays": {name: [s0, s1]}, "data_crc32": int}``, see :meth:`Checkpointer.save`)."""
     files = {}
     for root, _, names in os.walk(step_dir):
         for name in names:
@@ -144,7 +163,8 @@ def write_manifest(step_dir: pathlib.Path) -> None:
                 continue
             p = pathlib.Path(root) / name
             files[str(p.relative_to(step_dir))] = p.stat().st_size
-    atomic_write_text(step_dir / MANIFEST, json.dumps({"files": files}, indent=1, sort_keys=True))
+    atomic_write_text(step_dir / MANIFEST, json.dumps({"files": files, **(sums or {})}, indent=1,
+                                                      sort_keys=True))
 
 
 def verify_manifest(step_dir: pathlib.Path) -> str | None:
@@ -162,4 +182,26 @@ def verify_manifest(step_dir: pathlib.Path) -> str | None:
             return f"missing file {rel}"
         if p.stat().st_size != size:
             return f"file {rel} has {p.stat().st_size} bytes, expected {size} (truncated?)"
+    return None
+
+
+def verify_checksums(step_dir: pathlib.Path, state: Any, data_state: dict) -> str | None:
+    """None if the restored ``state`` and ``data_state`` match the checksums in the manifest
+    (or it has none: saved before checksums, or not sealed), else which array differs."""
+    path = step_dir / MANIFEST
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    want = manifest.get("arrays")
+    if want is not None:
+        got = dict(zip(leaf_names(state), host_checksums(state), strict=True))
+        if set(got) != set(want):
+            return (f"the checkpoint's arrays {sorted(set(want) ^ set(got))[:3]} differ from the "
+                    "restore target's")
+        bad = [name for name in want if list(want[name]) != got[name]]
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            return f"array {bad[0]!r}{more} does not match its checksum (flipped bits?)"
+    if "data_crc32" in manifest and manifest["data_crc32"] != json_crc(data_state):
+        return "the data-iterator state does not match its checksum"
     return None

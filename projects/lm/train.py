@@ -13,6 +13,14 @@ Expected with the defaults (600 steps, about 30 s on 2 CPU cores): the copy accu
 second half reaches 1.0 (eval) and the loss falls from ln 127 = 4.84 to about 2.37, close to
 the floor of an ideal copier, 15/31 * ln 127 = 2.34 (the 15 prefix targets after the first are
 random; the rest can be copied).
+
+``--config finetune`` fine-tunes a pretrained model instead (``model.pretrained``, default
+SmolLM2-135M-Instruct, loaded with :func:`common.models.load_pretrained`) on a shipped text task
+(``data.source = "icl_task"``: ``$HEADLAB_DATA/icl_tasks/<data.task>.json`` as ``Q: x / A: y``
+lines, packed into ``seq_len`` windows; the last ``data.validation_windows`` are held out and
+give ``eval/loss``):
+
+    headlab train lm --config finetune --mesh data=2,fsdp=2,tensor=2   # 8 devices
 """
 
 from __future__ import annotations
@@ -33,14 +41,18 @@ DESCRIPTION = "tiny Llama-style decoder LM on induction token data (generated or
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Defaults; ``arg="quick"`` is a few-second CPU run."""
+    """Defaults; ``arg="quick"`` is a few-second CPU run, ``"finetune"`` fine-tunes SmolLM2."""
+    if arg not in (None, "", "quick", "finetune"):
+        raise ValueError(f"lm: unknown config {arg!r}; use quick or finetune")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=128,
-        dtype="float32", attn_backend="reference", scan_layers=True, remat="none"))
+        dtype="float32", attn_backend="reference", scan_layers=True, remat="none",
+        pretrained=""))
     c.data = ml_collections.ConfigDict(dict(
-        source="generated", seq_len=32, num_examples=4096, global_batch_size=16, dir=""))
+        source="generated", seq_len=32, num_examples=4096, global_batch_size=16, dir="",
+        task="abstractive/antonym", validation_windows=16))
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=3e-3, warmup_steps=20, weight_decay=0.0, clip_norm=1.0))
     c.train = ml_collections.ConfigDict(dict(
@@ -49,6 +61,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "quick":
         c.train.steps = 40
         c.train.checkpoint_every = 20
+    if arg == "finetune":
+        c.model.pretrained = "smollm2-135m-instruct"
+        c.model.attn_backend = "auto"
+        c.data.source, c.data.seq_len, c.data.global_batch_size = "icl_task", 64, 8
+        c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 5
+        c.train.update(steps=40, log_every=5, checkpoint_every=20, eval_every=20)
     return c
 
 
@@ -64,11 +82,12 @@ def loss_fn(model, batch):
     return loss, {"accuracy": acc, "copy_accuracy": copy_acc}
 
 
-def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(c: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with global-norm clipping and a linear warm-up; ``(tx, learning-rate schedule)``."""
     o = c.optim
     schedule = optax.linear_schedule(0.0, o.learning_rate, max(o.warmup_steps, 1))
     return optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                       optax.adamw(schedule, weight_decay=o.weight_decay))
+                       optax.adamw(schedule, weight_decay=o.weight_decay)), schedule
 
 
 def build(c: ml_collections.ConfigDict, workdir: pathlib.Path):
@@ -77,16 +96,40 @@ def build(c: ml_collections.ConfigDict, workdir: pathlib.Path):
 
     m = c.model
     compute = c.train.compute_dtype or None
-    mcfg = ModelConfig(arch="llama", vocab_size=m.vocab_size, d_model=m.d_model,
-                       n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads,
-                       d_mlp=m.d_mlp, attn_backend=m.attn_backend,
-                       dtype=compute or m.dtype, max_position=c.data.seq_len,
-                       scan_layers=m.scan_layers, remat=m.remat)
     seed = int(c.seed)
+    tx, schedule = make_optimizer(c)
+    init_params, tokenizer = None, None
+    if m.pretrained:
+        import dataclasses
+
+        from common.models import load_pretrained
+
+        loaded, tokenizer = load_pretrained(m.pretrained, attn_backend=m.attn_backend,
+                                            dtype=compute or m.dtype)
+        mcfg = dataclasses.replace(loaded.config, scan_layers=m.scan_layers, remat=m.remat)
+        params = nnx.to_pure_dict(nnx.state(loaded, nnx.Param))
+        init_params = lambda: params  # noqa: E731
+    else:
+        mcfg = ModelConfig(arch="llama", vocab_size=m.vocab_size, d_model=m.d_model,
+                           n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads,
+                           d_mlp=m.d_mlp, attn_backend=m.attn_backend,
+                           dtype=compute or m.dtype, max_position=c.data.seq_len,
+                           scan_layers=m.scan_layers, remat=m.remat)
     task = Task(make_model=lambda: DecoderLM(mcfg, rngs=nnx.Rngs(seed)), loss_fn=loss_fn,
-                batch_axes={"input_ids": ("batch", "seq")})
+                batch_axes={"input_ids": ("batch", "seq")}, init_params=init_params,
+                lr_schedule=schedule, token_field="input_ids")
     d = c.data
-    if d.source == "generated":
+    if d.source == "icl_task":
+        from common.data.text import PackedTokens, icl_task_texts
+
+        if tokenizer is None:
+            raise ValueError("data.source='icl_task' needs a pretrained model's tokenizer "
+                             "(set model.pretrained, or use --config finetune)")
+        texts = icl_task_texts(d.task)
+        held = int(d.validation_windows)
+        source = PackedTokens(texts, tokenizer.encode, d.seq_len, stop=-held)
+        eval_source = PackedTokens(texts, tokenizer.encode, d.seq_len, start=-held)
+    elif d.source == "generated":
         source = InducedTokens(d.num_examples, d.seq_len, m.vocab_size, seed=seed)
         eval_source = InducedTokens(256, d.seq_len, m.vocab_size, seed=seed + 1)
     elif d.source == "tfds":
@@ -102,7 +145,8 @@ def build(c: ml_collections.ConfigDict, workdir: pathlib.Path):
         source = tokens_source(data_dir, "train")
         eval_source = tokens_source(data_dir, "validation")
     else:
-        raise ValueError(f"data.source must be 'generated' or 'tfds', got {d.source!r}")
+        raise ValueError(f"data.source must be 'generated', 'tfds' or 'icl_task', got "
+                         f"{d.source!r}")
     dataset = batched_dataset(source, global_batch_size=d.global_batch_size, seed=seed)
     t = c.train
     config = TrainConfig(
@@ -120,4 +164,4 @@ def build(c: ml_collections.ConfigDict, workdir: pathlib.Path):
     def eval_fn(model, step):
         return jax.device_get(_eval(model, jnp.asarray(eval_ids)))
 
-    return task, make_optimizer(c), dataset, config, eval_fn
+    return task, tx, dataset, config, eval_fn
