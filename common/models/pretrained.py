@@ -76,6 +76,42 @@ def build_sharded_model(checkpoint, mesh, rules=None, *, dtype: str | None = Non
     return model
 
 
+def resolve_mesh(mesh):
+    """A ``jax.sharding.Mesh`` from a mesh or a spec string (``"fsdp=4,tensor=4"``, as
+    ``--mesh`` and the projects' ``mesh`` config field take; ``jax.distributed`` is initialised
+    first where the environment asks for it); None or ``""``: None (one device)."""
+    if mesh is None or (isinstance(mesh, str) and not mesh.strip()):
+        return None
+    if isinstance(mesh, str):
+        from common.sharding.distributed import maybe_initialize
+        from common.sharding.mesh import make_mesh
+
+        maybe_initialize()
+        return make_mesh(mesh)
+    return mesh
+
+
+def shard_model(model: DecoderLM, mesh, rules=None) -> DecoderLM:
+    """``model`` (loaded or built on one device) with its parameters placed on ``mesh`` by
+    ``rules`` (default: the training path's), as :func:`load_pretrained` with ``mesh=`` places
+    them; a copy, ``model`` is left as it was. ``mesh`` may be a spec string."""
+    from jax.sharding import NamedSharding
+
+    from common.sharding.rules import DEFAULT_RULES, logical_names_of, logical_to_spec
+
+    mesh = resolve_mesh(mesh)
+    rules = DEFAULT_RULES if rules is None else tuple(tuple(r) for r in rules)
+    graphdef, state = nnx.split(model)
+    shardings = jax.tree.map(
+        lambda v: NamedSharding(mesh, logical_to_spec(logical_names_of(v), rules, mesh, v.shape)),
+        state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    placed = jax.tree.map(lambda v, sh: v.replace(jax.device_put(v[...], sh)), state, shardings,
+                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+    out = nnx.merge(graphdef, placed)
+    out.sharding_rules = rules
+    return out
+
+
 def load_pretrained(
     name_or_path: str | os.PathLike = "smollm2-135m-instruct",
     *,
@@ -94,7 +130,8 @@ def load_pretrained(
       dtype: ``float32`` or ``bfloat16`` compute (default: ``float32``; with a mesh,
         ``bfloat16`` parameters and compute from :data:`BF16_FROM_PARAMS` parameters up).
       attn_backend: attention backend for every layer.
-      mesh: a ``jax.sharding.Mesh`` (:func:`common.sharding.make_mesh`): the parameters are
+      mesh: a ``jax.sharding.Mesh`` (:func:`common.sharding.make_mesh`) or its spec string
+        (``"fsdp=4,tensor=4"``; ``""``/None: one device): the parameters are
         created abstractly and each tensor is read from the file straight onto its devices,
         sliced as ``rules`` shard it (:func:`build_sharded_model`); the whole model is never
         materialised on one device or, for safetensors, in host memory. On several hosts every
@@ -122,6 +159,7 @@ def load_pretrained(
                 f"load_pretrained: {name!r} is neither a known model name {KNOWN_MODELS} nor an "
                 "existing .gguf file or Hugging Face folder"
             )
+    mesh = resolve_mesh(mesh)
     ckpt = weights.open_checkpoint(path) if mesh is not None else weights.load_checkpoint(path)
     tokenizer = ckpt.tokenizer
     if tokenizer is None and require_tokenizer:

@@ -100,8 +100,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
     # ------------------------------------------------------------------ model + classes
     from common.models import load_pretrained
 
-    with stage("load", f"model {config.model}", prefix=PREFIX, enabled=loaded is None):
-        model, tok = loaded if loaded is not None else load_pretrained(config.model)
+    where = f" sharded over {config.mesh}" if config.mesh else ""
+    with stage("load", f"model {config.model}{where}", prefix=PREFIX, enabled=loaded is None):
+        model, tok = (loaded if loaded is not None
+                      else load_pretrained(config.model, mesh=config.mesh or None))
     mode = succession.resolve_embed_mode(model.config, config.embed_mode,
                                          config.embed_fallback or None)
     classes, gone = tasks.build_classes(tok, config.classes, bare=config.bare,

@@ -9,7 +9,8 @@ Quick CPU run (same scan; patching on four classes, 6 SAEs; about 5 minutes on 2
 
     headlab run successor_heads --quick
 
-Another model: ``--set model=/path/to/gpt2-folder`` (a Hugging Face folder or .gguf file).
+Another model: ``--set model=/path/to/gpt2-folder`` (a Hugging Face folder or .gguf file);
+sharded over a mesh (a pod slice, a multi-GPU node): ``--set mesh=fsdp=4,tensor=4``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"successor_heads get_config: unknown argument {arg!r} (use 'quick')")
     c = ml_collections.ConfigDict()
     c.model = "smollm2-135m-instruct"  # a known name, a .gguf file or a Hugging Face folder
+    c.mesh = ""  # "" = one device; "fsdp=4,tensor=4" loads the model sharded over a mesh
     # ---- succession scan (§2-§4) ----
     c.classes = tuple(DEFAULT_CLASSES)
     c.bare = ("numbers",)  # classes also scored without the leading space ("5")
@@ -87,6 +89,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise :class:`ConfigError` naming the first impossible field."""
+    from common.sharding.mesh import MeshError, parse_mesh
+
+    try:
+        parse_mesh(c.mesh)
+    except MeshError as e:
+        raise ConfigError(f"config.mesh: {e}") from None
     unknown = [n for n in (*c.classes, *c.bare, *c.held_out) if n not in CLASSES]
     if unknown:
         raise ConfigError(f"config.classes/bare/held_out: unknown class(es) {unknown}; known: "

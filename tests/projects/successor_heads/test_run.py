@@ -73,7 +73,8 @@ def test_config_errors_name_the_field():
     for field, value, match in [("embed_mode", "mlp1", "config.embed_mode"),
                                 ("classes", ("weekdays",), "unknown class"),
                                 ("threshold", 0.0, "config.threshold"),
-                                ("embed_fallback", "x", "config.embed_fallback")]:
+                                ("embed_fallback", "x", "config.embed_fallback"),
+                                ("mesh", "fsdp=x", "config.mesh: mesh spec 'fsdp=x'")]:
         c = get_config("quick")
         c[field] = value
         with pytest.raises(ConfigError, match=match):
