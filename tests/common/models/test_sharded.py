@@ -12,15 +12,27 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.multidevice
-def test_sharded_load_and_probes_on_eight_devices():
+def _cases(select: str) -> None:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", select,
          str(pathlib.Path(__file__).with_name("_sharded_cases.py"))],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and " skipped" not in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.multidevice
+def test_sharded_load_and_probes_on_eight_devices():
+    _cases("not smollm2")
+
+
+@pytest.mark.slow
+@pytest.mark.smollm2
+@pytest.mark.multidevice
+def test_smollm2_sharded_on_eight_devices(smollm2_path):  # noqa: ARG001 - skips without it
+    _cases("smollm2")
 
 
 def write_checkpoint(folder: pathlib.Path, *, d=1024, heads=16, kv=4, mlp=4096, layers=4,
