@@ -109,8 +109,8 @@ def closing_train_line(summary: dict) -> str:
     """The line ``headlab train`` ends with: steps, loss, throughput."""
     parts = [f"{summary['steps'] if summary.get('preempted_at') is None else summary['preempted_at']}"
              f"/{summary['steps']} steps"]
-    for key, fmt in (("final_loss", "loss {:.4f}"), ("final_tokens_per_sec", "{:,.0f} tokens/s"),
-                     ("final_steps_per_sec", "{:.2f} steps/s")):
+    for key, fmt in (("final_loss", "loss {:.4f}"), ("tokens_per_sec", "{:,.0f} tokens/s"),
+                     ("mean_step_s", "{:.3f} s/step")):
         if isinstance(summary.get(key), int | float):
             parts.append(fmt.format(summary[key]))
     return "trained: " + ", ".join(parts)

@@ -19,6 +19,14 @@ Step time = median over chunks of 50 steps, so that load bursts from other proce
 shared machine do not decide the result; a checkpoint save is rare and is timed on its own,
 then amortised over ``--interval`` steps (the icl_regression project checkpoints every 5000).
 Overhead = (loop - bare) / bare + save cost / (interval x bare). Target: < 5%.
+
+    python tools/bench_train.py --finetune [--model smollm2-135m-instruct] [--steps 4]
+
+The pretrained fine-tune of ``headlab train lm --config finetune`` (batch 8 x 64 tokens of the
+shipped antonym task): tokens/s of the plain jitted step on one device (the baseline) against
+the loop on 8 fake CPU devices (``data=2,fsdp=2,tensor=2``: the pod's code path, run here on
+the same 2 cores, so it measures the sharding's overhead, not a speed-up), and the cost of the
+checkpoint checksums (``common.train.checksum``) against the save they protect.
 """
 
 from __future__ import annotations
@@ -29,6 +37,12 @@ import os
 import sys
 import tempfile
 import time
+
+if "--finetune" in sys.argv:  # 8 fake CPU devices: set before JAX starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=8").strip()
+
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -135,15 +149,87 @@ def loop(steps: int, *, log_every: int, checkpoint_every: int, host: bool = Fals
     return plain, [times[i] for i in sorted(saves)]
 
 
+def finetune(model: str, steps: int) -> None:
+    """The ``--finetune`` benchmark (module docstring)."""
+    from common.configs import apply_overrides
+    from common.train.checksum import host_checksums
+    from common.train.loop import _pretrained_state
+    from common.train.orbax_checkpoint import Checkpointer
+    from projects.lm.train import build, get_config
+
+    config = get_config("finetune")
+    apply_overrides(config, [f"model.pretrained={model}", "train.progress=false",
+                             f"train.steps={steps + 1}", "train.log_every=1",
+                             "train.checkpoint_every=0", "train.eval_every=0"])
+    task, tx, dataset, train_config, _ = build(config, pathlib.Path(tempfile.mkdtemp()))
+    tokens = int(np.prod(dataset[0]["input_ids"].shape))
+    loaded = task.init_params()
+
+    single = make_mesh("data=1", devices=jax.devices()[:1])
+    init = sharded_init(task.make_model, tx, single)
+    step = jax.jit(make_train_step(init.model_def, task.loss_fn, tx), donate_argnums=0)
+    state = _pretrained_state(init, tx, loaded)
+    batches = [jax.device_put(dataset[i], jax.devices()[0]) for i in range(steps + 1)]
+    state, *_ = step(state, batches[0])
+    jax.block_until_ready(state)
+    t = time.perf_counter()
+    for b in batches[1:]:
+        state, metrics, _ = step(state, b)
+    jax.block_until_ready(state)
+    bare_s = (time.perf_counter() - t) / steps
+
+    # checksums against the save they protect (params + Adam moments of the model)
+    ck_times, save_times = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Checkpointer(tmp, keep=1, async_save=False)
+        for i in range(3):
+            t = time.perf_counter()
+            host_checksums(state)
+            ck_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ckpt.save(i + 1, state, {"iterator": None, "data_crc": 0})
+            ckpt.wait()
+            save_times.append(time.perf_counter() - t)
+        ckpt.close()
+    state_gb = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e9
+    del state
+
+    results = {}
+    for spec in ("data=2,fsdp=2,tensor=2",):
+        with tempfile.TemporaryDirectory() as tmp:
+            res = train(task, tx, dataset, train_config, make_mesh(spec), tmp)
+        results[spec] = float(np.median(res.step_times[1:]))
+    print(f"\nfine-tune of {model}: batch {dataset[0]['input_ids'].shape} = {tokens} tokens/step, "
+          f"{steps} timed steps; jax {jax.__version__}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'variant':48s} {'s/step':>8s} {'tokens/s':>9s} {'vs bare':>8s}")
+    print(f"{'bare jitted step, 1 device':48s} {bare_s:8.2f} {tokens / bare_s:9.1f} {'1.00x':>8s}")
+    for spec, sec in results.items():
+        print(f"{'loop, 8 fake devices ' + spec:48s} {sec:8.2f} {tokens / sec:9.1f} "
+              f"{bare_s / sec:7.2f}x")
+    ck, sv = float(np.median(ck_times)), float(np.median(save_times))
+    print(f"checkpoint of {state_gb:.2f} GB (params + Adam): checksums {1e3 * ck:.0f} ms, save "
+          f"{1e3 * sv:.0f} ms (synchronous, to local disk): checksums add "
+          f"{100 * ck / sv:.1f}% to a save")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--finetune", action="store_true",
+                    help="the pretrained fine-tune benchmark instead (see the module docstring)")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="--finetune: the model")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="steps per variant (default 1000; --finetune: 4)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--checkpoint-every", type=int, default=250)
     ap.add_argument("--interval", type=int, default=1000,
                     help="checkpoint interval (steps) to amortise the measured save cost over")
     a = ap.parse_args(argv)
+    if a.finetune:
+        finetune(a.model, a.steps or 4)
+        return
+    a.steps = a.steps or 1000
     variants = {
         "loop (metrics, guard, tqdm, checkpoints)": dict(
             log_every=a.log_every, checkpoint_every=a.checkpoint_every),

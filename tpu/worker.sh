@@ -5,7 +5,7 @@
 #
 # Writes logs/<run id>/worker-<id>.env (host, versions, device-related variables),
 # worker-<id>.log (stdout and stderr) and worker-<id>.status (the exit status), and exits with
-# COMMAND's status. <id> is TPU_WORKER_ID, SLURM_PROCID or HEADLAB_PROCESS_ID (else 0).
+# COMMAND's status. SIGTERM (a preemption notice) is passed on to COMMAND. <id> is TPU_WORKER_ID, SLURM_PROCID or HEADLAB_PROCESS_ID (else 0).
 set -uo pipefail
 RUN_ID="${HEADLAB_RUN_ID:-$(date -u +%Y%m%d-%H%M%S)}"
 ID="${TPU_WORKER_ID:-${SLURM_PROCID:-${HEADLAB_PROCESS_ID:-0}}}"
@@ -27,7 +27,15 @@ for name in ("jax", "jaxlib", "libtpu", "flax", "optax", "orbax-checkpoint", "gr
 PY
   env | grep -E '^(HEADLAB_|JAX_|XLA_|TPU_|LIBTPU|CUDA_VISIBLE|NCCL_|SLURM_)' | sort
 } > "$DIR/worker-$ID.env"
-"$@" > >(tee "$DIR/worker-$ID.log") 2>&1
-status=$?
+# On a preemption notice the OS sends SIGTERM: hand it to COMMAND (the training loop then saves
+# the step all workers agree on and exits 0) and keep waiting until COMMAND has finished.
+"$@" > >(tee "$DIR/worker-$ID.log") 2>&1 &
+child=$!
+trap 'echo "worker $ID: SIGTERM, passed to the command" >&2; kill -TERM "$child" 2>/dev/null' TERM
+status=
+while [[ -z "$status" ]]; do
+  wait "$child"; code=$?
+  kill -0 "$child" 2>/dev/null || status=$code   # a trapped signal interrupts wait: wait again
+done
 echo "$status" > "$DIR/worker-$ID.status"
 exit "$status"

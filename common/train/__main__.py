@@ -16,7 +16,7 @@ from common.configs import ConfigError
 from common.train.cli import train_main
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m common.train",
                                 description="Train (or resume) a target; prints the summary.")
     p.add_argument("target", help="lm, or another project whose train module defines build")
@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--config", default=None, help="the argument of the target's get_config")
     p.add_argument("--profile", default=None, metavar="START:STEPS",
                    help="trace STEPS steps from step START with jax.profiler")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = build_parser()
     a = p.parse_args(argv)
     try:
         summary = train_main(a.target, a.mesh, a.workdir, a.overrides, config_arg=a.config,

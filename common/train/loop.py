@@ -420,6 +420,8 @@ def train(
                               for k, v in eval_fn(init.model_def.bind(state.params), done).items()}
                     if lead:
                         metrics_out.write(done, **ev)
+                        if board is not None:
+                            board.write(done, ev)
                     last.update(ev)
                 bar.update(n)
                 profiler.after(done, state)
@@ -462,6 +464,8 @@ def train(
         # included; the wait for the last save to reach the disk is ``final_wait_s``
         "mean_step_s": (t_end - t_loop) / timed if timed > 0 else None,
         "mean_step_cpu_s": (cpu_end - cpu_loop) / timed if timed > 0 else None,  # all threads
+        "tokens_per_sec": (tokens_per_step * timed / (t_end - t_loop)
+                           if tokens_per_step and timed > 0 else None),
         "final_wait_s": t_closed - t_end,
         **{f"final_{k}": np.asarray(v).tolist() for k, v in last.items()},
     }

@@ -3,8 +3,10 @@
 import importlib.util
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -93,3 +95,61 @@ def test_aot_compile_for_a_tpu_topology(preset, slices):
     if slices > 1:  # the hybrid ICI x DCN mesh: slices are data-parallel replicas
         assert res["mesh"]["data"] == slices
     assert res["temp_size_in_bytes"] > 0
+
+
+def test_worker_wrapper_passes_sigterm_on_and_waits_for_the_command(tmp_path):
+    # the command stands in for the training loop: on SIGTERM it "saves" and exits 0
+    child = ("import signal, sys, time\n"
+             "def stop(*_):\n"
+             "    time.sleep(0.5); print('saved step 7', flush=True); sys.exit(0)\n"
+             "signal.signal(signal.SIGTERM, stop)\n"
+             "print('training', flush=True)\n"
+             "time.sleep(60)\n")
+    env = dict(os.environ, HEADLAB_RUN_ID="r3", HEADLAB_LOG_DIR=str(tmp_path),
+               HEADLAB_PROCESS_ID="0")
+    proc = subprocess.Popen(["bash", str(ROOT / "tpu/worker.sh"), sys.executable, "-c", child],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = tmp_path / "r3" / "worker-0.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "training" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # only the wrapper is signalled, as a test of forwarding
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGTERM, passed to the command" in err
+    assert log.read_text().split() == ["training", "saved", "step", "7"]
+    assert (tmp_path / "r3" / "worker-0.status").read_text().strip() == "0"
+
+
+def readme_launches() -> list[list[str]]:
+    """The ``tpu/launch.sh`` commands of tpu/README.md's bash blocks, as argument lists."""
+    import shlex
+
+    text = (ROOT / "tpu" / "README.md").read_text()
+    commands = []
+    for block in text.split("```bash")[1:]:
+        body = block.split("```")[0].replace("\\\n", " ")
+        for line in body.splitlines():
+            line = line.strip()
+            if line.startswith("tpu/launch.sh"):
+                commands.append(shlex.split(line.replace("~", "$HOME")))
+    return commands
+
+
+def test_readme_recipe_commands_are_ones_the_scripts_run():
+    from common.train.__main__ import build_parser
+
+    launches = readme_launches()
+    assert len(launches) >= 4
+    for argv in launches:
+        out = subprocess.run(["bash", str(ROOT / argv[0]), "--dry-run", *argv[1:]],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, (argv, out.stderr)
+        assert "--worker=all" in out.stdout
+        inner = argv[argv.index("--") + 1:]
+        if inner[:3] == ["python", "-m", "common.train"]:
+            args = build_parser().parse_args(inner[3:])  # the flags exist and parse
+            assert args.target == "lm"
+        elif inner[:2] == ["python", "-m"]:
+            assert importlib.util.find_spec(inner[2]) is not None, inner
