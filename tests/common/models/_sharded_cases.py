@@ -270,3 +270,30 @@ def test_smollm2_gguf_sharded_equals_one_device(smollm2_path, mesh):
     # sums per fsdp shard; the first position carries SmolLM2's huge attention-sink residual):
     # measured max 1.4e-4 at logits ~3; the SmolLM2 tests' tolerance against transformers
     np.testing.assert_allclose(_np(many(x)), _np(one(x)), atol=1e-4, rtol=1e-4)
+
+
+def test_large_models_load_in_bfloat16_and_custom_rules_place_them(folder, single, mesh,
+                                                                   monkeypatch):
+    """From BF16_FROM_PARAMS parameters the sharded load defaults to bfloat16 (parameters and
+    compute): each value is the float32 one rounded to bf16. Rules given by the caller place
+    the parameters (here: embed not split, heads on tensor)."""
+    import ml_dtypes
+
+    from common.models import pretrained
+    from common.sharding import DEFAULT_RULES
+
+    monkeypatch.setattr(pretrained, "BF16_FROM_PARAMS", 1000)  # the tiny model counts as large
+    rules = tuple((k, None if k == "embed" else v) for k, v in DEFAULT_RULES)
+    big = load_pretrained(folder, require_tokenizer=False, mesh=mesh, rules=rules)[0]
+    assert big.config.dtype == "bfloat16" and big.sharding_rules == rules
+    a, b = _flat(single), _flat(big)
+    for name, arr in b.items():
+        assert arr.dtype == jnp.bfloat16, name
+        np.testing.assert_array_equal(_np(arr), _np(a[name]).astype(ml_dtypes.bfloat16))
+    assert b["blocks.attn.q_kernel"].sharding.spec == P(None, None, "tensor")
+    assert b["embed.embedding"].sharding.spec == P("tensor")
+    x = ids(10)
+    got, want = _np(big(x)), _np(single(x))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=0.05, rtol=0)  # bf16 compute
+    assert np.abs(got - want).max() > 0  # and it did compute in bf16
