@@ -15,6 +15,8 @@ import pathlib
 
 import jax
 
+from common.configs import ConfigError
+
 
 class TensorBoard:
     """Scalars to TensorBoard event files: ``write(step, {"loss": 1.2, ...})``."""
@@ -57,9 +59,9 @@ def parse_profile(spec: str | None) -> tuple[int, int] | None:
     try:
         start, steps = (int(x) for x in spec.split(":"))
     except ValueError:
-        raise ValueError(f"--profile must be START:STEPS (two integers), got {spec!r}") from None
+        raise ConfigError(f"--profile must be START:STEPS (two integers), got {spec!r}") from None
     if start < 0 or steps < 1:
-        raise ValueError(f"--profile {spec}: START must be >= 0 and STEPS >= 1")
+        raise ConfigError(f"--profile {spec}: START must be >= 0 and STEPS >= 1")
     return start, steps
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from common.configs import ConfigError
 from common.data import InducedTokens, batched_dataset
 from common.train.loop import Task, TrainConfig
 
@@ -43,7 +44,7 @@ DESCRIPTION = "tiny Llama-style decoder LM on induction token data (generated or
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Defaults; ``arg="quick"`` is a few-second CPU run, ``"finetune"`` fine-tunes SmolLM2."""
     if arg not in (None, "", "quick", "finetune"):
-        raise ValueError(f"lm: unknown config {arg!r}; use quick or finetune")
+        raise ConfigError(f"lm: unknown config {arg!r}; use quick or finetune")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(

@@ -46,10 +46,14 @@ def test_bad_target_or_override_is_one_line(capsys):
 
     assert cli.main(["train", "nosuch"]) == 2
     assert cli.main(["train", "lm", "--set", "train.stepz=3"]) == 2
+    assert cli.main(["train", "lm", "--config", "fine"]) == 2
+    assert cli.main(["train", "lm", "--profile", "3"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("headlab: error: unknown train target 'nosuch'")
     assert lines[1].startswith("headlab: error: --set train.stepz=3: unknown config key")
-    assert len(lines) == 2
+    assert lines[2] == "headlab: error: lm: unknown config 'fine'; use quick or finetune"
+    assert lines[3].startswith("headlab: error: --profile must be START:STEPS")
+    assert len(lines) == 4
 
 
 def test_project_without_a_train_target_is_named(tmp_path, monkeypatch, request):
