@@ -195,6 +195,8 @@ def test_patching_sweep_equals_single_device_with_variants_on_data(single, shard
     compiled = _sweep_jit.lower(*args, **kw).compile()
     # (graphdef is static: the compiled inputs are state, resid, src, masks, ...)
     assert compiled.input_shardings[0][3].spec == P("data")
+    chunked = patch_sweep(sharded, x, 0.0, metric, chunk=4)  # lax.map over data-split variants
+    np.testing.assert_allclose(_np(chunked.values), _np(want.values), atol=ATOL, rtol=0)
     clean, corrupt = ids(4), ids(5)
     metric = _metric(clean)
     w = activation_patching(single, clean, corrupt, metric, per_position=True)
