@@ -39,11 +39,12 @@ def _gib(n: float) -> float:
 def aot_forward(model: str = "llama3-8b", preset: str = "v5e-16", *, batch: int = 8,
                 seq: int = 2048, sites: tuple[str, ...] = ("z",), layers=None,
                 mesh: str | None = None, attn_backend: str = "xla", last_only: bool = True,
-                check_estimate: bool = True) -> dict:
+                check_estimate: bool = True, compile: bool = True) -> dict:
     """Lower and compile the sharded capture forward of ``model`` for ``preset``.
 
     Returns a dict: the mesh, the parameter count, our per-device estimate (params, captures,
     logits, total) and the compiler's (argument, output, temporaries, total), HBM and ``fits``.
+    With ``compile=False`` only the estimate (no libtpu needed).
 
     Raises:
       DoesNotFit: our estimate (before compiling) or the compiler's total exceeds the HBM.
@@ -77,6 +78,8 @@ def aot_forward(model: str = "llama3-8b", preset: str = "v5e-16", *, batch: int 
                          f"{_gib(plan.per_device_bytes)} GiB per device before temporaries, over "
                          f"the {hbm} GiB of HBM ({plan.describe()}); use a larger slice, more "
                          "fsdp/tensor, a smaller batch or fewer captured sites/layers")
+    if not compile:
+        return out
     devices = topology_devices(p.topology_name)
     mesh_obj = make_mesh(mesh or p.mesh, devices=devices)
     placement = MeshPlacement(mesh_obj, DEFAULT_RULES)
@@ -131,14 +134,22 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--sites", default="z", help="comma-separated captured sites")
     ap.add_argument("--attn-backend", default="xla")
+    ap.add_argument("--estimate-only", action="store_true",
+                    help="our per-device estimate only (no libtpu, no compile)")
     a = ap.parse_args(argv)
     sites = tuple(s for s in a.sites.split(",") if s)
     try:
         res = aot_forward(a.model, a.preset, batch=a.batch, seq=a.seq, sites=sites, mesh=a.mesh,
-                          attn_backend=a.attn_backend)
-    except (ConfigError, ValueError) as e:
+                          attn_backend=a.attn_backend, compile=not a.estimate_only)
+    except (ConfigError, ValueError, KeyError) as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     print(json.dumps(res), flush=True)
+    if a.estimate_only:
+        est = res["estimate_gib"]
+        print(f"{a.model} on {a.preset} {res['mesh']}: per device, our estimate {est['total']} "
+              f"GiB (params {est['params']}, captures {est['captures']}, logits "
+              f"{est['logits']}); HBM {res['hbm_gib']} GiB", file=sys.stderr)
+        return
     est, comp = res["estimate_gib"], res["compiler_gib"]
     print(f"{a.model} on {a.preset} {res['mesh']}: per device, our estimate {est['total']} GiB "
           f"(params {est['params']}, captures {est['captures']}) vs the compiler's "

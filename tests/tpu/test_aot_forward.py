@@ -62,3 +62,20 @@ def test_aot_forward_with_captures_on_a_tpu_topology(model, preset, args):
     assert abs(comp["arguments"] - est["params"]) <= 0.01
     assert abs(comp["outputs"] - (est["captures"] + est["logits"])) <= 0.01
     assert comp["temporaries"] > 0 and comp["total"] < res["hbm_gib"]
+
+
+def test_estimate_only_needs_no_libtpu():
+    out = subprocess.run([sys.executable, "-m", "tpu.aot_forward", "qwen2-7b", "--preset",
+                          "v5e-16", "--estimate-only", "--batch", "4", "--seq", "1024"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["params"] == 7_615_616_512 and "compiler_gib" not in res
+    assert res["mesh"] == {"data": 1, "fsdp": 4, "tensor": 4, "context": 1}
+    # 7.6e9 bf16 parameters (14.2 GiB), nearly all split 16 ways: 0.89 GiB per chip
+    assert 0.88 <= res["estimate_gib"]["params"] <= 0.90
+    out = subprocess.run([sys.executable, "-m", "tpu.aot_forward", "qwen2-7b", "--preset",
+                          "v9-1", "--estimate-only"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 2 and "unknown TPU preset 'v9-1'" in out.stderr
