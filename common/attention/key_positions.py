@@ -53,16 +53,18 @@ class KeyPositions:
       block: ``[batch, kv_len]`` int in ``[0, n_blocks)``: the block of each key.
       shift: ``[batch, heads, q_len, n_blocks]`` int: added to the base position of the keys
         of each block, per query and head.
-      vanilla_rows: optional ``[batch, q_len]`` bool: rows whose attention the caller computes
-        with the plain path (the model's own RoPE and mask) instead, so that they stay bit for
-        bit what the plain forward gives (PINE's prefix). None: every row from these positions.
+      block_size: static upper bound on the keys of any one block (the caller guarantees it):
+        the ``blocked`` path then gathers each block's keys into ``[n_blocks, block_size]``
+        and contracts each query variant with its own block only (the product of plain
+        attention when ``n_blocks · block_size`` is about ``kv_len``). None: every query
+        variant against every key (``n_blocks`` times the product).
     """
 
     q: jax.Array
     kv: jax.Array
     block: jax.Array
     shift: jax.Array
-    vanilla_rows: jax.Array | None = None
+    block_size: int | None = struct.field(pytree_node=False, default=None)
 
     @property
     def n_blocks(self) -> int:
@@ -79,9 +81,6 @@ class KeyPositions:
         if got[:3] != (batch, heads, q_len) or len(got) != 4:
             raise ValueError(f"KeyPositions.shift: expected shape ({batch}, {heads}, {q_len}, "
                              f"n_blocks), got {got}")
-        if self.vanilla_rows is not None and tuple(self.vanilla_rows.shape) != (batch, q_len):
-            raise ValueError(f"KeyPositions.vanilla_rows: expected shape ({batch}, {q_len}), "
-                             f"got {tuple(self.vanilla_rows.shape)}")
 
     def dense(self) -> jax.Array:
         """``[batch, heads, q_len, kv_len]``: the position of every key as seen by every query."""
@@ -121,23 +120,69 @@ def _reference_logits(q, k, pos: KeyPositions, rope: RoPE) -> jax.Array:
 
 def _blocked_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Array:
     """``[b, kvh, g, sq, skv]`` float32 logits (unscaled): each query rotated once per block,
-    each key once, one contraction over ``(block, head_dim)``, queries in chunks."""
+    each key once, one contraction over ``(block, head_dim)``, queries in chunks.
+
+    Laid out as one batched matmul per KV head: rotated queries ``[b, kvh, group·chunk,
+    nb·d]`` against keys ``[b, kvh, skv, nb·d]`` that are zero outside their block's slot.
+    """
     b, sq, h, d = q.shape
-    kvh = k.shape[2]
+    skv, kvh = k.shape[1], k.shape[2]
     g = h // kvh
     nb = pos.n_blocks
     kr = rope.rotate_at(k, pos.kv[:, :, None])  # [b, skv, kvh, d] at the base positions
     onehot = (pos.block[..., None] == jnp.arange(nb)).astype(kr.dtype)  # [b, skv, nb]
     kb = kr[:, :, :, None, :] * onehot[:, :, None, :, None]  # [b, skv, kvh, nb, d]
-    qt = jnp.swapaxes(q, 1, 2)  # [b, h, sq, d]
+    kb = kb.transpose(0, 2, 1, 3, 4).reshape(b, kvh, skv, nb * d)
+    qt = q.reshape(b, sq, kvh, g, d).transpose(0, 2, 3, 1, 4)  # [b, kvh, g, sq, d]
+    qp = pos.q.reshape(b, kvh, g, sq)
+    shift = pos.shift.reshape(b, kvh, g, sq, nb)
     rows = []
     for start in range(0, sq, chunk):
         stop = min(start + chunk, sq)
-        qpos = pos.q[:, :, start:stop, None] - pos.shift[:, :, start:stop]  # [b, h, c, nb]
-        qb = rope.rotate_at(qt[:, :, start:stop, None], qpos)  # [b, h, c, nb, d]
-        qb = qb.reshape(b, kvh, g, stop - start, nb, d)
-        rows.append(jnp.einsum("bkgqnd,bsknd->bkgqs", qb, kb,
-                               preferred_element_type=jnp.float32))
+        c = stop - start
+        qpos = qp[:, :, :, start:stop, None] - shift[:, :, :, start:stop]  # [b, kvh, g, c, nb]
+        qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)  # [b, kvh, g, c, nb, d]
+        out = jnp.einsum("bkrx,bksx->bkrs", qb.reshape(b, kvh, g * c, nb * d), kb,
+                         preferred_element_type=jnp.float32)
+        rows.append(out.reshape(b, kvh, g, c, skv))
+    return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=3)
+
+
+def _gathered_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Array:
+    """:func:`_blocked_logits` with each block's keys gathered into ``block_size`` slots:
+    query variant ``β`` meets only the keys of block ``β``, then the logits go back to key
+    order. Keys beyond a block's size are the caller's error (they would be dropped)."""
+    b, sq, h, d = q.shape
+    skv, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    nb, size = pos.n_blocks, pos.block_size
+    kr = rope.rotate_at(k, pos.kv[:, :, None])  # [b, skv, kvh, d]
+    order = jnp.argsort(pos.block, axis=-1, stable=True)  # keys sorted by block
+    counts = jnp.sum(pos.block[..., None] == jnp.arange(nb), axis=1)  # [b, nb]
+    first = jnp.cumsum(counts, axis=-1) - counts  # [b, nb] where each block starts in `order`
+    slot = first[:, :, None] + jnp.arange(size)  # [b, nb, size]
+    filled = jnp.arange(size) < counts[:, :, None]
+    idx = jnp.take_along_axis(order, jnp.minimum(slot, skv - 1).reshape(b, -1), axis=1)
+    kg = jnp.take_along_axis(kr, idx[:, :, None, None], axis=1)  # [b, nb*size, kvh, d]
+    kg = jnp.where(filled.reshape(b, -1)[:, :, None, None], kg, 0)
+    kg = kg.reshape(b, nb, size, kvh, d).transpose(0, 3, 1, 2, 4)  # [b, kvh, nb, size, d]
+    # where key j sits in the flattened (block, slot) axis
+    rank = jnp.argsort(order, axis=-1)  # [b, skv] position of key j in `order`
+    back = pos.block * size + rank - jnp.take_along_axis(first, pos.block, axis=1)
+    qt = q.reshape(b, sq, kvh, g, d).transpose(0, 2, 3, 1, 4)  # [b, kvh, g, sq, d]
+    qp = pos.q.reshape(b, kvh, g, sq)
+    shift = pos.shift.reshape(b, kvh, g, sq, nb)
+    rows = []
+    for start in range(0, sq, chunk):
+        stop = min(start + chunk, sq)
+        c = stop - start
+        qpos = qp[:, :, :, start:stop, None] - shift[:, :, :, start:stop]  # [b, kvh, g, c, nb]
+        qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)  # [b, kvh, g, c, nb, d]
+        qb = qb.transpose(0, 1, 4, 2, 3, 5).reshape(b, kvh, nb, g * c, d)
+        lg = jnp.einsum("bknrd,bknsd->bknrs", qb, kg, preferred_element_type=jnp.float32)
+        lg = lg.reshape(b, kvh, nb, g, c, size).transpose(0, 1, 3, 4, 2, 5)
+        lg = lg.reshape(b, kvh, g, c, nb * size)
+        rows.append(jnp.take_along_axis(lg, back[:, None, None, None, :], axis=-1))
     return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=3)
 
 
@@ -161,7 +206,7 @@ def rope_attention(
     Args:
       q: ``[batch, q_len, heads, head_dim]`` queries **before** RoPE.
       k, v: ``[batch, kv_len, kv_heads, head_dim]``; ``k`` **before** RoPE.
-      positions: :class:`KeyPositions` (``vanilla_rows`` is the caller's business: ignored).
+      positions: :class:`KeyPositions`.
       rope: the model's :class:`~common.attention.rope.RoPE`.
       mask, scale, softcap, return_pattern, prob_transform: as in
         :func:`common.attention.core.dot_product_attention`.
@@ -186,6 +231,8 @@ def rope_attention(
     g = h // kvh
     if implementation == "reference":
         logits = _reference_logits(q, k, positions, rope)
+    elif positions.block_size is not None:
+        logits = _gathered_logits(q, k, positions, rope, chunk)
     else:
         logits = _blocked_logits(q, k, positions, rope, chunk)
     s = head_scale(scale, h, d)

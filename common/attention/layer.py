@@ -164,8 +164,7 @@ class MultiHeadAttention(nnx.Module):
         v = hooks.site("v", layer, self._proj(src, self.v_kernel, self.v_bias))
         edit = hooks.attention_edit(layer)
         if edit is not None and edit.key_positions is not None:
-            return self._keyed_attention(q, k, v, edit, positions, mask, cache, cache_index,
-                                         hooks, layer)
+            return self._keyed_attention(q, k, v, edit, mask, cache, cache_index, hooks, layer)
         q_pos = positions if edit is None or edit.q_positions is None else edit.q_positions
         k_pos = positions if edit is None or edit.kv_positions is None else edit.kv_positions
         if edit is not None and edit.mask is not None:
@@ -199,14 +198,13 @@ class MultiHeadAttention(nnx.Module):
             ).out
         return self._output(out, hooks, layer), cache
 
-    def _keyed_attention(self, q, k, v, edit: AttentionEdit, positions, mask: Mask | None,
+    def _keyed_attention(self, q, k, v, edit: AttentionEdit, mask: Mask | None,
                          cache: LayerKV | None, cache_index, hooks: Hooks, layer):
         """Attention at query-dependent key positions (``edit.key_positions``; PINE).
 
         ``q``, ``k`` are before RoPE; the cache stores keys before RoPE (re-rotated at every
-        step). Rows in ``vanilla_rows`` take the plain path's output instead (the model's
-        positions and its own ``mask``; keys at ``positions``, or at their cache slots when
-        cached), bit for bit what the plain forward computes there. The ``rot_q``/``rot_k``
+        step). The model's ``positions`` are not used: the edit's positions say it all. The
+        ``rot_q``/``rot_k``
         sites do not exist on this path (no one rotation per key); ``attn_scores`` is not
         supported on it.
         """
@@ -216,7 +214,6 @@ class MultiHeadAttention(nnx.Module):
         if hooks.wants("attn_scores", layer):
             raise ValueError("MultiHeadAttention: the attn_scores site is not available with "
                              "key_positions (capture 'pattern' instead)")
-        plain_mask = mask
         if edit.mask is not None:
             mask = edit.mask
         if cache is not None:
@@ -236,15 +233,6 @@ class MultiHeadAttention(nnx.Module):
 
         out = rope_attention(q, k, v, kp, self.rope, mask=mask, scale=self.scale,
                              softcap=self.softcap, prob_transform=transform).out
-        if kp.vanilla_rows is not None:
-            b, skv = k.shape[0], k.shape[1]
-            k_pos = positions if cache is None else jnp.broadcast_to(
-                jnp.arange(skv, dtype=jnp.int32), (b, skv))
-            plain = dot_product_attention(
-                self.rope.apply(q, positions), self.rope.apply(k, k_pos), v, mask=plain_mask,
-                scale=self.scale, softcap=self.softcap, backend=self.backend,
-                prob_transform=edit.prob_transform).out
-            out = jnp.where(kp.vanilla_rows[:, :, None, None], plain, out)
         return self._output(out, hooks, layer), cache
 
     def _output(self, out: jax.Array, hooks: Hooks, layer) -> jax.Array:

@@ -21,7 +21,13 @@ from common.attention.masks import Mask
 from common.interp import Intervention
 from common.models.decoder import init_cache
 from projects.pine.layout import Layout, PineInputError, build_layout
-from projects.pine.method import attention_mask, key_params, method_index, pine_key_positions
+from projects.pine.method import (
+    attention_mask,
+    block_plan,
+    key_params,
+    key_positions_fn,
+    method_index,
+)
 
 BUCKET = 32
 
@@ -38,11 +44,14 @@ def padded_length(n: int, bucket: int = BUCKET) -> int:
     return -(-n // bucket) * bucket
 
 
-def intervention(layout: Layout, method: str, n: int) -> Intervention:
-    """The :class:`Intervention` of ``method`` for ``layout`` right-padded to ``n`` tokens."""
+def intervention(layout: Layout, method: str, n: int,
+                 plan: tuple[int, int] | None = None) -> Intervention:
+    """The :class:`Intervention` of ``method`` for ``layout`` right-padded to ``n`` tokens
+    (``plan``: the key blocks, :func:`~projects.pine.method.block_plan`; default its own)."""
+    plan = block_plan([layout], n) if plan is None else plan
     mask = Mask(dense=jnp.asarray(attention_mask(layout, method, n))[None, None])
-    return Intervention(mask=mask, key_positions=pine_key_positions,
-                        key_params=key_params(layout, method, n, n))
+    return Intervention(mask=mask, key_positions=key_positions_fn(plan[0]),
+                        key_params=key_params(layout, method, n, n, plan=plan))
 
 
 def pine_forward(model, layout: Layout, method: str = "pine", *,
@@ -55,6 +64,32 @@ def pine_forward(model, layout: Layout, method: str = "pine", *,
     ids[:layout.n] = layout.ids
     logits = model(jnp.asarray(ids)[None], intervention=intervention(layout, method, n))
     return np.asarray(logits[0, :layout.n])
+
+
+def pine_forward_batch(model, layouts: Sequence[Layout], method: str = "pine", *,
+                       bucket: int = BUCKET) -> list[np.ndarray]:
+    """:func:`pine_forward` of several prompts in one batched call (each right-padded to the
+    longest, rounded up to ``bucket``): ``[N_i, vocab]`` logits per prompt."""
+    check_model(model)
+    method_index(method)
+    if not layouts:
+        return []
+    n = padded_length(max(lay.n for lay in layouts), bucket)
+    ids = np.zeros((len(layouts), n), np.int32)
+    for i, lay in enumerate(layouts):
+        ids[i, :lay.n] = lay.ids
+    if len({lay.k for lay in layouts}) != 1:
+        raise PineInputError("pine_forward_batch: every prompt of a batch needs the same number "
+                             f"of segments, got {sorted({lay.k for lay in layouts})}")
+    plan = block_plan(layouts, n)
+    ivs = [intervention(lay, method, n, plan) for lay in layouts]
+    params = {name: (ivs[0].key_params[name] if name == "method" else
+                     jnp.concatenate([iv.key_params[name] for iv in ivs]))
+              for name in ivs[0].key_params}
+    mask = Mask(dense=jnp.concatenate([iv.mask.dense for iv in ivs]))
+    iv = Intervention(mask=mask, key_positions=key_positions_fn(plan[0]), key_params=params)
+    logits = np.asarray(model(jnp.asarray(ids), intervention=iv))
+    return [logits[i, :lay.n] for i, lay in enumerate(layouts)]
 
 
 def pine_logits(model, prefix_ids: Sequence[int], segments_ids: Sequence[Sequence[int]],
@@ -87,8 +122,10 @@ def pine_decode(model, layout: Layout, method: str, n_new: int) -> tuple[list[in
     total = layout.n + n_new
     cache = init_cache(model.config, 1, total)
     mask = Mask(dense=jnp.asarray(attention_mask(layout, method, layout.n, total))[None, None])
-    iv = Intervention(mask=mask, key_positions=pine_key_positions,
-                      key_params=key_params(layout, method, layout.n, total))
+    plan = block_plan([layout], total)
+    fn = key_positions_fn(plan[0])
+    iv = Intervention(mask=mask, key_positions=fn,
+                      key_params=key_params(layout, method, layout.n, total, plan=plan))
     logits, cache = model.forward(jnp.asarray(layout.ids)[None], hooks=iv.hooks(model.config),
                                   cache=cache)
     out, new = [np.asarray(logits[0, -1])], []
@@ -96,8 +133,8 @@ def pine_decode(model, layout: Layout, method: str, n_new: int) -> tuple[list[in
         new.append(int(np.argmax(out[-1])))
         if t == n_new - 1:
             break
-        step = Intervention(key_positions=pine_key_positions,
-                            key_params=key_params(layout, method, 1, total, layout.n + t))
+        step = Intervention(key_positions=fn,
+                            key_params=key_params(layout, method, 1, total, layout.n + t, plan))
         logits, cache = model.forward(jnp.asarray([[new[-1]]]), hooks=step.hooks(model.config),
                                       cache=cache)
         out.append(np.asarray(logits[0, -1]))

@@ -70,8 +70,10 @@ def ranks(imp: jax.Array, q_doc: jax.Array, sign: int | jax.Array = 1) -> jax.Ar
     nseg = imp.shape[-1]
     own = (q_doc[:, None, :, None] == jnp.arange(1, nseg + 1))
     key = jnp.where(own, jnp.inf, sign * imp)
-    order = jnp.argsort(-key, axis=-1, stable=True)
-    return jnp.argsort(order, axis=-1)
+    # a stable descending sort's ranks, by counting (k x k comparisons; no sort on CPU)
+    km, kj = key[..., None, :], key[..., :, None]  # [.., j, m]
+    before = (km > kj) | ((km == kj) & (jnp.arange(nseg)[None, :] < jnp.arange(nseg)[:, None]))
+    return jnp.sum(before, axis=-1)
 
 
 def starts_from_ranks(rank: jax.Array, seg_len: jax.Array, prefix_len: jax.Array) -> jax.Array:
@@ -81,13 +83,16 @@ def starts_from_ranks(rank: jax.Array, seg_len: jax.Array, prefix_len: jax.Array
     return prefix_len[:, None, None, None] + jnp.sum(jnp.where(after, lens, 0), axis=-1)
 
 
-def pine_key_positions(q: jax.Array, k: jax.Array, params: dict, layer) -> KeyPositions:  # noqa: ARG001
+def pine_key_positions(q: jax.Array, k: jax.Array, params: dict, layer,  # noqa: ARG001
+                       block_size: int | None = None) -> KeyPositions:
     """The :class:`KeyPositions` of one layer (``Intervention.key_positions``).
 
     ``params`` (see :func:`key_params`): ``method`` (int, index in :data:`METHODS`), ``q_pos
-    [b, sq]``, ``q_doc [b, sq]``, ``kv_doc [b, skv]``, ``kv_base [b, skv]``, ``seg_len [b,
-    k]``, ``prefix_len [b]``, ``fixed_start [b, k]`` (the baselines' segment starts) and
-    ``vanilla_rows [b, sq]``.
+    [b, sq]``, ``q_doc [b, sq]``, ``kv_doc [b, skv]``, ``kv_base [b, skv]``, ``kv_block [b,
+    skv]`` (the keys outside the segments in ``z`` blocks of at most ``block_size``, then
+    segment ``i`` in block ``z + i - 1``), ``zero_blocks [z]``, ``seg_len [b, k]``,
+    ``prefix_len [b]`` and ``fixed_start [b, k]`` (the baselines' segment starts). Use
+    :func:`key_positions_fn` for a ``block_size``.
     """
     b, sq, h, _ = q.shape
     method = params["method"]
@@ -97,10 +102,35 @@ def pine_key_positions(q: jax.Array, k: jax.Array, params: dict, layer) -> KeyPo
     start = starts_from_ranks(ranks(imp, q_doc, sign), seg_len, params["prefix_len"])
     by_importance = (method == METHODS.index("pine")) | (method == METHODS.index("pine_reverse"))
     start = jnp.where(by_importance, start, params["fixed_start"][:, None, None, :])
-    shift = jnp.concatenate([jnp.zeros(start.shape[:-1] + (1,), start.dtype), start], axis=-1)
+    nz = params["zero_blocks"].shape[0]
+    shift = jnp.concatenate([jnp.zeros(start.shape[:-1] + (nz,), start.dtype), start], axis=-1)
     return KeyPositions(q=jnp.broadcast_to(params["q_pos"][:, None], (b, h, sq)),
-                        kv=params["kv_base"], block=jnp.maximum(params["kv_doc"], 0),
-                        shift=shift, vanilla_rows=params["vanilla_rows"])
+                        kv=params["kv_base"], block=params["kv_block"], shift=shift,
+                        block_size=block_size)
+
+
+_FNS: dict[int | None, object] = {None: pine_key_positions}
+
+
+def key_positions_fn(block_size: int | None):
+    """:func:`pine_key_positions` with a static ``block_size`` (one function object per size,
+    so a jitted forward sees the same static field and does not retrace)."""
+    if block_size not in _FNS:
+        def fn(q, k, params, layer):
+            return pine_key_positions(q, k, params, layer, block_size)
+
+        _FNS[block_size] = fn
+    return _FNS[block_size]
+
+
+def block_plan(layouts, kv_len: int, bucket: int = 16) -> tuple[int, int]:
+    """``(block_size, zero_blocks)`` for prompts of ``kv_len`` slots: the longest segment
+    rounded up to ``bucket``, and how many blocks of that size the keys outside the segments
+    need (the most over ``layouts``)."""
+    size = max(max(lay.seg_lens) for lay in layouts)
+    size = -(-size // bucket) * bucket
+    outside = max(kv_len - sum(lay.seg_lens) for lay in layouts)
+    return size, max(1, -(-outside // size))
 
 
 # ------------------------------------------------------------------ per-prompt data (numpy)
@@ -142,9 +172,13 @@ def fixed_starts(layout: Layout, method: str) -> np.ndarray:
     return layout.seq_starts.astype(np.int32)
 
 
-def key_params(layout: Layout, method: str, n_q: int, kv_len: int, q_start: int = 0) -> dict:
+def key_params(layout: Layout, method: str, n_q: int, kv_len: int, q_start: int = 0,
+               plan: tuple[int, int] | None = None) -> dict:
     """The ``key_params`` of :func:`pine_key_positions` for queries ``q_start .. q_start+n_q``
-    of a sequence of ``kv_len`` slots (tokens past ``layout.n`` continue the suffix)."""
+    of a sequence of ``kv_len`` slots (tokens past ``layout.n`` continue the suffix).
+
+    ``plan``: ``(block_size, zero_blocks)`` of :func:`block_plan`; None: one block for all the
+    keys outside the segments."""
     m = method_index(method)
     pos = query_positions(layout, method, max(kv_len, q_start + n_q))
     doc = np.full(max(kv_len, q_start + n_q), -1, np.int32)
@@ -153,6 +187,12 @@ def key_params(layout: Layout, method: str, n_q: int, kv_len: int, q_start: int 
     kv_base = np.where(kv_doc > 0, np.pad(layout.off, (0, max(0, kv_len - layout.n)))[:kv_len],
                        pos[:kv_len])
     q_doc = doc[q_start:q_start + n_q]
+    size, nz = (kv_len, 1) if plan is None else plan
+    outside = np.cumsum(kv_doc == 0) - 1
+    if outside[-1] >= size * nz:
+        raise PineInputError(f"block plan {plan}: {outside[-1] + 1} keys outside the segments "
+                             f"do not fit {nz} blocks of {size}")
+    kv_block = np.where(kv_doc > 0, nz + kv_doc - 1, outside // size)
     arr = lambda x, dt=np.int32: jnp.asarray(np.asarray(x, dt)[None])  # noqa: E731
     return {
         "method": jnp.asarray(m, jnp.int32),
@@ -160,10 +200,11 @@ def key_params(layout: Layout, method: str, n_q: int, kv_len: int, q_start: int 
         "q_doc": arr(q_doc),
         "kv_doc": arr(kv_doc),
         "kv_base": arr(kv_base),
+        "kv_block": arr(kv_block),
+        "zero_blocks": jnp.zeros((nz,), jnp.int32),
         "seg_len": arr(layout.seg_lens),
         "prefix_len": arr(layout.prefix_len),
         "fixed_start": arr(fixed_starts(layout, method)),
-        "vanilla_rows": arr(q_doc == 0, bool),
     }
 
 

@@ -1,0 +1,85 @@
+"""PINE's wall time over vanilla's on SmolLM2 (the paper: about 2x at k = 2, 8x at k = 20).
+
+    python -m tools.bench_pine [--tokens 384] [--ks 2,5,10] [--rounds 5]
+
+For each k, one prompt of about ``--tokens`` tokens (a 24-token prefix, k equal segments, a
+16-token suffix; random token ids: the time does not depend on them) runs through the plain
+jitted forward (``model(ids)``, the baseline) and through ``pine_forward`` (method ``pine``),
+both compiled first, then timed alternately ``--rounds`` times; the ratio printed is the median
+of the per-round ratios (each round times both sides back to back, so load from other
+processes hits both). Targets of issue 17: at most 1.5x at k = 2 and 4x at k = 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def prompt_layout(k: int, tokens: int, seed: int = 0, prefix: int = 24, suffix: int = 16):
+    """A layout of about ``tokens`` random ids with ``k`` equal segments."""
+    from projects.pine.layout import build_layout
+
+    rng = np.random.default_rng(seed)
+    seg = max(1, (tokens - prefix - suffix) // k)
+    ids = lambda n: rng.integers(3, 40000, n).tolist()  # noqa: E731
+    return build_layout(ids(prefix), [ids(seg) for _ in range(k)], ids(suffix))
+
+
+def time_pair(model, layout, rounds: int) -> dict:
+    """Seconds per forward (median) of vanilla and PINE, and the median per-round ratio."""
+    from projects.pine.forward import pine_forward
+
+    ids = jnp.asarray(layout.ids)[None]
+
+    def vanilla():
+        jax.block_until_ready(model(ids))
+
+    def pine():
+        pine_forward(model, layout, "pine", bucket=1)  # returns numpy: already synchronised
+
+    vanilla()
+    pine()  # compile both
+    tv, tp = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        vanilla()
+        t1 = time.perf_counter()
+        pine()
+        t2 = time.perf_counter()
+        tv.append(t1 - t0)
+        tp.append(t2 - t1)
+    ratios = np.asarray(tp) / np.asarray(tv)
+    return {"tokens": layout.n, "vanilla_s": float(np.median(tv)), "pine_s": float(np.median(tp)),
+            "ratio": float(np.median(ratios))}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--tokens", type=int, default=384)
+    ap.add_argument("--ks", default="2,5,10")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args(argv)
+    from common.models import load_pretrained
+
+    model, _ = load_pretrained(args.model)
+    targets = {2: 1.5, 10: 4.0}
+    print(f"PINE vs vanilla forward, {args.model}, ~{args.tokens} tokens, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    for k in (int(x) for x in args.ks.split(",")):
+        r = time_pair(model, prompt_layout(k, args.tokens), args.rounds)
+        tgt = targets.get(k)
+        verdict = "" if tgt is None else (f"  target <= {tgt}x: "
+                                          + ("met" if r["ratio"] <= tgt else "NOT met"))
+        print(f"k={k:2d}  {r['tokens']} tokens  vanilla {r['vanilla_s'] * 1e3:7.1f} ms  "
+              f"PINE {r['pine_s'] * 1e3:7.1f} ms  ratio {r['ratio']:.2f}x{verdict}")
+
+
+if __name__ == "__main__":
+    main()
