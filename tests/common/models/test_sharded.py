@@ -87,13 +87,14 @@ def test_peak_host_memory_of_a_sharded_load_stays_below_the_model(tmp_path):
     """Two processes of 4 CPU devices each load a 377 MB checkpoint onto one 8-device mesh
     (fsdp=2, tensor=4: a device's share is 1/8 of the model). Each process reads only the
     slices its devices hold, so its resident memory grows by about half the model, never by
-    the whole of it (measured: VmHWM after loading minus VmRSS before, in the process)."""
+    the whole of it (measured: VmHWM after loading minus VmRSS before, in the process). The
+    loaded model then runs a capture across both processes with one device's numbers."""
     from tests.common.train._runs import env, free_port
 
     total = write_checkpoint(tmp_path)
     port = free_port()
     cmd = [sys.executable, "-m", "tests.common.models._rss_load", str(tmp_path),
-           "fsdp=2,tensor=4"]
+           "fsdp=2,tensor=4", "probe"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env(4, HEADLAB_COORDINATOR=f"127.0.0.1:{port}",
                                                  HEADLAB_NUM_PROCESSES=2, HEADLAB_PROCESS_ID=i))
@@ -115,6 +116,9 @@ def test_peak_host_memory_of_a_sharded_load_stays_below_the_model(tmp_path):
         # fsdp alone, are repeated on the tensor axis (55 kB more)
         assert abs(r["held"] - total // 2) < 1e-3 * total
         assert r["peak_growth"] < total, (r, total)
+        # then a capture on the mesh spanning both processes, gathered, equals the whole model
+        # on one device (contractions over d_model = 1024 summed per fsdp shard: ~1e-6 relative)
+        assert r["logits_max_diff"] <= 1e-5 * r["logits_max"] and r["z_max_diff"] < 1e-5, r
     print(f"model {total / 2**20:.0f} MiB; per process: held "
           f"{[r['held'] / 2**20 for r in res]} MiB, peak RSS growth "
           f"{[round(r['peak_growth'] / 2**20) for r in res]} MiB")
