@@ -57,9 +57,9 @@ def build_sharded_model(checkpoint, mesh, rules=None, *, dtype: str | None = Non
     """
     from jax.sharding import NamedSharding
 
-    from common.sharding.rules import DEFAULT_RULES, logical_names_of, logical_to_spec
+    from common.sharding.rules import as_rules, logical_names_of, logical_to_spec
 
-    rules = DEFAULT_RULES if rules is None else tuple(tuple(r) for r in rules)
+    rules = as_rules(rules)
     cfg = config_from_hf(checkpoint.arch, checkpoint.config, dtype="float32",
                          attn_backend=attn_backend)
     if dtype is None:
@@ -97,10 +97,10 @@ def shard_model(model: DecoderLM, mesh, rules=None) -> DecoderLM:
     them; a copy, ``model`` is left as it was. ``mesh`` may be a spec string."""
     from jax.sharding import NamedSharding
 
-    from common.sharding.rules import DEFAULT_RULES, logical_names_of, logical_to_spec
+    from common.sharding.rules import as_rules, logical_names_of, logical_to_spec
 
     mesh = resolve_mesh(mesh)
-    rules = DEFAULT_RULES if rules is None else tuple(tuple(r) for r in rules)
+    rules = as_rules(rules)
     graphdef, state = nnx.split(model)
     shardings = jax.tree.map(
         lambda v: NamedSharding(mesh, logical_to_spec(logical_names_of(v), rules, mesh, v.shape)),

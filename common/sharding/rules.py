@@ -53,6 +53,14 @@ DEFAULT_RULES: Rules = (
 CONTEXT_RULES: Rules = tuple((k, "context" if k == "seq" else v) for k, v in DEFAULT_RULES)
 
 
+def as_rules(rules) -> Rules:
+    """``rules`` (None: :data:`DEFAULT_RULES`) as a hashable tuple of ``(name, axis | axes |
+    None)`` pairs (lists, as a JSON config gives them, become tuples)."""
+    if rules is None:
+        return DEFAULT_RULES
+    return tuple((str(k), tuple(v) if isinstance(v, list | tuple) else v) for k, v in rules)
+
+
 def logical_to_spec(
     names: Sequence[str | None] | None,
     rules: Rules = DEFAULT_RULES,
@@ -118,7 +126,7 @@ def activation_placement(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> MeshPlacem
     """``(logical names, shape) -> NamedSharding`` on ``mesh`` by ``rules``: the placement of
     the model's named activations (:mod:`common.models.activation_sharding`) in a train step
     and in the probes (captures, sweeps) of a sharded model."""
-    return MeshPlacement(mesh, tuple(rules))
+    return MeshPlacement(mesh, as_rules(rules))
 
 
 def placement_of(params, rules: Rules | None = None) -> MeshPlacement | None:
@@ -128,7 +136,7 @@ def placement_of(params, rules: Rules | None = None) -> MeshPlacement | None:
     for leaf in jax.tree.leaves(params):
         sh = getattr(leaf, "sharding", None)
         if isinstance(sh, NamedSharding) and sh.mesh.size > 1:
-            return MeshPlacement(sh.mesh, DEFAULT_RULES if rules is None else tuple(rules))
+            return MeshPlacement(sh.mesh, as_rules(rules))
     return None
 
 
