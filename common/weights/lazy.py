@@ -8,12 +8,14 @@ one device's share of the model, not the whole model. Each read opens and closes
 memory map, so pages touched by one read leave the process's resident set when it is done.
 
 GGUF tensors are quantised in blocks along their rows; a handle dequantises its whole tensor
-when read (peak: one float32 tensor), then the caller slices it.
+when read (peak: one float32 tensor, through a map of the file closed after the read), then the
+caller slices it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import pathlib
 from collections.abc import Callable
@@ -130,7 +132,7 @@ def _gguf_checkpoint(path: pathlib.Path) -> Checkpoint:
     from common.weights.gguf_reader import dequantize, read_header
     from common.weights.tokenizer import Tokenizer
 
-    header, buf = read_header(path)
+    header, _ = read_header(path)  # its map is used for the header only
     meta = header.metadata
     config = normalise_config(gguf_config(meta, {t.name for t in header.tensors}, path), "llama")
     _, permuted = _ARCHS[meta["general.architecture"]]
@@ -138,7 +140,11 @@ def _gguf_checkpoint(path: pathlib.Path) -> Checkpoint:
     handles: dict[str, LazyTensor] = {}
     for info in header.tensors:
         def reader(info=info):
-            w = dequantize(buf, info)
+            # A map of the file for this tensor alone, closed once it is dequantised (a copy),
+            # so its pages leave the resident set.
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                w = dequantize(m, info)
+                w = np.array(w, dtype=np.float32)  # owns its memory: the map can close
             if permuted and info.name.split(".")[-2] in ("attn_q", "attn_k"):
                 w = unpermute_qk(w, heads if ".attn_q." in info.name else kv_heads)
             return w
