@@ -299,3 +299,14 @@ def test_large_models_load_in_bfloat16_and_custom_rules_place_them(folder, singl
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=0.05, rtol=0)  # bf16 compute
     assert np.abs(got - want).max() > 0  # and it did compute in bf16
+
+
+def test_greedy_generation_equals_single_device(single, sharded):
+    """Decoding with the KV cache (left-padded prompts of different lengths) on the mesh."""
+    from common.models.generation import generate
+
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(0, 96, n).tolist() for n in (3, 7, 5, 7)]
+    want = generate(single, prompts, 8, eos_token_id=())
+    assert generate(sharded, prompts, 8, eos_token_id=()) == want
+    assert len({tuple(w) for w in want}) > 1
