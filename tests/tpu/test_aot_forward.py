@@ -79,3 +79,21 @@ def test_estimate_only_needs_no_libtpu():
                           "v9-1", "--estimate-only"], cwd=ROOT, capture_output=True, text=True,
                          timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert out.returncode == 2 and "unknown TPU preset 'v9-1'" in out.stderr
+
+
+def test_the_compiler_refuses_what_our_estimate_lets_through():
+    """Capturing the attention pattern of every layer of Qwen2-7B (batch 16 x 2048): our
+    estimate (what the forward keeps: 7.4 GiB per chip) fits a v5e's 16 GiB, but the reference
+    attention's float32 scores need 26.7 GiB of temporaries: refused by the compiler's answer,
+    in one line."""
+    path = _libtpu_path()
+    if path is None:
+        pytest.skip("libtpu not importable; set HEADLAB_LIBTPU_PATH to a folder holding it")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(p for p in (path, str(ROOT)) if p))
+    out = subprocess.run([sys.executable, "-m", "tpu.aot_forward", "qwen2-7b", "--preset",
+                          "v5e-16", "--batch", "16", "--seq", "2048", "--sites", "z,pattern"],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 2, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert "the TPU compiler needs" in last and "over the" in last, out.stderr[-3000:]
