@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from common.attention.hooks import SITE_AXES
-from common.models.capture import SITE_LOGICAL, resolve_layers, resolve_sites
+from common.models.capture import SITE_LOGICAL, capture_store, resolve_layers, resolve_sites
 from common.models.config import ModelConfig, config_from_hf
 from common.models.decoder import DecoderLM
 from common.sharding.mesh import AXES
@@ -58,7 +58,6 @@ NAMED_CONFIGS: dict[str, dict] = {
 """Hugging Face ``config.json`` contents of the papers' model sizes (a test writes them as
 files; :func:`hf_model_config` reads either)."""
 
-_F32_SITES = ("attn_scores", "ln1_scale", "ln2_scale", "ln_final_scale")
 _BYTES = {"float32": 4, "bfloat16": 2}
 
 
@@ -147,6 +146,19 @@ class MemoryPlan:
                 f"{self.logits / g:.2f} GiB; total {self.per_device_bytes / g:.2f} GiB")
 
 
+def site_itemsizes(model, sites: tuple[str, ...]) -> dict[str, int]:
+    """Bytes per element of each captured site, as the model's capture produces them (traced
+    abstractly on a ``[1, 2]`` input: ``pattern`` and ``attn_scores`` are float32 whatever
+    the compute dtype)."""
+    graphdef, state = nnx.split(model)
+
+    def run(st, ids):
+        return capture_store(nnx.merge(graphdef, st), ids, None, None, None, sites, (0,), True)
+
+    _, store = jax.eval_shape(run, state, jax.ShapeDtypeStruct((1, 2), np.int32))
+    return {site: np.dtype(v.dtype).itemsize for (site, _), v in store.items()}
+
+
 def site_shape(cfg: ModelConfig, site: str, batch: int, seq: int) -> tuple[int, ...]:
     """One layer's value of ``site`` for ``[batch, seq]`` inputs."""
     size = {"batch": batch, "pos": seq, "query_pos": seq, "key_pos": seq, "head": cfg.n_heads,
@@ -196,10 +208,12 @@ def plan_memory(
                              (None, "batch", "seq", "kv_heads", "head_dim"), mesh, rules)
     per_site: dict[str, int] = {}
     chosen = resolve_layers(layers, cfg.n_layers)
-    for site in resolve_sites(sites):
+    sites = resolve_sites(sites)
+    itemsize = site_itemsizes(model, sites) if sites else {}
+    for site in sites:
         shape = site_shape(cfg, site, batch, seq)
         names = tuple(SITE_LOGICAL.get(a) for a in SITE_AXES[site])
-        item = 4 if site in _F32_SITES else c_item
+        item = itemsize[site]
         n = 1 if site == "ln_final_scale" else len(chosen)
         per_site[site] = n * shard_bytes(shape, item, names, mesh, rules)
     logits = shard_bytes((batch, 1 if last_only else seq, cfg.vocab_size), 4,

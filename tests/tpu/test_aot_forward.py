@@ -82,10 +82,10 @@ def test_estimate_only_needs_no_libtpu():
 
 
 def test_the_compiler_refuses_what_our_estimate_lets_through():
-    """Capturing the attention pattern of every layer of Qwen2-7B (batch 16 x 2048): our
-    estimate (what the forward keeps: 7.4 GiB per chip) fits a v5e's 16 GiB, but the reference
-    attention's float32 scores need 26.7 GiB of temporaries: refused by the compiler's answer,
-    in one line."""
+    """Capturing the float32 attention pattern of every layer of Qwen2-7B (batch 16 x 2048):
+    our estimate (what the forward keeps: 13.5 GiB per chip) fits a v5e's 16 GiB, but the
+    compiled program needs 26.7 GiB of temporaries: refused by the compiler's answer, in one
+    line."""
     path = _libtpu_path()
     if path is None:
         pytest.skip("libtpu not importable; set HEADLAB_LIBTPU_PATH to a folder holding it")

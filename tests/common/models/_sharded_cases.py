@@ -214,9 +214,9 @@ def test_attribution_patching_equals_single_device(single, sharded):
         assert np.abs(_np(w.values)).max() > 1e-3
 
 
-def test_memory_plan_equals_the_bytes_each_device_holds(sharded, mesh):
-    """plan_memory's per-device bytes against what the loaded model and a capture really hold
-    on each device (the largest over devices)."""
+def test_memory_plan_equals_the_bytes_each_device_holds(folder, mesh):
+    """plan_memory's per-device bytes against what a bf16 sharded model and its captures really
+    hold on each device (the largest over devices)."""
     from common.models.memory import plan_memory
 
     def per_device(arrays):
@@ -226,16 +226,18 @@ def test_memory_plan_equals_the_bytes_each_device_holds(sharded, mesh):
                 held[s.device] = held.get(s.device, 0) + s.data.nbytes
         return max(held.values())
 
+    model = load_pretrained(folder, require_tokenizer=False, mesh=mesh, dtype="bfloat16")[0]
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
     x = ids(8)
-    logits, cache = run_with_cache(sharded, x, names_filter=("z", "k", "resid_post"),
-                                   layers=(0, 2), last_only=True)
-    plan = plan_memory(sharded.config, dict(mesh.shape), batch=8, seq=10,
-                       sites=("z", "k", "resid_post"), layers=(0, 2), last_only=True)
-    assert plan.params == per_device(jax.tree.leaves(nnx.state(sharded, nnx.Param)))
-    assert plan.captures == per_device(cache[k] for k in cache)
+    sites = ("z", "k", "resid_post", "pattern", "attn_scores", "ln1_scale", "head_out")
+    logits, cache = run_with_cache(model, x, names_filter=sites, layers=(0, 2), last_only=True)
+    plan = plan_memory(model.config, dict(mesh.shape), batch=8, seq=10, sites=sites,
+                       layers=(0, 2), last_only=True)
+    assert plan.params == per_device(params)
+    for site in sites:  # bf16 sites and the float32 ones (pattern, scores, norm scales)
+        assert plan.sites[site] == per_device(cache[site, i] for i in (0, 2)), site
     assert plan.logits == per_device([logits])
-    assert plan.n_params * 4 == plan.param_bytes_total == sum(
-        a.nbytes for a in jax.tree.leaves(nnx.state(sharded, nnx.Param)))
+    assert plan.n_params * 2 == plan.param_bytes_total == sum(a.nbytes for a in params)
 
 
 def test_gguf_sharded_load_is_bit_identical(tmp_path, mesh):
