@@ -288,7 +288,8 @@ def test_large_models_load_in_bfloat16_and_custom_rules_place_them(folder, singl
 
     monkeypatch.setattr(pretrained, "BF16_FROM_PARAMS", 1000)  # the tiny model counts as large
     rules = tuple((k, None if k == "embed" else v) for k, v in DEFAULT_RULES)
-    big = load_pretrained(folder, require_tokenizer=False, mesh=mesh, rules=rules)[0]
+    # (the mesh as a spec string, as the projects' ``mesh`` config field gives it)
+    big = load_pretrained(folder, require_tokenizer=False, mesh=MESH, rules=rules)[0]
     assert big.config.dtype == "bfloat16" and big.sharding_rules == rules
     a, b = _flat(single), _flat(big)
     for name, arr in b.items():
@@ -296,6 +297,7 @@ def test_large_models_load_in_bfloat16_and_custom_rules_place_them(folder, singl
         np.testing.assert_array_equal(_np(arr), _np(a[name]).astype(ml_dtypes.bfloat16))
     assert b["blocks.attn.q_kernel"].sharding.spec == P(None, None, "tensor")
     assert b["embed.embedding"].sharding.spec == P("tensor")
+    assert b["embed.embedding"].sharding.mesh.shape == mesh.shape
     x = ids(10)
     got, want = _np(big(x)), _np(single(x))
     assert got.dtype == np.float32
