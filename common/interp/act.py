@@ -38,6 +38,7 @@ def act_intervention(
     layers: Sequence[int] | None = None,
     token_valid: jax.Array | None = None,
     spare_first: bool = True,
+    whole_range: bool = False,
 ) -> Intervention:
     """Calibrate ``heads`` (``[(layer, head), ...]``) with ACT.
 
@@ -51,6 +52,9 @@ def act_intervention(
       token_valid: ``[batch, seq]`` bool, False at (right) padding, so padded queries do not
         count in the column means and padded keys are never sinks.
       spare_first: leave each head's first flagged key alone (the released code's rule).
+      whole_range: edit every layer of ``layers`` (the heads are then only data: any head set,
+        empty included, runs one compiled program; unchosen heads keep their pattern exactly).
+        Default: only the layers that have a chosen head.
 
     Raises:
       ValueError: a head or layer out of range, a bad β or criterion.
@@ -78,7 +82,7 @@ def act_intervention(
     for layer, head in pairs:
         if layer in layers:
             mask[layer, head] = True
-    edit = tuple(int(x) for x in np.flatnonzero(mask.any(axis=1)))
+    edit = layers if whole_range else tuple(int(x) for x in np.flatnonzero(mask.any(axis=1)))
     if not edit:
         return Intervention()
     return Intervention(prob_transform=ACTCalibration(criterion, spare_first),
