@@ -149,6 +149,30 @@ def loop(steps: int, *, log_every: int, checkpoint_every: int, host: bool = Fals
     return plain, [times[i] for i in sorted(saves)]
 
 
+def step_memory(task, tx, mesh, batch) -> dict[str, float]:
+    """MiB per device of the train state (largest shard set) and of the step's temporaries."""
+    from common.sharding.rules import logical_to_spec
+
+    init = sharded_init(task.make_model, tx, mesh)
+    bsh = {k: jax.sharding.NamedSharding(mesh, logical_to_spec(v, mesh=mesh, shape=batch[k].shape))
+           for k, v in task.batch_axes.items()}
+    abstract_batch = {k: jax.ShapeDtypeStruct(batch[k].shape, batch[k].dtype, sharding=bsh[k])
+                      for k in bsh}
+    compiled = jax.jit(make_train_step(init.model_def, task.loss_fn, tx),
+                       in_shardings=(init.shardings, bsh),
+                       out_shardings=(init.shardings, None, None)).lower(
+                           init.abstract, abstract_batch).compile()
+    per_device: dict = {}
+    for leaf, sharding in zip(jax.tree.leaves(init.abstract), jax.tree.leaves(init.shardings),
+                              strict=True):
+        shard = sharding.shard_shape(leaf.shape)
+        for d in sharding.addressable_devices:
+            per_device[d] = per_device.get(d, 0) + int(np.prod(shard)) * leaf.dtype.itemsize
+    analysis = compiled.memory_analysis()
+    return {"state": max(per_device.values()) / 2**20,
+            "temp": (analysis.temp_size_in_bytes if analysis else float("nan")) / 2**20}
+
+
 def finetune(model: str, steps: int) -> None:
     """The ``--finetune`` benchmark (module docstring)."""
     from common.configs import apply_overrides
@@ -194,8 +218,9 @@ def finetune(model: str, steps: int) -> None:
     state_gb = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e9
     del state
 
-    results = {}
+    results, memory = {}, {"1 device": step_memory(task, tx, single, dataset[0])}
     for spec in ("data=2,fsdp=2,tensor=2",):
+        memory[spec] = step_memory(task, tx, make_mesh(spec), dataset[0])
         with tempfile.TemporaryDirectory() as tmp:
             res = train(task, tx, dataset, train_config, make_mesh(spec), tmp)
         results[spec] = float(np.median(res.step_times[1:]))
@@ -207,6 +232,8 @@ def finetune(model: str, steps: int) -> None:
     for spec, sec in results.items():
         print(f"{'loop, 8 fake devices ' + spec:48s} {sec:8.2f} {tokens / sec:9.1f} "
               f"{bare_s / sec:7.2f}x")
+    print("memory per device (the compiler's plan for the train step; MiB): " + "; ".join(
+        f"{k}: state {v['state']:.0f}, temporaries {v['temp']:.0f}" for k, v in memory.items()))
     ck, sv = float(np.median(ck_times)), float(np.median(save_times))
     print(f"checkpoint of {state_gb:.2f} GB (params + Adam): checksums {1e3 * ck:.0f} ms, save "
           f"{1e3 * sv:.0f} ms (synchronous, to local disk): checksums add "
