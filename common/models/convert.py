@@ -5,7 +5,7 @@ Each architecture gets a list of ``(our_path, hf_name, transform)``; transforms 
 O ``[heads, head_dim, d_model]``, ...) as numpy views, so that slicing a transformed
 memory-mapped tensor reads only the slice. :func:`assign_weights` checks every shape against the
 model and names the tensor at fault; :func:`assign_sharded` builds each parameter directly on
-its devices from the slices each device holds (``jax.make_array_from_callback``).
+its devices from the slices each device holds (``jax.make_array_from_callback`` semantics).
 """
 
 from __future__ import annotations
@@ -236,13 +236,13 @@ def assign_sharded(model: nnx.Module, tensors: dict, sharding_for: Callable, sou
                    dtype=None) -> None:
     """Fill ``model`` (built with ``nnx.eval_shape``) with parameters created on their devices.
 
-    Every parameter is made by ``jax.make_array_from_callback`` with the sharding
-    ``sharding_for(variable)`` returns; the callback, called once per addressable device with
-    that device's index, reads only the slice the device holds: for a block-stack parameter
-    ``[n_layers, ...]``, each layer's tensor is transformed (as a view), sliced, and only the
-    slice is copied. With :class:`~common.weights.lazy.LazyTensor` handles (memory-mapped
-    safetensors) the host therefore never holds more than the addressable devices' shards plus
-    one slice; on a multi-host mesh each process reads only what its devices hold.
+    Every parameter is made with the sharding ``sharding_for(variable)`` returns from the slices
+    this process's devices hold (``jax.make_array_from_callback`` semantics): for a block-stack
+    parameter ``[n_layers, ...]`` each layer's tensor is read once, transformed (as a view),
+    and only the local devices' slices are copied out of it. With
+    :class:`~common.weights.lazy.LazyTensor` handles (memory-mapped safetensors) the host holds
+    at most the local shards of the parameter being built besides the ones already on their
+    devices; on a multi-host mesh each process reads only what its devices hold.
 
     Args:
       model: an abstract :class:`~common.models.DecoderLM` (``nnx.eval_shape``).
@@ -254,8 +254,6 @@ def assign_sharded(model: nnx.Module, tensors: dict, sharding_for: Callable, sou
     Raises:
       WeightShapeError: a missing tensor or one whose shape does not fit, naming ``source``.
     """
-    import jax
-
     cfg: ModelConfig = model.config
     for var_path, entries in _grouped_plan(cfg, tensors).items():
         var, _ = _variable(model, var_path)
@@ -277,18 +275,52 @@ def assign_sharded(model: nnx.Module, tensors: dict, sharding_for: Callable, sou
                 raise WeightShapeError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}; "
                                        f"the config needs {expect} at {where}")
         by_layer = {layer: (name, fn) for layer, name, fn in entries}
+        var.set_value(_sharded_array(var, by_layer, tensors, sharding_for(var), want, stacked))
 
-        def read(name, fn, index, want=want):
-            t = tensors[name]
-            full = t.read() if hasattr(t, "read") else np.asarray(t)
-            return np.asarray(fn(full)[index], dtype=want)  # copies the slice only
 
-        def callback(index, by_layer=by_layer, stacked=stacked, n=var.shape[0] if stacked else 0):
-            index = tuple(index)
-            if not stacked:
-                return read(*by_layer[None], index)
-            layers = range(n)[index[0]]
-            return np.stack([read(*by_layer[i], index[1:]) for i in layers])
+def _index_key(index: tuple) -> tuple:
+    return tuple((i.start, i.stop, i.step) if isinstance(i, slice) else i for i in index)
 
-        var.set_value(jax.make_array_from_callback(tuple(var.shape), sharding_for(var), callback,
-                                                   dtype=want))
+
+def _sharded_array(var, by_layer: dict, tensors: dict, sharding, want: np.dtype, stacked: bool):
+    """One parameter as a global array with ``sharding``, built from the slices this process's
+    devices hold: each stored tensor is read once (a memory-mapped view, or one dequantised
+    GGUF tensor), every distinct local slice copied out of it, and each slice put on its
+    device(s) (``jax.make_array_from_single_device_arrays``; the semantics of
+    ``jax.make_array_from_callback``, with one read per tensor instead of one per device)."""
+    import jax
+
+    shape = tuple(var.shape)
+    by_device = sharding.addressable_devices_indices_map(shape)
+    slices: dict[tuple, tuple] = {}  # distinct local index -> the index (replicas share one)
+    for index in by_device.values():
+        slices.setdefault(_index_key(index), tuple(index))
+
+    def read(name):
+        t = tensors[name]
+        return t.read() if hasattr(t, "read") else np.asarray(t)
+
+    if not stacked:
+        name, fn = by_layer[None]
+        full = fn(read(name))
+        parts = {k: np.asarray(full[index], dtype=want) for k, index in slices.items()}
+        del full
+    else:
+        n = shape[0]
+        layers_of = {k: range(n)[index[0]] for k, index in slices.items()}
+        parts = {k: np.empty((len(layers_of[k]),) + tuple(
+            len(range(d)[i]) for d, i in zip(shape[1:], index[1:], strict=True)), want)
+            for k, index in slices.items()}
+        for layer in range(n):
+            wanted = [k for k in slices if layer in layers_of[k]]
+            if not wanted:
+                continue
+            name, fn = by_layer[layer]
+            full = fn(read(name))
+            for k in wanted:
+                parts[k][layers_of[k].index(layer)] = full[slices[k][1:]]  # copies the slice
+            del full
+    arrays = [jax.device_put(parts[_index_key(index)], device)
+              for device, index in by_device.items()]
+    del parts
+    return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
