@@ -314,3 +314,21 @@ def test_greedy_generation_equals_single_device(single, sharded):
     want = generate(single, prompts, 8, eos_token_id=())
     assert generate(sharded, prompts, 8, eos_token_id=()) == want
     assert len({tuple(w) for w in want}) > 1
+
+
+def test_qwen2_with_qkv_biases_loads_sharded(tmp_path, mesh):
+    """Qwen2 (q/k/v biases [layers, heads, head_dim], heads on tensor; tied embeddings) from
+    one safetensors file: bit-identical, each bias split as its rule says, same logits."""
+    from tests.common.weights.tiny import tiny_hf
+
+    tiny_hf("qwen2").save_pretrained(tmp_path, safe_serialization=True)
+    one = load_pretrained(tmp_path, require_tokenizer=False)[0]
+    many = load_pretrained(tmp_path, require_tokenizer=False, mesh=mesh)[0]
+    a, b = _flat(one), _flat(many)
+    assert set(a) == set(b) and "blocks.attn.q_bias" in b and "lm_head" not in b
+    for name in a:
+        np.testing.assert_array_equal(_np(b[name]), _np(a[name]), err_msg=name)
+    assert b["blocks.attn.q_bias"].sharding.spec == P(None, "tensor")
+    assert b["blocks.attn.k_bias"].sharding.spec == P(None, "tensor")
+    x = np.random.default_rng(12).integers(0, 97, (8, 9))
+    np.testing.assert_allclose(_np(many(x)), _np(one(x)), atol=ATOL, rtol=0)
