@@ -129,7 +129,7 @@ def _blocked_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Arra
     skv, kvh = k.shape[1], k.shape[2]
     g = h // kvh
     nb = pos.n_blocks
-    kr = rope.rotate_at(k, pos.kv[:, :, None])  # [b, skv, kvh, d] at the base positions
+    kr = rope.rotate_at(k, pos.kv[:, :, None])  # [b, skv, kvh, d]
     onehot = (pos.block[..., None] == jnp.arange(nb)).astype(kr.dtype)  # [b, skv, nb]
     kb = kr[:, :, :, None, :] * onehot[:, :, None, :, None]  # [b, skv, kvh, nb, d]
     kb = kb.transpose(0, 2, 1, 3, 4).reshape(b, kvh, skv, nb * d)
@@ -141,7 +141,7 @@ def _blocked_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Arra
         stop = min(start + chunk, sq)
         c = stop - start
         qpos = qp[:, :, :, start:stop, None] - shift[:, :, :, start:stop]  # [b, kvh, g, c, nb]
-        qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)  # [b, kvh, g, c, nb, d]
+        qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)
         out = jnp.einsum("bkrx,bksx->bkrs", qb.reshape(b, kvh, g * c, nb * d), kb,
                          preferred_element_type=jnp.float32)
         rows.append(out.reshape(b, kvh, g, c, skv))
@@ -177,7 +177,7 @@ def _gathered_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Arr
         stop = min(start + chunk, sq)
         c = stop - start
         qpos = qp[:, :, :, start:stop, None] - shift[:, :, :, start:stop]  # [b, kvh, g, c, nb]
-        qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)  # [b, kvh, g, c, nb, d]
+        qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)
         qb = qb.transpose(0, 1, 4, 2, 3, 5).reshape(b, kvh, nb, g * c, d)
         lg = jnp.einsum("bknrd,bknsd->bknrs", qb, kg, preferred_element_type=jnp.float32)
         lg = lg.reshape(b, kvh, nb, g, c, size).transpose(0, 1, 3, 4, 2, 5)

@@ -82,8 +82,7 @@ class RoPE:
         (:mod:`common.attention.key_positions`). Computed in float32 like :meth:`apply`.
         """
         angles = jnp.asarray(positions).astype(jnp.float32)[..., None] * self.inv_freq()
-        cos = jnp.cos(angles)
-        sin = jnp.sin(angles)
+        cos, sin = jnp.cos(angles), jnp.sin(angles)
         cos = jnp.concatenate([cos, cos], axis=-1)
         sin = jnp.concatenate([sin, sin], axis=-1)
         dim = self.dim

@@ -27,7 +27,7 @@ def _last_logits(model, layouts: list[Layout], method: str, batch: int) -> np.nd
     """``[len(layouts), vocab]`` logits at each prompt's last token."""
     out = []
     for i in range(0, len(layouts), batch):
-        out += [x[-1] for x in pine_forward_batch(model, layouts[i:i + batch], method)]
+        out += pine_forward_batch(model, layouts[i:i + batch], method, last_only=True)
     return np.stack(out)
 
 

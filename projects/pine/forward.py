@@ -19,6 +19,7 @@ import numpy as np
 
 from common.attention.masks import Mask
 from common.interp import Intervention
+from common.models.capture import run_with_cache
 from common.models.decoder import init_cache
 from projects.pine.layout import Layout, PineInputError, build_layout
 from projects.pine.method import (
@@ -67,9 +68,10 @@ def pine_forward(model, layout: Layout, method: str = "pine", *,
 
 
 def pine_forward_batch(model, layouts: Sequence[Layout], method: str = "pine", *,
-                       bucket: int = BUCKET) -> list[np.ndarray]:
+                       bucket: int = BUCKET, last_only: bool = False) -> list[np.ndarray]:
     """:func:`pine_forward` of several prompts in one batched call (each right-padded to the
-    longest, rounded up to ``bucket``): ``[N_i, vocab]`` logits per prompt."""
+    longest, rounded up to ``bucket``): ``[N_i, vocab]`` logits per prompt, or with
+    ``last_only`` ``[vocab]`` at each prompt's last token (the unembedding of that row only)."""
     check_model(model)
     method_index(method)
     if not layouts:
@@ -83,11 +85,18 @@ def pine_forward_batch(model, layouts: Sequence[Layout], method: str = "pine", *
                              f"of segments, got {sorted({lay.k for lay in layouts})}")
     plan = block_plan(layouts, n)
     ivs = [intervention(lay, method, n, plan) for lay in layouts]
-    params = {name: (ivs[0].key_params[name] if name == "method" else
+    params = {name: (ivs[0].key_params[name] if name in ("method", "zero_blocks") else
                      jnp.concatenate([iv.key_params[name] for iv in ivs]))
               for name in ivs[0].key_params}
     mask = Mask(dense=jnp.concatenate([iv.mask.dense for iv in ivs]))
     iv = Intervention(mask=mask, key_positions=key_positions_fn(plan[0]), key_params=params)
+    if last_only:
+        last = model.config.n_layers - 1
+        _, cache = run_with_cache(model, jnp.asarray(ids), names_filter="resid_post",
+                                  layers=[last], intervention=iv, last_only=True)
+        rows = jnp.asarray([lay.n - 1 for lay in layouts])
+        final = cache["resid_post", last][jnp.arange(len(layouts)), rows]  # [batch, d_model]
+        return list(np.asarray(model.unembed(final)))
     logits = np.asarray(model(jnp.asarray(ids), intervention=iv))
     return [logits[i, :lay.n] for i, lay in enumerate(layouts)]
 

@@ -71,8 +71,8 @@ def test_rope_attention_matches_brute_force(implementation, rotary_dim):
     gathered path with blocks of uneven sizes (one possibly empty)."""
     q, k, v, pos, mask, rope = _case(rotary_dim=rotary_dim)
     if implementation == "gathered":
-        implementation = "blocked"
         pos = pos.replace(block_size=int(np.bincount(np.asarray(pos.block).ravel()).max()))
+        implementation = "blocked"
     want = _brute(q, k, v, np.asarray(pos.q), np.asarray(pos.dense()), mask, rope)
     got = rope_attention(q, k, v, pos, rope, mask=Mask(dense=jnp.asarray(mask)[:, None]),
                          implementation=implementation, chunk=2).out

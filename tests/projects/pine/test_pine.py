@@ -256,3 +256,14 @@ def test_model_without_rope():
                       gated_mlp=False, act="gelu")
     with pytest.raises(PineInputError, match="RoPE"):
         pine_logits(DecoderLM(cfg, rngs=nnx.Rngs(0)), [1], [[2], [3]], [4])
+
+
+def test_batched_last_only_equals_single(model):
+    """A batch of prompts of different lengths (right-padded together), read at each prompt's
+    last token, equals each prompt alone."""
+    from projects.pine.forward import pine_forward_batch
+
+    lays = [build_layout(*_prompt(s, lens)) for s, lens in ((1, (2, 5)), (2, (4, 1)), (3, (1, 1)))]
+    got = pine_forward_batch(model, lays, "pine", last_only=True)
+    for lay, g in zip(lays, got, strict=True):
+        np.testing.assert_allclose(g, pine_forward(model, lay)[-1], atol=ATOL, rtol=0)

@@ -1,0 +1,72 @@
+"""The figures: retrieval accuracy by gold position (one panel per k), and time per forward."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib.pyplot as plt
+
+from common.plotting import layout_problems
+from common.plotting import save as _save_files
+
+
+def save(fig, out: pathlib.Path, name: str) -> list[str]:
+    """Save PNG + PDF through ``common.plotting.save``; return the layout problems found."""
+    fig.canvas.draw()
+    problems = layout_problems(fig)
+    _save_files(fig, out, name)
+    return problems
+
+STYLE = {
+    "vanilla": dict(color="black", marker="o"),
+    "nia": dict(color="tab:gray", marker="v", linestyle=":"),
+    "pcw": dict(color="tab:purple", marker="s", linestyle=":"),
+    "pine": dict(color="tab:red", marker="D", linewidth=2.2),
+    "pine_no_reassign": dict(color="tab:orange", marker="^", linestyle="--"),
+    "pine_reverse": dict(color="tab:blue", marker="x", linestyle="--"),
+}
+LABEL = {"vanilla": "vanilla", "nia": "NIA", "pcw": "PCW", "pine": "PINE",
+         "pine_no_reassign": "PINE w/o re-assignment", "pine_reverse": "PINE reversed"}
+
+
+def retrieval_figure(retrieval: dict, out_dir: pathlib.Path) -> list[str]:
+    """Accuracy (%) against the gold document's position, a panel per k, shared y axis."""
+    ks = list(retrieval)
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 4.0), sharey=True,
+                             squeeze=False, layout="constrained")
+    for ax, key in zip(axes[0], ks, strict=True):
+        for method, accs in retrieval[key].items():
+            ax.plot(range(1, len(accs) + 1), [100 * a for a in accs], label=LABEL[method],
+                    **STYLE[method])
+        k = len(next(iter(retrieval[key].values())))
+        ax.set_title(f"k = {k} documents")
+        ax.set_xlabel("position of the gold document (1 = first)")
+        ax.set_xticks(range(1, k + 1))
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("retrieval accuracy (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=(len(labels) + 1) // 2,
+               frameon=False)
+    fig.suptitle("Synthetic lost-in-the-middle on SmolLM2-135M-Instruct")
+    return save(fig, out_dir, "retrieval_by_position")
+
+
+def timing_figure(timing: dict, out_dir: pathlib.Path) -> list[str]:
+    """Seconds per forward of one prompt against k, per method (the plain forward too)."""
+    keys = sorted(timing, key=lambda s: int(s[1:]))
+    ks = [int(s[1:]) for s in keys]
+    fig, ax = plt.subplots(figsize=(7.4, 4.2), layout="constrained")
+    methods = [m for m in timing[keys[0]] if m != "tokens"]
+    for m in methods:
+        style = STYLE.get(m, dict(color="tab:green", marker="*", linestyle="-."))
+        ax.plot(ks, [timing[key][m] for key in keys], label=LABEL.get(m, "plain forward"),
+                **style)
+    ax.set_xlabel("number of segments k")
+    ax.set_ylabel("seconds per forward (median)")
+    ax.set_xticks(ks)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"One prompt of ~{timing[keys[0]]['tokens']} tokens, SmolLM2, CPU")
+    fig.legend(loc="outside right upper", frameon=False)
+    return save(fig, out_dir, "timing")
