@@ -1,0 +1,81 @@
+"""Configs of the soft_injection project (Park & Rhee 2025, spec ../shared/papers/soft_injection.md).
+
+Full run (SmolLM2-135M-Instruct; every shipped task, 3 seeds, the official 50 x 10-shot task
+embeddings and 400 Adam steps; hours on 2 CPU cores, see the README):
+
+    headlab run soft_injection
+
+Quick CPU run (6 small tasks, 1 seed, 20 prompts, 150 steps, 40 test items; under 10 minutes):
+
+    headlab run soft_injection --quick
+
+``--set tasks=antonym,next_item`` picks tasks; ``--set model=/path/to/model.gguf`` another model.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from common.configs import ConfigError
+
+QUICK_TASKS = ("country-capital", "antonym", "present-past", "capitalize_first_letter",
+               "next_item", "choose_first_of_3")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """``arg``: None / ``"full"`` for the full run, ``"quick"`` for the small CPU run."""
+    if arg not in (None, "", "full", "quick"):
+        raise ConfigError(f"soft_injection get_config: unknown argument {arg!r} (use 'quick')")
+    c = ml_collections.ConfigDict()
+    c.model = "smollm2-135m-instruct"
+    c.tasks = ()  # () = every task file under $HEADLAB_DATA/icl_tasks
+    c.split_seed = 32  # the function-vector split seed (70/9/21)
+    c.seeds = (0, 1, 2)  # prompt sampling, demonstrations and training order
+    # ---- task embedding (spec §2.3) ----
+    c.n_prompts = 50  # M
+    c.n_shots = 10  # N
+    c.max_prompt_tokens = 1024  # longer prompts lose front demonstrations (ag_news, commonsense_qa)
+    # ---- soft head selection (spec §2.4-2.6) ----
+    c.steps = 400
+    c.lr = 0.2
+    c.val_every = 50
+    c.val_items = 100  # the first items of the valid split
+    c.keep_best = True  # False: the official code's behaviour (final alpha)
+    c.max_train_items = 2000  # zero-shot training prompts drawn from at most this many records
+    # ---- evaluation (spec §2.7) ----
+    c.shots = (1, 5, 10)
+    c.test_items = 200  # the first items of each test split (0 = all)
+    c.batch_size = 16
+    c.baseline_top_k = 10  # heads replaced by the training-free baseline
+    c.transfer = True  # cross-task transfer: alpha of task A with the embedding of task B
+    c.transfer_items = 50
+    if arg == "quick":
+        c.tasks = QUICK_TASKS
+        c.seeds = (0,)
+        c.n_prompts = 20
+        c.steps = 150
+        c.val_items = 20
+        c.test_items = 40
+        c.transfer_items = 20
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raise :class:`ConfigError` naming the first impossible field."""
+    if not c.seeds:
+        raise ConfigError("config.seeds must name at least one seed")
+    if c.n_prompts < 1 or c.n_shots < 1:
+        raise ConfigError("config.n_prompts and config.n_shots must be >= 1")
+    if c.steps < 1 or c.val_every < 1 or c.steps % c.val_every:
+        raise ConfigError(f"config.steps ({c.steps}) must be a positive multiple of "
+                          f"config.val_every ({c.val_every})")
+    if c.lr <= 0:
+        raise ConfigError(f"config.lr must be > 0, got {c.lr}")
+    if c.val_items < 1 or c.test_items < 0 or c.batch_size < 1 or c.max_train_items < 1:
+        raise ConfigError("config.val_items, batch_size, max_train_items >= 1; test_items >= 0")
+    if any(k < 1 for k in c.shots):
+        raise ConfigError(f"config.shots must be positive, got {tuple(c.shots)}")
+    if c.max_prompt_tokens < 16:
+        raise ConfigError("config.max_prompt_tokens must be >= 16")
+    if c.baseline_top_k < 1:
+        raise ConfigError("config.baseline_top_k must be >= 1")

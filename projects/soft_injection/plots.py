@@ -1,0 +1,142 @@
+"""Figures of the soft_injection project, saved through ``common.plotting`` (PNG + PDF, the
+layout check). Each function takes plain arrays and an output path stem and returns
+``(png path, layout problems)``."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common.plotting import layout_problems  # noqa: E402
+from common.plotting import save as _save  # noqa: E402
+
+LABELS = {"zero_shot": "0-shot", "soft_injection": "soft injection",
+          "uniform_mix": "mix a=0.5 (untrained)", "mean_replace_topk": "replace top-k (no training)",
+          "si_binarised": "SI, a binarised"}
+
+
+def label(key: str) -> str:
+    return LABELS.get(key, key.replace("icl_", "ICL ") + ("-shot" if key.startswith("icl_") else ""))
+
+
+def _save_fig(fig, stem: pathlib.Path) -> tuple[pathlib.Path, list[str]]:
+    stem = pathlib.Path(stem)
+    fig.tight_layout()
+    problems = layout_problems(fig)
+    _save(fig, stem.parent, stem.name)
+    return stem.with_suffix(".png"), problems
+
+
+def alpha_heatmaps(alphas: dict[str, np.ndarray], stem) -> tuple[pathlib.Path, list[str]]:
+    """One ``[layer, head]`` heatmap of the learnt weights ``a`` per task, one colour scale."""
+    names = list(alphas)
+    n = len(names)
+    cols = min(n, 6)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 1.2, 3.4 * rows), squeeze=False,
+                             sharey=True)
+    im = None
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.set_visible(False)
+            continue
+        a = np.asarray(alphas[names[k]])
+        im = ax.imshow(a, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
+                       interpolation="nearest")
+        ax.set_title(names[k] if len(names[k]) <= 18 else names[k][:17] + "…", fontsize=8)
+        ax.set_xticks(range(0, a.shape[1], 2 if a.shape[1] > 6 else 1))
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("head", fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel("layer", fontsize=8)
+    fig.suptitle("learnt soft head selection a = sigmoid(logit) per task", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    cax = fig.add_axes((0.89, 0.15, 0.022, 0.7))
+    fig.colorbar(im, cax=cax, label="mixing weight a")
+    stem = pathlib.Path(stem)
+    problems = layout_problems(fig)
+    fig.set_layout_engine("none")
+    _save(fig, stem.parent, stem.name)
+    return stem.with_suffix(".png"), problems
+
+
+def accuracy_bars(summary: dict, stem) -> tuple[pathlib.Path, list[str]]:
+    """Mean first-token accuracy per setting (bars; per-task points over them)."""
+    keys = summary["settings"]
+    tasks = summary["tasks"]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(keys) + 2), 4.6))
+    x = np.arange(len(keys))
+    means = [summary["mean"][k] for k in keys]
+    colors = ["tab:gray"] + ["tab:blue"] * (len(keys) - 5) + ["tab:red"] + ["tab:olive"] * 3
+    ax.bar(x, means, color=colors[:len(keys)], alpha=0.8, label="mean over tasks")
+    rng = np.random.default_rng(0)
+    for i, k in enumerate(keys):
+        ys = [tasks[t][k] for t in tasks]
+        ax.scatter(i + rng.uniform(-0.25, 0.25, len(ys)), ys, s=9, color="black", zorder=3,
+                   label="one task" if i == 0 else None)
+    ax.set_xticks(x)
+    ax.set_xticklabels([label(k) for k in keys], rotation=40, ha="right", fontsize=8,
+                       rotation_mode="anchor")
+    ax.set_ylabel("first-token accuracy (test)")
+    ax.set_xlabel("setting")
+    ax.set_ylim(0, 1.18)
+    ax.legend(loc="upper left", fontsize=8, ncol=2, frameon=False)
+    ax.set_title(f"{summary['model']}: {len(tasks)} tasks, {len(summary['seeds'])} seed(s)",
+                 fontsize=10)
+    return _save_fig(fig, stem)
+
+
+def similarity(sim: np.ndarray, names: list[str], stem, *, transfer: np.ndarray | None = None
+               ) -> tuple[pathlib.Path, list[str]]:
+    """Cosine similarity of the tasks' (centred) selections; beside it, the transfer accuracy
+    (a of the row task with the embedding of the column task)."""
+    n = len(names)
+    panels = 2 if transfer is not None else 1
+    size = max(3.8, 0.32 * n + 2.2)
+    fig, axes = plt.subplots(1, panels, figsize=(size * panels + 1.0, size), squeeze=False)
+    short = [s if len(s) <= 16 else s[:15] + "…" for s in names]
+    fs = 7 if n > 12 else 8
+    mats = [(sim, -1, 1, "RdBu_r", "cosine similarity of a (centred)",
+             "similarity of selected heads")]
+    if transfer is not None:
+        mats.append((transfer, 0, 1, "viridis", "accuracy", "transfer: a of row task, t of column"))
+    for ax, (m, lo, hi, cmap, clab, title) in zip(axes[0], mats, strict=True):
+        im = ax.imshow(m, vmin=lo, vmax=hi, cmap=cmap)
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        ax.set_xticklabels(short, rotation=90, fontsize=fs)
+        ax.set_yticklabels(short, fontsize=fs)
+        ax.set_xlabel("task (embedding t)" if m is transfer else "task")
+        ax.set_ylabel("task (selection a)")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8, label=clab)
+        if n <= 8:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs((m[i, j] - lo) / (hi - lo) - 0.5) > 0.3
+                            or (m is transfer and m[i, j] < 0.5) else "black")
+    return _save_fig(fig, stem)
+
+
+def training_curves(sel, names: list[str], stem) -> tuple[pathlib.Path, list[str]]:
+    """Training loss (per logging window) and validation loss of every (task, seed)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, steps, vals, title in ((axes[0], sel.log_steps, sel.train_loss, "training loss"),
+                                   (axes[1], sel.val_steps, sel.val_loss, "validation loss")):
+        vals = np.asarray(vals)
+        if len(steps) and vals.size:
+            ax.plot(steps, vals, color="tab:blue", alpha=0.35, lw=1)
+            ax.plot(steps, np.nanmean(vals, axis=1), color="black", lw=2, marker="o",
+                    label="mean over (task, seed)")
+            ax.legend(loc="upper right", fontsize=8, frameon=False)
+        ax.set_xlabel("Adam step")
+        ax.set_ylabel("cross-entropy of first answer token (nats)")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(bottom=0)
+    return _save_fig(fig, stem)
