@@ -33,7 +33,7 @@ def save(fig, out: pathlib.Path, name: str) -> list[str]:
 
 
 def _short(tok: str) -> str:
-    t = tok.replace("Ġ", "␣").replace("Ċ", "\\n")
+    t = tok.replace("Ġ", "␣").replace("Ċ", "⏎")
     return t if len(t) <= 10 else t[:9] + "…"
 
 
@@ -55,7 +55,7 @@ def attention_maps(example: dict, heads: Sequence[tuple[int, int]], out: pathlib
         for j in cols:
             ax.axvline(j, color="#00e5ff", lw=0.8, alpha=0.8)
         hidden = [j for j in cols if j > 0]
-        label = ", ".join(repr(_short(toks[j])) for j in hidden[:3]) or "none"
+        label = ", ".join(f"{_short(toks[j])}@{j}" for j in hidden[:3]) or "none"
         ax.set_title(f"L{layer}H{h}; hidden sinks: {label}", fontsize=8)
         ax.set_xlabel("key position")
         ax.set_xticks(range(0, n, step))
@@ -90,23 +90,25 @@ def sink_frequency(initial: Sequence[float], hidden: Sequence[float], out: pathl
 def accuracy_bars(table: dict[str, dict[str, tuple[float, float]]], settings: Sequence[str],
                   out: pathlib.Path, paper_gain: float | None = None,
                   name: str = "accuracy") -> list[str]:
-    """Accuracy per dataset and setting (mean over seeds), 95% CI as error bars."""
+    """Accuracy per dataset and setting (mean over seeds), the standard deviation over seeds as
+    error bars (the report's table gives the 95% intervals)."""
     names = list(table)
     n, k = len(names), len(settings)
     w = 0.8 / k
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.3 * n + 2), 4.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.3 * n + 2), 4.6), constrained_layout=True)
     for j, s in enumerate(settings):
         means = [100 * table[d][s][0] for d in names]
-        ci = [100 * table[d][s][1] for d in names]
-        ax.bar(np.arange(n) + (j - (k - 1) / 2) * w, means, w, yerr=ci, capsize=2,
-               color=COLORS[s], label=LABELS[s])
+        sd = [100 * table[d][s][1] for d in names]
+        ax.bar(np.arange(n) + (j - (k - 1) / 2) * w, means, w, yerr=sd, capsize=2,
+               color=COLORS[s], label=LABELS[s], error_kw={"elinewidth": 0.8})
     ax.set_xticks(range(n))
     ax.set_xticklabels(names)
     ax.set_ylabel("accuracy (%)")
     ax.set_xlabel("dataset")
-    ax.set_ylim(0, 118)
-    ax.legend(loc="upper center", ncol=k, fontsize=8, frameon=False)
-    title = "Few-shot accuracy, mean over seeds (error bars: 95% CI over seeds)"
+    ax.set_ylim(0, 100)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=k, fontsize=8,
+              frameon=False)
+    title = "Few-shot accuracy, mean over seeds (error bars: std over seeds)"
     if paper_gain is not None:
         title += f"\npaper: ACT up to +{paper_gain:.1f} points on average (Llama-30B)"
     ax.set_title(title, fontsize=9)

@@ -94,7 +94,10 @@ def render(s: dict, config) -> str:
         f"{_pct(sk['hidden_sink_rate'])}% of pairs have at least one hidden sink (seen by at "
         f"least 1/τ queries; {sk['edge_sinks']} further flagged keys sit at the end of a "
         "prompt, where few queries see them and one query's self-attention can pass the bar: "
-        "the released formula's edge effect, counted apart). Hidden sinks by token kind: "
+        "the released formula's edge effect, counted apart). Of the "
+        f"{sk['hidden_sinks_total']} hidden (head, prompt, key) sinks, {sk['early_hidden_sinks']}"
+        " sit at positions 1-3, right after the first token. "
+        "Hidden sinks by token kind: "
         + ", ".join(f"{k} {v}" for k, v in sk["hidden_kinds"].items())
         + ". Most frequent hidden-sink tokens: "
         + ", ".join(f"{k} ({v})" for k, v in list(sk["top_hidden_tokens"].items())[:8]) + ".",

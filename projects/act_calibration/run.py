@@ -47,7 +47,7 @@ def headline(summary: dict) -> list[str]:
 
 def _table(acc: dict[str, dict[str, list[float]]]) -> tuple[dict, dict]:
     """``summary["accuracy"]`` (means with ``_std`` twins) and ``{dataset: {setting: (mean,
-    ci95)}}`` for the figure."""
+    std)}}`` for the figure."""
     out, fig = {}, {}
     for name, per in acc.items():
         out[name], fig[name] = {}, {}
@@ -57,7 +57,7 @@ def _table(acc: dict[str, dict[str, list[float]]]) -> tuple[dict, dict]:
             out[name][f"{s}_std"] = round(sd, 4)
             out[name][f"{s}_ci95"] = round(ci, 4)
             out[name][f"{s}_per_seed"] = [round(v, 4) for v in vals]
-            fig[name][s] = (m, ci)
+            fig[name][s] = (m, sd)
     return out, fig
 
 

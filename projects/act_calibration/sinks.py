@@ -23,6 +23,9 @@ from common.attention.act import column_scores, sink_mask
 from common.interp import run_with_cache
 
 KINDS = ("newline", "punctuation", "delimiter", "word")
+EARLY = 3
+"""Hidden sinks at positions ``1 .. EARLY`` are also counted apart (``early``): the tokens right
+after the first one often share its role."""
 """Types of hidden sink token (``delimiter``: a token ending in ``:``, the template's
 answer and field markers)."""
 
@@ -56,6 +59,7 @@ class SinkStats:
     with_hidden: np.ndarray
     kinds: dict[str, int]
     edge: int
+    early: int
     examples: list[dict]
     top_tokens: dict[str, int]
 
@@ -73,6 +77,8 @@ class SinkStats:
                                            for i in range(L)],
             "hidden_kinds": {k: int(v) for k, v in self.kinds.items()},
             "edge_sinks": int(self.edge),
+            "early_hidden_sinks": int(self.early),
+            "hidden_sinks_total": int(sum(self.kinds.values())),
             "top_hidden_tokens": dict(sorted(self.top_tokens.items(),
                                              key=lambda kv: -kv[1])[:12]),
         }
@@ -88,7 +94,7 @@ def sink_stats(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, thresho
     with_hidden = np.zeros((L, H), np.int64)
     kinds = dict.fromkeys(KINDS, 0)
     tops: dict[str, int] = {}
-    edge = 0
+    edge = early = 0
     examples = []
     min_seen = int(np.ceil(1.0 / threshold))
     for ids in (progress or (lambda x: x))(list(prompt_ids)):
@@ -105,6 +111,7 @@ def sink_stats(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, thresho
         core = hid & (seen[1:] >= min_seen)
         with_hidden += core.any(-1)
         edge += int((hid & (seen[1:] < min_seen)).sum())
+        early += int(core[:, :, :EARLY].sum())
         for j in np.flatnonzero(core.any((0, 1))):
             count = int(core[:, :, j].sum())
             kinds[token_kind(toks[j + 1])] += count
@@ -112,4 +119,5 @@ def sink_stats(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, thresho
             tops[key] = tops.get(key, 0) + count
         if len(examples) < n_examples:
             examples.append({"tokens": toks, "pattern": np.asarray(pat), "sinks": sinks})
-    return SinkStats(len(prompt_ids), initial, hidden, with_hidden, kinds, edge, examples, tops)
+    return SinkStats(len(prompt_ids), initial, hidden, with_hidden, kinds, edge, early, examples,
+                     tops)

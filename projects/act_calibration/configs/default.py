@@ -1,7 +1,7 @@
 """Configs of the act_calibration project (Yu et al. 2024, ACT).
 
 Full run (SmolLM2-135M-Instruct; head search over all 243 heads of layers 2..28 on 24
-zero-shot prompts, six datasets x 40 test prompts x three seeds, 2-shot; see the README for its
+zero-shot prompts, six datasets x 32 test prompts x three seeds, 2-shot; see the README for its
 measured time on 2 CPU cores):
 
     headlab run act_calibration
@@ -40,8 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.datasets = ("sst2", "sst5", "mr", "trec", "agnews", "cb")
     c.n_demo_pool = 32  # few-shot demonstration pool per dataset
     c.n_calib = 4  # head-search examples per dataset
-    c.n_test = 40  # test examples per dataset (a cap; CB has 56)
-    c.max_words = 40  # each text field clipped to this many words
+    c.n_test = 32  # test examples per dataset (a cap; CB has 56)
+    c.max_words = 30  # each text field clipped to this many words
     c.split_seed = 0
     # ---- head search ----
     c.search = ml_collections.ConfigDict()

@@ -75,3 +75,17 @@ def test_bad_heads_and_options(model):
     with pytest.raises(ValueError, match="beta"):
         act_intervention(model, [(2, 0)], beta=1.5)
     assert isinstance(act_intervention(model, []), Intervention)
+
+
+def test_whole_range_edits_every_layer_with_heads_as_data(model):
+    heads = [(2, 1), (3, 3)]
+    whole = act_intervention(model, heads, whole_range=True)
+    assert whole.edit_layers == (2, 3)
+    only = act_intervention(model, [(2, 1)], whole_range=True)
+    assert only.edit_layers == (2, 3)  # layer 3 edited with no head chosen: its pattern kept
+    np.testing.assert_allclose(np.asarray(model(IDS, intervention=only)),
+                               np.asarray(model(IDS, intervention=act_intervention(
+                                   model, [(2, 1)]))), atol=1e-5)
+    empty = act_intervention(model, [], whole_range=True)
+    np.testing.assert_allclose(np.asarray(model(IDS, intervention=empty)), np.asarray(model(IDS)),
+                               atol=1e-5)

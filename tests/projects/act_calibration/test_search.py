@@ -5,6 +5,7 @@ labels."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -81,6 +82,12 @@ def test_cached_logp_equal_full_forward_logp(setup):
     b = sc.label_logp(it.batch, it.labels, iv)
     np.testing.assert_allclose(a, b, atol=1e-5)
     vanilla = sc.label_logp(it.batch, it.labels)
+    # padded rows score at their own last token: row 0 alone, unpadded, through the model
+    p0 = prompts[int(it.batch.rows[0])]
+    assert len(p0) < it.batch.ids.shape[1]
+    alone = np.asarray(jax.nn.log_softmax(model(jnp.asarray([p0]))[0, -1]))
+    lab0 = it.labels[0][it.labels[0] >= 0]
+    np.testing.assert_allclose(vanilla[0][:len(lab0)], alone[lab0], atol=1e-5)
     fin = np.isfinite(a)
     assert np.abs(a[fin] - vanilla[fin]).max() > 1e-4  # ACT did something
     with pytest.raises(ValueError, match="below the start layer"):
