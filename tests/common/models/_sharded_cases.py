@@ -204,6 +204,17 @@ def test_patching_sweep_equals_single_device_with_variants_on_data(single, shard
     np.testing.assert_allclose(_np(g.values), _np(w.values), atol=ATOL, rtol=0)
 
 
+def test_direct_logit_attribution_equals_single_device(single, sharded):
+    from common.interp.sweeps import direct_logit_attribution
+
+    x = ids(13)
+    w = direct_logit_attribution(single, x, x[:, 0], x[:, 1])
+    g = direct_logit_attribution(sharded, x, x[:, 0], x[:, 1])
+    assert g.axes == w.axes == ("layer", "head")
+    np.testing.assert_allclose(_np(g.values), _np(w.values), atol=ATOL, rtol=0)
+    assert np.abs(_np(w.values)).max() > 1e-3
+
+
 def test_attribution_patching_equals_single_device(single, sharded):
     clean, corrupt = ids(6), ids(7)
     metric = _metric(clean)
