@@ -178,6 +178,17 @@ def test_intervention_equals_single_device(single, sharded):
     got = _np(sharded(x, intervention=iv))
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
     assert np.abs(want - _np(single(x))).max() > 1e-2  # the intervention does something
+    # a mask (segments, and a dense per-head mask) replacing the model's
+    from common.attention.masks import Mask
+
+    seg = jnp.asarray(np.repeat(np.arange(2), 5)[None].repeat(8, 0))
+    dense = jnp.asarray(np.tril(np.ones((10, 10), bool))).at[:, 0].set(False).at[0, 0].set(True)
+    for mask in (Mask(causal=True, q_segment_ids=seg, kv_segment_ids=seg),
+                 Mask(causal=True, dense=dense[None, None])):
+        iv = Intervention(mask=mask, edit_layers=(0, 2))
+        want = _np(single(x, intervention=iv))
+        np.testing.assert_allclose(_np(sharded(x, intervention=iv)), want, atol=ATOL, rtol=0)
+        assert np.abs(want - _np(single(x))).max() > 1e-2
 
 
 def test_patching_sweep_equals_single_device_with_variants_on_data(single, sharded):
