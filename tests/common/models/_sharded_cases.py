@@ -121,12 +121,19 @@ def test_sharded_load_is_bit_identical_with_every_shard_in_place(single, sharded
     assert q.addressable_shards[0].data.size * 4 == q.size  # fsdp=2 x tensor=2
 
 
-def test_forward_equals_single_device(single, sharded):
+def test_forward_equals_single_device_and_transformers(folder, single, sharded):
+    import torch
+    import transformers as tf
+
     x = ids()
     want = _np(single(x))
     got = sharded(x)
     np.testing.assert_allclose(_np(got), want, atol=ATOL, rtol=0)
     assert np.abs(want).max() > 0.1  # logits of some size: the comparison is not vacuous
+    hf = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor(x)).logits.numpy()
+    np.testing.assert_allclose(_np(got), ref, atol=1e-5, rtol=0)  # test_hf_parity's tolerance
 
 
 def test_captures_equal_and_split_on_batch_and_heads(single, sharded):
