@@ -37,5 +37,6 @@ while [[ -z "$status" ]]; do
   wait "$child"; code=$?
   kill -0 "$child" 2>/dev/null || status=$code   # a trapped signal interrupts wait: wait again
 done
+wait   # and for tee (the process substitution) to write the last lines of the log
 echo "$status" > "$DIR/worker-$ID.status"
 exit "$status"
