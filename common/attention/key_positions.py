@@ -58,6 +58,9 @@ class KeyPositions:
         and contracts each query variant with its own block only (the product of plain
         attention when ``n_blocks · block_size`` is about ``kv_len``). None: every query
         variant against every key (``n_blocks`` times the product).
+      fixed_blocks: static: blocks ``[0, fixed_blocks)`` have shift 0 for every query and head
+        (the caller guarantees it; PINE's keys outside the segments): the gathered path
+        rotates each query once for all of them instead of once per block.
     """
 
     q: jax.Array
@@ -65,6 +68,7 @@ class KeyPositions:
     block: jax.Array
     shift: jax.Array
     block_size: int | None = struct.field(pytree_node=False, default=None)
+    fixed_blocks: int = struct.field(pytree_node=False, default=0)
 
     @property
     def n_blocks(self) -> int:
@@ -171,17 +175,27 @@ def _gathered_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Arr
     back = pos.block * size + rank - jnp.take_along_axis(first, pos.block, axis=1)
     qt = q.reshape(b, sq, kvh, g, d).transpose(0, 2, 3, 1, 4)  # [b, kvh, g, sq, d]
     qp = pos.q.reshape(b, kvh, g, sq)
-    shift = pos.shift.reshape(b, kvh, g, sq, nb)
+    nf = pos.fixed_blocks
+    shift = pos.shift.reshape(b, kvh, g, sq, nb)[..., nf:]
+    k_fixed = kg[:, :, :nf].reshape(b, kvh, nf * size, d)
+    k_moved = kg[:, :, nf:]  # [b, kvh, nb - nf, size, d]
     rows = []
     for start in range(0, sq, chunk):
         stop = min(start + chunk, sq)
         c = stop - start
-        qpos = qp[:, :, :, start:stop, None] - shift[:, :, :, start:stop]  # [b, kvh, g, c, nb]
-        qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)
-        qb = qb.transpose(0, 1, 4, 2, 3, 5).reshape(b, kvh, nb, g * c, d)
-        lg = jnp.einsum("bknrd,bknsd->bknrs", qb, kg, preferred_element_type=jnp.float32)
-        lg = lg.reshape(b, kvh, nb, g, c, size).transpose(0, 1, 3, 4, 2, 5)
-        lg = lg.reshape(b, kvh, g, c, nb * size)
+        parts = []
+        if nf:
+            q0 = rope.rotate_at(qt[:, :, :, start:stop], qp[:, :, :, start:stop])
+            parts.append(jnp.einsum("bkgqd,bksd->bkgqs", q0, k_fixed,
+                                    preferred_element_type=jnp.float32))
+        if nb > nf:
+            qpos = qp[:, :, :, start:stop, None] - shift[:, :, :, start:stop]  # [.., c, nb-nf]
+            qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)
+            qb = qb.transpose(0, 1, 4, 2, 3, 5).reshape(b, kvh, nb - nf, g * c, d)
+            lg = jnp.einsum("bknrd,bknsd->bknrs", qb, k_moved, preferred_element_type=jnp.float32)
+            lg = lg.reshape(b, kvh, nb - nf, g, c, size).transpose(0, 1, 3, 4, 2, 5)
+            parts.append(lg.reshape(b, kvh, g, c, (nb - nf) * size))
+        lg = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
         rows.append(jnp.take_along_axis(lg, back[:, None, None, None, :], axis=-1))
     return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=3)
 

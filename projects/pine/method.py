@@ -106,7 +106,7 @@ def pine_key_positions(q: jax.Array, k: jax.Array, params: dict, layer,  # noqa:
     shift = jnp.concatenate([jnp.zeros(start.shape[:-1] + (nz,), start.dtype), start], axis=-1)
     return KeyPositions(q=jnp.broadcast_to(params["q_pos"][:, None], (b, h, sq)),
                         kv=params["kv_base"], block=params["kv_block"], shift=shift,
-                        block_size=block_size)
+                        block_size=block_size, fixed_blocks=nz)
 
 
 _FNS: dict[int | None, object] = {None: pine_key_positions}

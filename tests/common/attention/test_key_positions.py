@@ -64,14 +64,16 @@ def _case(seed=0, b=2, sq=5, skv=7, h=4, kvh=2, d=8, nb=3, rotary_dim=None):
     return q, k, v, pos, mask, rope
 
 
-@pytest.mark.parametrize("implementation", ["reference", "blocked", "gathered"])
+@pytest.mark.parametrize("implementation", ["reference", "blocked", "gathered", "fixed"])
 @pytest.mark.parametrize("rotary_dim", [None, 4])
 def test_rope_attention_matches_brute_force(implementation, rotary_dim):
     """Every (query, key) pair at its own position, GQA, a random mask, partial rotary; the
-    gathered path with blocks of uneven sizes (one possibly empty)."""
+    gathered path with blocks of uneven sizes (one possibly empty), and with a fixed block."""
     q, k, v, pos, mask, rope = _case(rotary_dim=rotary_dim)
-    if implementation == "gathered":
-        pos = pos.replace(block_size=int(np.bincount(np.asarray(pos.block).ravel()).max()))
+    if implementation in ("gathered", "fixed"):
+        fixed = 1 if implementation == "fixed" else 0
+        pos = pos.replace(block_size=int(np.bincount(np.asarray(pos.block).ravel()).max()),
+                          fixed_blocks=fixed, shift=pos.shift.at[..., :fixed].set(0))
         implementation = "blocked"
     want = _brute(q, k, v, np.asarray(pos.q), np.asarray(pos.dense()), mask, rope)
     got = rope_attention(q, k, v, pos, rope, mask=Mask(dense=jnp.asarray(mask)[:, None]),
