@@ -16,8 +16,8 @@ from common.plotting import layout_problems  # noqa: E402
 from common.plotting import save as _save  # noqa: E402
 
 LABELS = {"zero_shot": "0-shot", "soft_injection": "soft injection",
-          "uniform_mix": "mix a=0.5 (untrained)", "mean_replace_topk": "replace top-k (no training)",
-          "si_binarised": "SI, a binarised"}
+          "uniform_mix": "mix a=0.5", "mean_replace_topk": "top-k replace",
+          "si_binarised": "SI binarised"}
 
 
 def label(key: str) -> str:
@@ -38,8 +38,8 @@ def alpha_heatmaps(alphas: dict[str, np.ndarray], stem) -> tuple[pathlib.Path, l
     n = len(names)
     cols = min(n, 6)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 1.2, 3.4 * rows), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 1.4, 3.4 * rows), squeeze=False,
+                             sharey=True, layout="constrained")
     im = None
     for k, ax in enumerate(axes.flat):
         if k >= n:
@@ -55,12 +55,9 @@ def alpha_heatmaps(alphas: dict[str, np.ndarray], stem) -> tuple[pathlib.Path, l
         if k % cols == 0:
             ax.set_ylabel("layer", fontsize=8)
     fig.suptitle("learnt soft head selection a = sigmoid(logit) per task", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.86, 1))
-    cax = fig.add_axes((0.89, 0.15, 0.022, 0.7))
-    fig.colorbar(im, cax=cax, label="mixing weight a")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="mixing weight a")
     stem = pathlib.Path(stem)
     problems = layout_problems(fig)
-    fig.set_layout_engine("none")
     _save(fig, stem.parent, stem.name)
     return stem.with_suffix(".png"), problems
 
@@ -126,7 +123,7 @@ def similarity(sim: np.ndarray, names: list[str], stem, *, transfer: np.ndarray 
 
 def training_curves(sel, names: list[str], stem) -> tuple[pathlib.Path, list[str]]:
     """Training loss (per logging window) and validation loss of every (task, seed)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0), layout="constrained")
     for ax, steps, vals, title in ((axes[0], sel.log_steps, sel.train_loss, "training loss"),
                                    (axes[1], sel.val_steps, sel.val_loss, "validation loss")):
         vals = np.asarray(vals)
@@ -134,9 +131,15 @@ def training_curves(sel, names: list[str], stem) -> tuple[pathlib.Path, list[str
             ax.plot(steps, vals, color="tab:blue", alpha=0.35, lw=1)
             ax.plot(steps, np.nanmean(vals, axis=1), color="black", lw=2, marker="o",
                     label="mean over (task, seed)")
-            ax.legend(loc="upper right", fontsize=8, frameon=False)
         ax.set_xlabel("Adam step")
         ax.set_ylabel("cross-entropy of first answer token (nats)")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(bottom=0)
-    return _save_fig(fig, stem)
+    handles = [plt.Line2D([], [], color="tab:blue", alpha=0.5, lw=1),
+               plt.Line2D([], [], color="black", lw=2, marker="o")]
+    fig.legend(handles, ["one (task, seed)", "mean over (task, seed)"],
+               loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    stem = pathlib.Path(stem)
+    problems = layout_problems(fig)
+    _save(fig, stem.parent, stem.name)
+    return stem.with_suffix(".png"), problems

@@ -79,9 +79,9 @@ def render(summary: dict, config) -> str:
         "Notation: *0-shot* the bare query prompt; *ICL k-shot* k demonstrations from the train "
         "split before it; *soft injection* (SI) the 0-shot prompt with the learnt a and the "
         "task's t; *mix a=0.5* the same with the untrained a (every head 0.5, the initial "
-        f"value); *replace top-k* a = 1 at the {config.baseline_top_k} heads whose few-shot mean "
+        f"value); *top-k replace* a = 1 at the {config.baseline_top_k} heads whose few-shot mean "
         "moves furthest from their zero-shot mean (training-free, in the spirit of the "
-        "function-vector / task-vector baselines; not their exact recipes); *SI, a binarised* "
+        "function-vector / task-vector baselines; not their exact recipes); *SI binarised* "
         "a rounded to 0/1. Accuracies are means over tasks (and seeds).",
         "",
         "## Headline",

@@ -36,8 +36,7 @@ def headline(summary: dict) -> list[str]:
     """The closing lines: mean accuracies beside the paper's gain, the cost saving, verdicts."""
     m = summary["mean"]
     lo, hi = PAPER["gain_over_icl10_points"]
-    icl = "icl_10" if "icl_10" in m else max((k for k in m if k.startswith("icl_")),
-                                             key=lambda k: int(k[4:]))
+    icl = max((k for k in m if k.startswith("icl_")), key=lambda k: int(k[4:]))
     gain = 100 * (m["soft_injection"] - m[icl])
     lines = [
         f"{summary['model']} on {len(summary['tasks'])} tasks x {len(summary['seeds'])} seed(s), "
@@ -47,10 +46,10 @@ def headline(summary: dict) -> list[str]:
     ]
     mt = summary.get("memory_and_time")
     if mt:
-        lines.append(f"  prompt {mt['tokens_icl_10']:.0f} -> {mt['tokens_zero_shot']:.0f} tokens; "
-                     f"inference {mt['speedup_vs_icl_10']:.1f}x faster, KV cache "
-                     f"{mt['kv_bytes_icl_10'] / 2**20:.1f} -> {mt['kv_bytes_soft_injection'] / 2**20:.2f}"
-                     " MiB per prompt")
+        lines.append(f"  prompt {mt['tokens_' + icl]:.0f} -> {mt['tokens_zero_shot']:.0f} tokens; "
+                     f"inference {mt['speedup_vs_' + icl]:.1f}x faster, KV cache "
+                     f"{mt['kv_bytes_' + icl] / 2**20:.1f} -> "
+                     f"{mt['kv_bytes_soft_injection'] / 2**20:.2f} MiB per prompt")
     cl = summary["claims"]
     lines.append(f"{sum(c['holds'] for c in cl)} of {len(cl)} claims hold; report.md says which")
     return lines

@@ -71,6 +71,7 @@ class Selection:
     log_steps: list[int]
     seconds_per_step: float | None
     keep_best: bool
+    median_step_s: float | None = None
 
 
 def _table(prompts: Prompts, length: int, rows: int):
@@ -136,7 +137,10 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
         order += members
 
         def loss(params, batch):
-            model = nnx.merge(graphdef, lstate)
+            # The loop's step takes no extra arguments, so the frozen model is a constant of
+            # this closure; the barrier keeps XLA from folding it (a transposed embedding
+            # took minutes of compile time on 2 cores).
+            model = nnx.merge(graphdef, jax.lax.optimization_barrier(lstate))
             ids, last = batch["ids"], batch["last"]
             iv = injection(jax.nn.sigmoid(params["logit"]), batch["v"], last, ids.shape[1])
             return jnp.mean(first_token_loss(logits_at(model, ids, last, intervention=iv),
@@ -205,7 +209,8 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
             jax.nn.sigmoid(final))[inv],
         val_steps=[s for s, _ in history], val_loss=np.stack([x for _, x in history])[:, inv],
         best_step=best["step"][inv], train_loss=logs[1], log_steps=logs[0],
-        seconds_per_step=res.summary.get("mean_step_s"), keep_best=keep_best)
+        seconds_per_step=res.summary.get("mean_step_s"), keep_best=keep_best,
+        median_step_s=res.summary.get("median_step_s"))
 
 
 def _train_log(path, names: list[str]) -> tuple[list[int], np.ndarray]:

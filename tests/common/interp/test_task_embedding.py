@@ -123,3 +123,44 @@ def test_task_embedding_equals_an_explicit_loop(tiny, prompts):
     ids, last = pad_right(prompts)
     z = np.asarray(head_outputs_at(tiny, ids, last))
     np.testing.assert_allclose(z, np.stack(per_prompt), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.smollm2
+def test_smollm2_task_embedding_and_injected_loss_match_transformers(smollm2, hf_smollm2):
+    """On the real weights: z at the last token equals the input of transformers' o_proj, and
+    the injected first-token loss equals a PyTorch pre-hook on o_proj doing the same mixing."""
+    import torch
+
+    from tools.bench_soft_injection import torch_steps
+
+    model, tok = smollm2
+    cfg = model.config
+    prompts = [tok.encode("Q: France\nA: Paris\n\nQ: Japan\nA:"), tok.encode("Q: cold\nA:")]
+    got = np.asarray(task_embedding(model, prompts, batch_size=2))
+    seen = {}
+
+    def grab(layer):
+        def pre(module, args):
+            seen[layer] = args[0][0, -1].detach().numpy().reshape(cfg.n_heads, cfg.d_head)
+        return pre
+
+    want = np.zeros_like(got)
+    for p in prompts:
+        hs = [hf_smollm2.model.layers[i].self_attn.o_proj.register_forward_pre_hook(grab(i))
+              for i in range(cfg.n_layers)]
+        with torch.no_grad():
+            hf_smollm2(torch.as_tensor([p]))
+        for h in hs:
+            h.remove()
+        want += np.stack([seen[i] for i in range(cfg.n_layers)]) / len(prompts)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-4)
+    ids = prompts[1]
+    target = tok.encode(" hot")[0]
+    a = jnp.full((cfg.n_layers, cfg.n_heads), 0.5)
+    ours = float(first_token_loss(logits_at(
+        model, jnp.asarray([ids]), jnp.asarray([len(ids) - 1]),
+        intervention=injection(a, jnp.asarray(got), jnp.asarray([len(ids) - 1]), len(ids))),
+        jnp.asarray([target]))[0])
+    _, theirs = torch_steps(hf_smollm2, [(ids, target)], got, 1, lr=0.0)
+    np.testing.assert_allclose(ours, theirs[0], rtol=1e-3)
