@@ -176,6 +176,7 @@ def step_memory(task, tx, mesh, batch) -> dict[str, float]:
 def finetune(model: str, steps: int) -> None:
     """The ``--finetune`` benchmark (module docstring)."""
     from common.configs import apply_overrides
+    from common.sharding.rules import DEFAULT_RULES
     from common.train.checksum import host_checksums
     from common.train.loop import _pretrained_state
     from common.train.orbax_checkpoint import Checkpointer
@@ -187,9 +188,9 @@ def finetune(model: str, steps: int) -> None:
                              "train.checkpoint_every=0", "train.eval_every=0"])
     task, tx, dataset, train_config, _ = build(config, pathlib.Path(tempfile.mkdtemp()))
     tokens = int(np.prod(dataset[0]["input_ids"].shape))
-    loaded = task.init_params()
-
     single = make_mesh("data=1", devices=jax.devices()[:1])
+    loaded = task.init_params(single, DEFAULT_RULES)
+
     init = sharded_init(task.make_model, tx, single)
     step = jax.jit(make_train_step(init.model_def, task.loss_fn, tx), donate_argnums=0)
     state = _pretrained_state(init, tx, loaded)

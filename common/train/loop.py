@@ -91,9 +91,12 @@ class Task:
         ``jax.random.fold_in(key, step)``). Used when ``train`` gets ``dataset=None``: no host
         pipeline, nothing to save but the step.
       population: set by :meth:`for_population`: the models trained together.
-      init_params: optional pretrained start: ``() -> params`` in ``nnx.to_pure_dict`` layout
-        (host or device arrays, e.g. a loaded checkpoint's), placed onto the rules' shardings
-        instead of ``make_model``'s random initialisation (which then only gives the shapes).
+      init_params: optional pretrained start: ``(mesh, rules) -> params`` in
+        ``nnx.to_pure_dict`` layout, instead of ``make_model``'s random initialisation (which
+        then only gives the shapes). Arrays already on the rules' shardings (e.g. from
+        ``load_pretrained(path, mesh=mesh, rules=rules)``, which reads each device's slice
+        straight from the file: a 7B-70B model never sits whole on one host) are kept; host
+        arrays are placed.
       lr_schedule: optional ``step -> learning rate`` of ``tx``, logged as ``lr``.
       token_field: the batch field whose elements are tokens (``"input_ids"``), for tokens/s.
     """
@@ -103,7 +106,7 @@ class Task:
     batch_axes: dict[str, tuple[str | None, ...]]
     device_data: Callable[[jax.Array], dict] | None = None
     population: Population | None = None
-    init_params: Callable[[], dict] | None = None
+    init_params: Callable[[Mesh, Rules], dict] | None = None
     lr_schedule: Callable[[int], Any] | None = None
     token_field: str | None = None
 
@@ -316,7 +319,7 @@ def train(
             data_iter.set_state(data_state["iterator"])
         crc = int(data_state["data_crc"])
     elif task.init_params is not None:
-        start, state, crc = 0, _pretrained_state(init, tx, task.init_params()), 0
+        start, state, crc = 0, _pretrained_state(init, tx, task.init_params(mesh, rules)), 0
     else:
         start, state, crc = 0, init.create(), 0
     if lead and restored is not None:

@@ -25,6 +25,7 @@ give ``eval/loss``):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -91,6 +92,36 @@ def make_optimizer(c: ml_collections.ConfigDict) -> tuple[optax.GradientTransfor
                        optax.adamw(schedule, weight_decay=o.weight_decay)), schedule
 
 
+def pretrained_start(name_or_path: str, *, dtype: str, attn_backend: str):
+    """``(ModelConfig, tokenizer, init_params)`` of a pretrained checkpoint.
+
+    Only the checkpoint's config and tokenizer are read here (``open_checkpoint`` is lazy);
+    ``init_params(mesh, rules)`` later loads the weights with ``load_pretrained(..., mesh=mesh)``,
+    each device reading its own slice of each tensor, already on its training sharding.
+    """
+    from common.models import load_pretrained
+    from common.models.config import config_from_hf
+    from common.models.pretrained import KNOWN_MODELS
+    from common.weights import default_model_path, open_checkpoint
+
+    path = (default_model_path(name_or_path) if name_or_path in KNOWN_MODELS
+            else pathlib.Path(name_or_path).expanduser())
+    if not path.exists():
+        raise FileNotFoundError(f"model.pretrained={name_or_path!r}: neither a known model "
+                                f"{KNOWN_MODELS} nor an existing .gguf file or HF folder")
+    ckpt = open_checkpoint(path)
+    if ckpt.tokenizer is None:
+        raise FileNotFoundError(f"{path}: no tokenizer (tokenizer.json or GGUF metadata)")
+    cfg = config_from_hf(ckpt.arch, ckpt.config, dtype=dtype, attn_backend=attn_backend)
+
+    def init_params(mesh, rules):
+        model, _ = load_pretrained(path, mesh=mesh, rules=rules, dtype=dtype,
+                                   attn_backend=attn_backend, require_tokenizer=False)
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    return cfg, ckpt.tokenizer, init_params
+
+
 def build(c: ml_collections.ConfigDict, workdir: pathlib.Path):
     """``(task, tx, dataset, TrainConfig, eval_fn)`` for :func:`common.train.train`."""
     from common.models import DecoderLM, ModelConfig
@@ -101,15 +132,9 @@ def build(c: ml_collections.ConfigDict, workdir: pathlib.Path):
     tx, schedule = make_optimizer(c)
     init_params, tokenizer = None, None
     if m.pretrained:
-        import dataclasses
-
-        from common.models import load_pretrained
-
-        loaded, tokenizer = load_pretrained(m.pretrained, attn_backend=m.attn_backend,
-                                            dtype=compute or m.dtype)
-        mcfg = dataclasses.replace(loaded.config, scan_layers=m.scan_layers, remat=m.remat)
-        params = nnx.to_pure_dict(nnx.state(loaded, nnx.Param))
-        init_params = lambda: params  # noqa: E731
+        mcfg, tokenizer, init_params = pretrained_start(m.pretrained, dtype=compute or m.dtype,
+                                                        attn_backend=m.attn_backend)
+        mcfg = dataclasses.replace(mcfg, scan_layers=m.scan_layers, remat=m.remat)
     else:
         mcfg = ModelConfig(arch="llama", vocab_size=m.vocab_size, d_model=m.d_model,
                            n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads,

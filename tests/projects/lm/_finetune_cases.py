@@ -15,9 +15,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from common.configs import apply_overrides  # noqa: E402
+from common.models import load_pretrained  # noqa: E402
 from common.sharding import make_mesh, sharded_init  # noqa: E402
+from common.sharding.rules import DEFAULT_RULES  # noqa: E402
 from common.train import make_train_step  # noqa: E402
 from common.train.checksum import host_checksums  # noqa: E402
 from common.train.cli import train_main  # noqa: E402
@@ -79,12 +82,16 @@ def sharded_step_equals_single_device(model_path, tmp_path, atol):
     config = get_config("finetune")
     apply_overrides(config, overrides(model_path, "data.global_batch_size=8"))
     task, _, dataset, _, _ = build(config, tmp_path)
-    loaded = task.init_params()
+    # the independent reference: the whole checkpoint loaded on one device, to host arrays
+    whole, _ = load_pretrained(model_path, attn_backend="reference")
+    loaded = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(whole, nnx.Param)))
+    del whole
     results = []
     for mesh in (make_mesh(MESH), make_mesh("data=1", devices=jax.devices()[:1])):
         init = sharded_init(task.make_model, SGD, mesh)
-        state = _pretrained_state(init, SGD, loaded)
-        # the pretrained start is the loaded checkpoint, bit for bit, on the rules' shardings
+        # each device reads its own slices of the file (load_pretrained(mesh=...))
+        state = _pretrained_state(init, SGD, task.init_params(mesh, DEFAULT_RULES))
+        # the pretrained start is the whole checkpoint, bit for bit, on the rules' shardings
         for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(loaded), strict=True):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
         # so its checksums (computed where the shards live) are those of the host arrays
@@ -126,9 +133,9 @@ def test_bad_pretrained_shape_is_refused(tiny_folder, tmp_path):
     config = get_config("finetune")
     apply_overrides(config, overrides(tiny_folder))
     task, _, _, _, _ = build(config, tmp_path)
-    params = task.init_params()
-    params["embed"]["embedding"] = params["embed"]["embedding"][:10]
     init = sharded_init(task.make_model, SGD, make_mesh(MESH))
+    params = jax.tree.map(np.asarray, task.init_params(make_mesh(MESH), DEFAULT_RULES))
+    params["embed"]["embedding"] = params["embed"]["embedding"][:10]
     with pytest.raises(ValueError, match=r"embed/embedding has shape \(10, 64\)"):
         _pretrained_state(init, SGD, params)
 
