@@ -119,7 +119,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
                f"{config.val_every}", prefix=PREFIX):
         sel = selection.learn_selection(
             model, problems, steps=config.steps, lr=config.lr, val_every=config.val_every,
-            keep_best=config.keep_best, workdir=rd.root, metrics=rd.metrics)
+            keep_best=config.keep_best, group_by_length=config.group_by_length,
+            workdir=rd.root, metrics=rd.metrics)
     alpha = {(t.name, s): sel.alpha[i * len(seeds) + j] for i, t in enumerate(tasks)
              for j, s in enumerate(seeds)}
     np.savez_compressed(rd.root / "alphas.npz", **{

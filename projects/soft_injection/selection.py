@@ -9,7 +9,10 @@ takes the cross-entropy of the answer's first token. Adam (lr 0.2), logits initi
 population, only a constant of the loss).
 
 Problems are grouped by the padded length of their training prompts (one group per
-power-of-two length). Every ``val_every`` steps the loop's ``eval_fn`` computes each problem's
+power-of-two length; ``group_by_length=False`` pads all to the longest: one group, one copy of the
+model's program in the compiled step, so less compile time for a little more compute).
+
+Every ``val_every`` steps the loop's ``eval_fn`` computes each problem's
 mean validation loss on its zero-shot validation prompts; ``keep_best=True`` returns the
 logits of the best validation (what the official code means to do), ``False`` the final ones
 (what it does: its best loss is never updated, spec §2.6).
@@ -99,6 +102,7 @@ def _val_losses(llm, logit, v, ids, last, tgt, weight):
 
 def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: float = 0.2,
                     val_every: int = 50, keep_best: bool = True, steps_per_call: int = 1,
+                    group_by_length: bool = True,
                     workdir: str | pathlib.Path, metrics=None,
                     progress: bool = True) -> Selection:
     """Learn every problem's head selection together (module docstring)."""
@@ -118,6 +122,8 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
 
     # ---- groups: problems whose training prompts pad to the same length -------------------
     lengths = [bucket(max(len(t) for t in p.train.tokens)) for p in problems]
+    if not group_by_length:  # one group: one copy of the model's program in the step
+        lengths = [max(lengths)] * len(lengths)
     by_len: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_len.setdefault(n, []).append(i)
