@@ -83,7 +83,8 @@ def accuracy_bars(summary: dict, stem) -> tuple[pathlib.Path, list[str]]:
     ax.set_xlabel("setting")
     ax.set_ylim(0, 1.18)
     ax.legend(loc="upper left", fontsize=8, ncol=2, frameon=False)
-    ax.set_title(f"{summary['model']}: {len(tasks)} tasks, {len(summary['seeds'])} seed(s)",
+    n_seeds = len(summary["seeds"])
+    ax.set_title(f"{summary['model']}: {len(tasks)} tasks, {n_seeds} seed{'s' * (n_seeds > 1)}",
                  fontsize=10)
     return _save_fig(fig, stem)
 
@@ -124,8 +125,12 @@ def similarity(sim: np.ndarray, names: list[str], stem, *, transfer: np.ndarray 
 def training_curves(sel, names: list[str], stem) -> tuple[pathlib.Path, list[str]]:
     """Training loss (per logging window) and validation loss of every (task, seed)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.0), layout="constrained")
-    for ax, steps, vals, title in ((axes[0], sel.log_steps, sel.train_loss, "training loss"),
-                                   (axes[1], sel.val_steps, sel.val_loss, "validation loss")):
+    vsteps, vloss = list(sel.val_steps), np.asarray(sel.val_loss)
+    if sel.initial_val_loss is not None:
+        vsteps, vloss = [0] + vsteps, np.concatenate([sel.initial_val_loss[None], vloss])
+    for ax, steps, vals, title in ((axes[0], sel.log_steps, sel.train_loss,
+                                    "training loss (mean over each logging window)"),
+                                   (axes[1], vsteps, vloss, "validation loss")):
         vals = np.asarray(vals)
         if len(steps) and vals.size:
             ax.plot(steps, vals, color="tab:blue", alpha=0.35, lw=1)

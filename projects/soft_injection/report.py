@@ -161,10 +161,11 @@ def render(summary: dict, config) -> str:
         "",
         "## Gaps and why",
         "",
-        "- **Model size.** 135M parameters against 4B-70B: ICL itself is weak here (0-shot is "
-        "near zero on most tasks because the bare query prompt rarely elicits the answer format),"
-        " so the 10-shot baseline is far below the paper's and the absolute accuracies are not "
-        "comparable; the comparison that transfers is SI against ICL on the same model.",
+        f"- **Model size.** 135M parameters against 4B-70B: here 0-shot reaches "
+        f"{m['zero_shot']:.2f} and {label(icl)} {m[icl]:.2f} on average (the bare query prompt "
+        "rarely elicits the answer format of a small model), so absolute accuracies are not "
+        "comparable to the paper's; the comparison that transfers is soft injection against "
+        "ICL on the same model and tasks.",
         "- **Metric.** First-token accuracy (the official code's default) rather than the "
         "paper's exact match; exact match by greedy decoding is not implemented here.",
         f"- **Scale.** {n_tasks} tasks (paper 57; `squad_val` is not shipped), up to "

@@ -227,8 +227,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
         "alpha_mean_over_tasks": np.round(np.mean(np.stack(list(alpha.values())), 0), 4).tolist(),
         "alpha_near_binary": float(np.mean([per_task[t.name]["alpha_near_0"]
                                             + per_task[t.name]["alpha_near_1"] for t in tasks])),
-        "val_loss": {"steps": sel.val_steps,
-                     "mean": np.round(sel.val_loss.mean(1), 4).tolist()},
+        "val_loss": {"steps": [0] + sel.val_steps,
+                     "mean": np.round([sel.initial_val_loss.mean(), *sel.val_loss.mean(1)],
+                                      4).tolist()},
         "keep_best": bool(config.keep_best),
         "final_equals_kept": float(np.mean(np.all(np.isclose(sel.alpha, sel.alpha_final),
                                                   axis=(1, 2)))),

@@ -59,7 +59,8 @@ class Selection:
     Attributes:
       alpha: ``[M, L, H]`` the kept weights (best validation or final, see ``keep_best``).
       alpha_final: ``[M, L, H]`` the weights after the last step.
-      val_steps: the steps validated; val_loss ``[n_val, M]``; best_step ``[M]``.
+      val_steps: the steps validated; val_loss ``[n_val, M]``; best_step ``[M]``;
+        initial_val_loss ``[M]`` before the first step (a = 0.5; not a candidate for the best).
       train_loss: ``[n_log, M]`` mean training loss per logging window; log_steps.
       seconds_per_step: the loop's mean wall time per step after compilation (validation
         included).
@@ -75,6 +76,7 @@ class Selection:
     seconds_per_step: float | None
     keep_best: bool
     median_step_s: float | None = None
+    initial_val_loss: np.ndarray | None = None
 
 
 def _table(prompts: Prompts, length: int, rows: int):
@@ -200,7 +202,10 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
         best["step"][better] = step
         return {"val_loss_mean": float(losses.mean())}
 
-    tc = TrainConfig(steps=steps, log_every=val_every, checkpoint_every=0, eval_every=val_every,
+    # the loss before training (a = 0.5 everywhere), for the curves only: not a candidate
+    init_loss = np.asarray(val_fn(jnp.zeros((M, L, H), jnp.float32)))
+    log_every = 10 if val_every % 10 == 0 and steps_per_call in (1, 2, 5, 10) else val_every
+    tc = TrainConfig(steps=steps, log_every=log_every, checkpoint_every=0, eval_every=val_every,
                      steps_per_call=steps_per_call, progress=progress)
     res = train_loop(TrainTask.for_population(Population(tuple(groups)), device_data),
                      optax.adam(lr), None, tc, make_mesh(), workdir, eval_fn=eval_fn,
@@ -214,6 +219,7 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
         alpha=np.asarray(jax.nn.sigmoid(kept))[inv], alpha_final=np.asarray(
             jax.nn.sigmoid(final))[inv],
         val_steps=[s for s, _ in history], val_loss=np.stack([x for _, x in history])[:, inv],
+        initial_val_loss=init_loss[inv],
         best_step=best["step"][inv], train_loss=logs[1], log_steps=logs[0],
         seconds_per_step=res.summary.get("mean_step_s"), keep_best=keep_best,
         median_step_s=res.summary.get("median_step_s"))

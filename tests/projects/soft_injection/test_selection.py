@@ -49,6 +49,7 @@ def test_learning_lowers_the_loss_and_keeps_the_best(setup, tmp_path):
     assert sel.alpha.shape == (2, L, H) and sel.val_steps == [10, 20, 30]
     start = _explicit_loss(model, p, np.full((L, H), 0.5), v)  # a = 0.5 at step 0
     assert sel.val_loss[-1].max() < start - 0.05
+    np.testing.assert_allclose(sel.initial_val_loss, [start, start], rtol=1e-4)
     # the recorded validation loss of the final weights is the explicit loss
     for m in range(2):
         np.testing.assert_allclose(sel.val_loss[-1, m],
@@ -101,3 +102,18 @@ def test_top_k_baseline_and_kv_bytes(setup):
     assert set(np.flatnonzero(a.ravel())) == set(np.argsort(-d)[:3])
     # 2 (k and v) x layers x kv heads x d_head x 4 bytes per token
     assert evaluate.kv_cache_bytes(model.config, 10) == 2 * L * 2 * D * 4 * 10
+
+
+def test_keep_best_returns_the_best_validation_not_the_last(setup, tmp_path):
+    """Validation on other answers than training: its loss rises as training proceeds, so the
+    best validation comes before the last step and ``keep_best`` must return it."""
+    model, _, p, v = setup
+    other = episodes.Prompts(p.tokens, np.full_like(p.target, ord("z")), p.shots)
+    sel = selection.learn_selection(model, [selection.Problem("t/seed0", v, p, other, 0)],
+                                    steps=30, val_every=10, keep_best=True,
+                                    workdir=tmp_path / "d", progress=False)
+    assert sel.best_step[0] < 30 and sel.val_loss[-1, 0] > sel.val_loss.min()
+    assert not np.allclose(sel.alpha, sel.alpha_final)
+    best = int(np.argmin(sel.val_loss[:, 0]))
+    np.testing.assert_allclose(_explicit_loss(model, other, sel.alpha[0], v),
+                               sel.val_loss[best, 0], rtol=1e-4)
