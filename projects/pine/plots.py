@@ -29,10 +29,10 @@ LABEL = {"vanilla": "vanilla", "nia": "NIA", "pcw": "PCW", "pine": "PINE",
          "pine_no_reassign": "PINE w/o re-assignment", "pine_reverse": "PINE reversed"}
 
 
-def retrieval_figure(retrieval: dict, out_dir: pathlib.Path) -> list[str]:
+def retrieval_figure(retrieval: dict, out_dir: pathlib.Path, model: str = "SmolLM2") -> list[str]:
     """Accuracy (%) against the gold document's position, a panel per k, shared y axis."""
     ks = list(retrieval)
-    fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 4.0), sharey=True,
+    fig, axes = plt.subplots(1, len(ks), figsize=(max(4.2 * len(ks), 9.0), 4.0), sharey=True,
                              squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], ks, strict=True):
         for method, accs in retrieval[key].items():
@@ -48,11 +48,11 @@ def retrieval_figure(retrieval: dict, out_dir: pathlib.Path) -> list[str]:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=(len(labels) + 1) // 2,
                frameon=False)
-    fig.suptitle("Synthetic lost-in-the-middle on SmolLM2-135M-Instruct")
+    fig.suptitle(f"Synthetic lost-in-the-middle, {pathlib.Path(model).name}")
     return save(fig, out_dir, "retrieval_by_position")
 
 
-def timing_figure(timing: dict, out_dir: pathlib.Path) -> list[str]:
+def timing_figure(timing: dict, out_dir: pathlib.Path, model: str = "SmolLM2") -> list[str]:
     """Seconds per forward of one prompt against k, per method (the plain forward too)."""
     keys = sorted(timing, key=lambda s: int(s[1:]))
     ks = [int(s[1:]) for s in keys]
@@ -67,6 +67,7 @@ def timing_figure(timing: dict, out_dir: pathlib.Path) -> list[str]:
     ax.set_xticks(ks)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.set_title(f"One prompt of ~{timing[keys[0]]['tokens']} tokens, SmolLM2, CPU")
+    ax.set_title(f"One prompt of ~{timing[keys[0]]['tokens']} tokens, "
+                 f"{pathlib.Path(model).name}, CPU")
     fig.legend(loc="outside right upper", frameon=False)
     return save(fig, out_dir, "timing")

@@ -77,8 +77,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
                               config.timing.rounds, methods)
     lap("timing")
     with stage("figures", prefix=PREFIX):
-        problems = plots.retrieval_figure(retrieval, rd.figures)
-        problems += plots.timing_figure(timing, rd.figures)
+        name = config.model if loaded is None else "test model"
+        problems = plots.retrieval_figure(retrieval, rd.figures, name)
+        problems += plots.timing_figure(timing, rd.figures, name)
     lap("figures")
     figures = sorted(p.name for p in rd.figures.glob("*.png"))
     summary = {
