@@ -83,6 +83,12 @@ def cmd_run(args) -> int:
     run_mod = project_module(args.project, "run")
     config = load_config(args.config, f"projects.{args.project}.configs.default",
                          quick=args.quick, overrides=args.set or ())
+    # a project's configs.default.validate(config) refuses a bad config before the run
+    # directory exists, so nothing is left behind
+    validate = getattr(importlib.import_module(f"projects.{args.project}.configs.default"),
+                       "validate", None)
+    if validate is not None:
+        validate(config)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = pathlib.Path(args.workdir or f"runs/{args.project}/{stamp}")
     rd = RunDir(workdir)

@@ -156,3 +156,14 @@ def test_run_ends_with_a_short_human_summary(tmp_path):
     plain = cli.closing_summary("demo", object(), {"mse": 0.25, "n": 3, "ok": True, "deep": {}},
                                 tmp_path, 5.0)
     assert plain.splitlines()[1:3] == ["  mse = 0.25", "  n = 3"]
+
+
+def test_a_project_validate_refuses_before_the_run_directory_exists(capsys, tmp_path):
+    # projects/pine/configs/default.py defines validate(config): it runs before anything is
+    # written, so a bad config leaves no half-made run directory
+    workdir = tmp_path / "run"
+    assert cli.main(["run", "pine", "--quick", "--workdir", str(workdir),
+                     "--set", "methods=('vanilla',)"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("headlab: error: config.methods must include") and err.count("\n") == 1
+    assert not workdir.exists()
