@@ -18,8 +18,8 @@ import numpy as np
 
 from common.progress import Laps, bar, stage
 from common.rundir import RunDir
-from projects.soft_injection import data, episodes, evaluate, plots, report, selection
-from projects.soft_injection.configs.default import validate
+from projects.soft_injection import episodes, evaluate, plots, report, selection
+from projects.soft_injection.configs.default import load_tasks, validate
 from projects.soft_injection.paper import PAPER
 
 PREFIX = "soft_injection"
@@ -68,14 +68,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
 
     ``loaded``: an already loaded ``(model, tokenizer)`` used instead of ``config.model``.
     """
-    validate(config)
+    validate(config, check_tasks=False)
     lap = Laps()
-    # ---- tasks: read and checked before anything is written --------------------------------
-    names = list(config.tasks) or list(data.available_tasks())
-    if not names:
-        raise data.TaskDataError(f"{data.task_root()}: no task files (set HEADLAB_DATA)")
-    need = max(config.n_shots, *config.shots) + 1
-    tasks = [data.load_task(n, split_seed=config.split_seed, min_train=need) for n in names]
+    tasks = load_tasks(config)  # read and checked before anything is written
     rd = RunDir(workdir)
     from common.models import load_pretrained
 

@@ -61,8 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return c
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Raise :class:`ConfigError` naming the first impossible field."""
+def validate(c: ml_collections.ConfigDict, check_tasks: bool = True) -> None:
+    """Raise :class:`ConfigError` naming the first impossible field, and (``check_tasks``)
+    :class:`~projects.soft_injection.data.TaskDataError` naming a bad task file: ``headlab run``
+    validates before it makes the run directory."""
     if not c.seeds:
         raise ConfigError("config.seeds must name at least one seed")
     if c.n_prompts < 1 or c.n_shots < 1:
@@ -80,3 +82,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.max_prompt_tokens must be >= 16")
     if c.baseline_top_k < 1:
         raise ConfigError("config.baseline_top_k must be >= 1")
+    if check_tasks:  # a missing or malformed task file: TaskDataError before anything is written
+        load_tasks(c)
+
+
+def load_tasks(c: ml_collections.ConfigDict) -> list:
+    """Read, check and split the config's tasks (every shipped one when ``tasks`` is empty)."""
+    from projects.soft_injection import data
+
+    names = list(c.tasks) or list(data.available_tasks())
+    if not names:
+        raise data.TaskDataError(f"{data.task_root()}: no task files (set HEADLAB_DATA to the "
+                                 "shared data folder)")
+    need = max(c.n_shots, *c.shots) + 1
+    return [data.load_task(n, split_seed=c.split_seed, min_train=need) for n in names]

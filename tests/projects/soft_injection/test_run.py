@@ -63,3 +63,17 @@ def test_bad_task_file_stops_before_anything_is_written(tmp_path, monkeypatch):
     with pytest.raises(data.TaskDataError, match="no such task file"):
         run.run(_config(["absent"]), out, loaded=(None, None))
     assert not out.exists()
+
+
+def test_cli_bad_task_file_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from common.cli import main
+
+    monkeypatch.setenv("HEADLAB_DATA", str(tmp_path / "data"))
+    write_task(tmp_path / "data", "empty_split", [{"input": "a", "output": "b"}] * 3)
+    out = tmp_path / "run"
+    rc = main(["run", "soft_injection", "--quick", "--workdir", str(out),
+               "--set", "tasks=('empty_split',)"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists()
+    assert err[-1].startswith("headlab: error:") and "empty_split.json" in err[-1]
+    assert "empty split" in err[-1]
