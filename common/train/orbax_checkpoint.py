@@ -30,10 +30,11 @@ import warnings
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from common.rundir import atomic_write_text
-from common.train.checksum import host_checksums, json_crc
+from common.train.checksum import host_checksums, json_crc, tree_checksums
 from common.train.step import leaf_names
 
 MANIFEST = "headlab_manifest.json"
@@ -58,7 +59,7 @@ class Checkpointer:
         self.manager = self._open(keep, async_save)
         self._keep, self._async = keep, async_save
         self._unsealed: list[int] = []
-        self._sums: dict[int, dict] = {}  # step -> checksums, written into its manifest
+        self._sums: dict[int, tuple] = {}  # step -> (names, checksums on device, data CRC)
 
     def _open(self, keep: int, async_save: bool) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(
@@ -71,12 +72,11 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: dict) -> None:
         """Start saving ``state`` and ``data_state`` (JSON-able) as ``step``.
 
-        The arrays' checksums are computed first (on device, then a few bytes to the host), so
-        they describe exactly what is being written.
+        The arrays' checksums are dispatched first, on device, on exactly the arrays being
+        written; their few bytes are fetched when the save is sealed, so the loop does not
+        wait for them.
         """
-        self._sums[step] = {"arrays": dict(zip(leaf_names(state), host_checksums(state),
-                                               strict=True)),
-                            "data_crc32": json_crc(data_state)}
+        self._sums[step] = (leaf_names(state), tree_checksums(state), json_crc(data_state))
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
         # orbax waits for the previous async save before starting this one: seal finished ones.
@@ -96,9 +96,12 @@ class Checkpointer:
     def _seal(self, done: list[int]) -> None:
         for step in done:
             self._unsealed.remove(step)
-            sums = self._sums.pop(step, {})
+            names, device_sums, data_crc = self._sums.pop(step)
+            with jax.transfer_guard("allow"):
+                sums = np.asarray(jax.device_get(device_sums)).astype(np.int64).tolist()
             if jax.process_index() == 0 and (self.directory / str(step)).is_dir():
-                write_manifest(self.directory / str(step), sums)
+                write_manifest(self.directory / str(step), {
+                    "arrays": dict(zip(names, sums, strict=True)), "data_crc32": data_crc})
 
     # -- restoring ----------------------------------------------------------------------------
 
