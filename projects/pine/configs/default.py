@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ConfigError(f"pine get_config: unknown argument {arg!r} (use 'quick')")
     c = ml_collections.ConfigDict()
     c.model = "smollm2-135m-instruct"  # a known name, a .gguf file or a Hugging Face folder
+    c.mesh = ""  # "" = one device; "fsdp=4,tensor=4" loads the model sharded over a mesh
     c.methods = tuple(METHODS)
     c.seed = 0
     c.judge = ml_collections.ConfigDict()
@@ -48,6 +49,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise :class:`ConfigError` naming the first impossible field."""
+    from common.sharding.mesh import MeshError, parse_mesh
+
+    if c.mesh:
+        try:
+            parse_mesh(c.mesh)
+        except (MeshError, ValueError) as e:
+            raise ConfigError(f"config.mesh: {e}") from None
     bad = [m for m in c.methods if m not in METHODS]
     if bad or not c.methods:
         raise ConfigError(f"config.methods: unknown {bad} (known: {', '.join(METHODS)})")
