@@ -22,7 +22,7 @@ import ml_collections
 
 from common.attention.act import CRITERIA
 from common.configs import ConfigError
-from projects.act_calibration.data import DATASETS
+from projects.act_calibration.data import DATASETS, split
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -81,7 +81,9 @@ def layer_range(c: ml_collections.ConfigDict, n_layers: int) -> tuple[int, ...]:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raise :class:`ConfigError` naming the first impossible field."""
+    """Raise :class:`ConfigError` naming the first impossible field, or the data's
+    :class:`~projects.act_calibration.data.ACTDataError` / ``FileNotFoundError`` for a bad or
+    missing dataset file (``headlab run`` calls this before making the run directory)."""
     unknown = [d for d in c.datasets if d not in DATASETS]
     if unknown or not c.datasets:
         raise ConfigError(f"config.datasets: unknown dataset(s) {unknown}; shipped: "
@@ -100,3 +102,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.seeds must name at least one seed")
     if c.search.layer_stride < 1:
         raise ConfigError("config.search.layer_stride must be >= 1")
+    for name in c.datasets:  # every record checked now: a bad file leaves no run directory
+        split(name, n_demo_pool=c.n_demo_pool, n_calib=c.n_calib, n_test=c.n_test,
+              seed=c.split_seed)

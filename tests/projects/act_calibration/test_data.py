@@ -115,3 +115,18 @@ def test_config_errors():
             layer_range(bad, 30)
     with pytest.raises(ConfigError, match="unknown argument"):
         get_config("huge")
+
+
+def test_headlab_run_with_a_bad_file_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from common.cli import main
+
+    monkeypatch.setenv("HEADLAB_DATA", str(tmp_path))
+    d = _copy(tmp_path, "sst2")
+    text = (d / "stsa.binary.dev.txt").read_text().splitlines()
+    (d / "stsa.binary.dev.txt").write_text("\n".join(text[:2] + ["9 a sentence"] + text[3:]))
+    work = tmp_path / "run"
+    rc = main(["run", "act_calibration", "--quick", "--set", 'datasets=("sst2",)',
+               "--workdir", str(work)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not work.exists()
+    assert err[-1].startswith("headlab: error: ") and "stsa.binary.dev.txt:3: unknown class '9'" in err[-1]
