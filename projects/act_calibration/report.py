@@ -117,7 +117,12 @@ def render(s: dict, config) -> str:
         f"{se['worst_gain'] and round(100 * se['worst_gain'], 1)}. The search took "
         f"{se['seconds']:.0f} s with layer-prefix caching (the layers below a head's layer run "
         "once per batch; `tools/bench_act.py` times it against the uncached search). The head "
-        "list is saved as `heads.json`.",
+        "list is saved as `heads.json`."
+        + (" **No head was kept**: no single calibrated head turned a wrong calibration "
+           "prediction right without losing another, so *ACT searched* and *ACT random* (as "
+           "many random heads: none) are the vanilla model here; with a calibration set this "
+           "small an accuracy step is one prompt, and a finer criterion (the gold label's "
+           "log-probability) would be the next thing to try." if not s["heads"] else ""),
         "",
         "![head search](figures/head_search.png)",
         "",
