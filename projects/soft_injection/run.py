@@ -75,7 +75,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
     from common.models import load_pretrained
 
     with stage("load", f"model {config.model}", prefix=PREFIX, enabled=loaded is None):
-        model, tok = loaded if loaded is not None else load_pretrained(config.model)
+        model, tok = (loaded if loaded is not None
+                      else load_pretrained(config.model, mesh=config.mesh or None))
     cfg = model.config
     L, H = cfg.n_layers, cfg.n_heads
     lap("load")
@@ -115,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
         sel = selection.learn_selection(
             model, problems, steps=config.steps, lr=config.lr, val_every=config.val_every,
             keep_best=config.keep_best, group_by_length=config.group_by_length,
-            workdir=rd.root, metrics=rd.metrics)
+            workdir=rd.root, metrics=rd.metrics, mesh=config.mesh or None)
     alpha = {(t.name, s): sel.alpha[i * len(seeds) + j] for i, t in enumerate(tasks)
              for j, s in enumerate(seeds)}
     np.savez_compressed(rd.root / "alphas.npz", **{

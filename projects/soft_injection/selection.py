@@ -106,8 +106,12 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
                     val_every: int = 50, keep_best: bool = True, steps_per_call: int = 1,
                     group_by_length: bool = True,
                     workdir: str | pathlib.Path, metrics=None,
-                    progress: bool = True) -> Selection:
-    """Learn every problem's head selection together (module docstring)."""
+                    progress: bool = True, mesh: str | None = None) -> Selection:
+    """Learn every problem's head selection together (module docstring).
+
+    ``mesh``: the mesh spec of the population's training (the model's own mesh when it is
+    loaded sharded, ``config.mesh``); None is data parallel over every device.
+    """
     from common.sharding import make_mesh
     from common.train import Group, Population, TrainConfig
     from common.train import Task as TrainTask
@@ -208,7 +212,7 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
     tc = TrainConfig(steps=steps, log_every=log_every, checkpoint_every=0, eval_every=val_every,
                      steps_per_call=steps_per_call, progress=progress)
     res = train_loop(TrainTask.for_population(Population(tuple(groups)), device_data),
-                     optax.adam(lr), None, tc, make_mesh(), workdir, eval_fn=eval_fn,
+                     optax.adam(lr), None, tc, make_mesh(mesh), workdir, eval_fn=eval_fn,
                      metrics=metrics)
     final = stacked(res.model())
     inv = np.argsort(order)  # population order -> problem order

@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ConfigError(f"soft_injection get_config: unknown argument {arg!r} (use 'quick')")
     c = ml_collections.ConfigDict()
     c.model = "smollm2-135m-instruct"
+    c.mesh = ""  # "" = one device; "fsdp=4,tensor=4" loads the model sharded over a mesh
     c.tasks = ()  # () = every task file under $HEADLAB_DATA/icl_tasks
     c.split_seed = 32  # the function-vector split seed (70/9/21)
     c.seeds = (0, 1, 2)  # prompt sampling, demonstrations and training order
@@ -65,6 +66,13 @@ def validate(c: ml_collections.ConfigDict, check_tasks: bool = True) -> None:
     """Raise :class:`ConfigError` naming the first impossible field, and (``check_tasks``)
     :class:`~projects.soft_injection.data.TaskDataError` naming a bad task file: ``headlab run``
     validates before it makes the run directory."""
+    from common.sharding.mesh import MeshError, parse_mesh
+
+    if c.mesh:
+        try:
+            parse_mesh(c.mesh)
+        except (MeshError, ValueError) as e:
+            raise ConfigError(f"config.mesh: {e}") from None
     if not c.seeds:
         raise ConfigError("config.seeds must name at least one seed")
     if c.n_prompts < 1 or c.n_shots < 1:
