@@ -76,7 +76,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
     from common.models import load_pretrained
 
     with stage("load", f"model {config.model}", prefix=PREFIX, enabled=loaded is None):
-        model, tok = loaded if loaded is not None else load_pretrained(config.model)
+        model, tok = (loaded if loaded is not None
+                      else load_pretrained(config.model, mesh=config.mesh or None))
     cfg = model.config
     layers = layer_range(config, cfg.n_layers)
     for sp in splits.values():

@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ConfigError(f"act_calibration get_config: unknown argument {arg!r} (use 'quick')")
     c = ml_collections.ConfigDict()
     c.model = "smollm2-135m-instruct"  # a known name, a .gguf file or a Hugging Face folder
+    c.mesh = ""  # "" = one device; "fsdp=4,tensor=4" loads the model sharded over a mesh
     # ---- the calibration (papers/act_calibration.md §3-§4) ----
     c.beta = 0.4
     c.threshold = 0.1  # τ (abs_colmean) or α (alpha_over_n)
@@ -84,6 +85,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     """Raise :class:`ConfigError` naming the first impossible field, or the data's
     :class:`~projects.act_calibration.data.ACTDataError` / ``FileNotFoundError`` for a bad or
     missing dataset file (``headlab run`` calls this before making the run directory)."""
+    from common.sharding.mesh import MeshError, parse_mesh
+
+    if c.mesh:
+        try:
+            parse_mesh(c.mesh)
+        except (MeshError, ValueError) as e:
+            raise ConfigError(f"config.mesh: {e}") from None
     unknown = [d for d in c.datasets if d not in DATASETS]
     if unknown or not c.datasets:
         raise ConfigError(f"config.datasets: unknown dataset(s) {unknown}; shipped: "
