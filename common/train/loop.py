@@ -488,9 +488,14 @@ def _pretrained_state(init: ShardedInit, tx: optax.GradientTransformation,
         if tuple(np.shape(p)) != tuple(a.shape):
             raise ValueError(f"Task.init_params: {name} has shape {tuple(np.shape(p))}, the "
                              f"model needs {tuple(a.shape)}")
+    def place(p, a):
+        # device arrays (a sharded load) are cast where they are; host arrays go straight from
+        # the host to their shards, never whole onto one device first
+        p = p.astype(a.dtype) if isinstance(p, jax.Array) else np.asarray(p, a.dtype)
+        return jax.device_put(p, a.sharding)
+
     with jax.transfer_guard("allow"):
-        params = jax.tree.map(lambda p, a: jax.device_put(jnp.asarray(p, a.dtype), a.sharding),
-                              params, want)
+        params = jax.tree.map(place, params, want)
         opt_state = jax.jit(tx.init, out_shardings=init.shardings.opt_state)(params)
         step = jax.device_put(jnp.zeros((), jnp.int32), init.shardings.step)
     return TrainState(step=step, params=params, opt_state=opt_state)
