@@ -58,21 +58,7 @@ class RoPE:
             pos = jnp.swapaxes(positions, 1, 2)  # [b, s, h]
         else:
             raise ValueError(f"positions must be [batch, seq] or [batch, heads, seq], got {positions.shape}")
-        angles = pos.astype(jnp.float32)[..., None] * self.inv_freq()  # [b, s, h|1, dim/2]
-        cos = jnp.cos(angles)
-        sin = jnp.sin(angles)
-        cos = jnp.concatenate([cos, cos], axis=-1)
-        sin = jnp.concatenate([sin, sin], axis=-1)
-        dim = self.dim
-        rot, keep = x[..., :dim], x[..., dim:]
-        xf = rot.astype(jnp.float32)
-        half = dim // 2
-        rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-        out = (xf * cos + rotated * sin).astype(x.dtype)
-        if keep.shape[-1]:
-            out = jnp.concatenate([out, keep], axis=-1)
-        return out
-
+        return self.rotate_at(x, pos)  # pos [b, s, h|1] against x [b, s, h, head_dim]
 
     def rotate_at(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """Rotate each vector of ``x [..., head_dim]`` by its own position.

@@ -62,38 +62,17 @@ class LazyTensor:
 
 def _safetensors_handles(path: pathlib.Path, names: set[str] | None = None
                          ) -> dict[str, LazyTensor]:
-    from common.weights.safetensors_file import _DTYPES, read_header
+    from common.weights.safetensors_file import tensor_entries
 
-    header, start = read_header(path)
-    size = path.stat().st_size
     out: dict[str, LazyTensor] = {}
-    for name, info in header.items():
-        if names is not None and name not in names:
-            continue
-        try:
-            stored = _DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise WeightsError(f"{path}: corrupt header entry for tensor {name!r}: {info!r} "
-                               f"({type(e).__name__}: {e})") from None
-        nbytes = int(np.prod(shape, dtype=np.int64)) * stored.itemsize
-        if end - begin != nbytes or begin < 0:
-            raise WeightsError(
-                f"{path}: corrupt header: tensor {name!r} {info['dtype']}{list(shape)} needs "
-                f"{nbytes} bytes but data_offsets {[begin, end]} span {end - begin}")
-        if start + end > size:
-            raise WeightsError(
-                f"{path}: truncated safetensors file: tensor {name!r} ends at byte {start + end} "
-                f"but the file has {size} bytes")
-
-        def reader(path=path, offset=start + begin, stored=stored, shape=shape):
+    for e in tensor_entries(path, names):
+        def reader(path=path, offset=e.offset, stored=e.dtype, shape=e.shape):
             if not shape or 0 in shape:
                 return np.zeros(shape, stored)
             # A map of this tensor alone, released with the last view of it.
             return np.memmap(path, dtype=stored, mode="r", offset=offset, shape=shape)
 
-        out[name] = LazyTensor(shape, stored, reader, name)
+        out[e.name] = LazyTensor(e.shape, e.dtype, reader, e.name)
     return out
 
 

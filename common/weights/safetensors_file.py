@@ -9,6 +9,7 @@ because each fault then gets a message naming the file, the tensor and what is w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -52,25 +53,32 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def read_safetensors(path: str | os.PathLike, dtype: np.dtype | None = np.float32,
-                     names: set[str] | None = None) -> dict[str, np.ndarray]:
-    """The tensors of one ``.safetensors`` file as numpy arrays (copies, file closed after).
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a safetensors file: where its bytes are, checked against the file.
 
-    Args:
-      path: the file.
-      dtype: cast floating-point tensors to this dtype (``None`` keeps the stored dtype);
-        integer and bool tensors are kept as stored.
-      names: read only these tensors (all if ``None``).
+    ``dtype`` is the numpy dtype of the stored elements, ``stored`` the file's name for it
+    (``"BF16"``), ``offset`` the absolute byte offset of its data and ``nbytes`` its length.
+    """
+
+    name: str
+    dtype: np.dtype
+    stored: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def tensor_entries(path: pathlib.Path, names: set[str] | None = None) -> list[TensorEntry]:
+    """The tensors of one ``.safetensors`` file from its header (no data read), each checked:
+    known dtype, offsets that span exactly the shape's bytes, data inside the file.
 
     Raises:
-      WeightsError: truncated or corrupt file, unknown dtype, offsets that do not fit the
-        shape, naming the file and the tensor.
+      WeightsError: naming the file and the tensor.
     """
-    path = pathlib.Path(path)
     header, start = read_header(path)
     size = path.stat().st_size
-    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
-    out: dict[str, np.ndarray] = {}
+    out = []
     for name, info in header.items():
         if names is not None and name not in names:
             continue
@@ -92,9 +100,34 @@ def read_safetensors(path: str | os.PathLike, dtype: np.dtype | None = np.float3
                 f"{path}: truncated safetensors file: tensor {name!r} ends at byte {start + end} "
                 f"but the file has {size} bytes"
             )
-        array = mm[start + begin:start + end].view(stored).reshape(shape)
-        is_float = info["dtype"] in ("F64", "F32", "F16", "BF16")
+        out.append(TensorEntry(name, stored, info["dtype"], shape, start + begin, nbytes))
+    return out
+
+
+def read_safetensors(path: str | os.PathLike, dtype: np.dtype | None = np.float32,
+                     names: set[str] | None = None) -> dict[str, np.ndarray]:
+    """The tensors of one ``.safetensors`` file as numpy arrays (copies, file closed after).
+
+    Args:
+      path: the file.
+      dtype: cast floating-point tensors to this dtype (``None`` keeps the stored dtype);
+        integer and bool tensors are kept as stored.
+      names: read only these tensors (all if ``None``).
+
+    Raises:
+      WeightsError: truncated or corrupt file, unknown dtype, offsets that do not fit the
+        shape, naming the file and the tensor.
+    """
+    path = pathlib.Path(path)
+    entries = tensor_entries(path, names)
+    size = path.stat().st_size
+    start = min((e.offset for e in entries), default=size)
+    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
+    out: dict[str, np.ndarray] = {}
+    for e in entries:
+        array = mm[e.offset:e.offset + e.nbytes].view(e.dtype).reshape(e.shape)
+        is_float = e.stored in ("F64", "F32", "F16", "BF16")
         array = array.astype(dtype) if is_float and dtype is not None else np.array(array)
-        out[name] = array
+        out[e.name] = array
     del mm
     return out

@@ -2,25 +2,18 @@
 of a tiny GQA Llama checkpoint and the probes (forward, captures, an intervention, a patching
 sweep, attribution patching) under a mesh, each equal to the single-device result."""
 
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
+from tests.eight_devices import ROOT, run_on_eight_devices
 
 
 def _cases(select: str) -> None:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", select,
-         str(pathlib.Path(__file__).with_name("_sharded_cases.py"))],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and " skipped" not in proc.stdout, proc.stdout[-2000:]
+    run_on_eight_devices(pathlib.Path(__file__).with_name("_sharded_cases.py"), "-k", select,
+                         timeout=600)
 
 
 @pytest.mark.multidevice

@@ -4,22 +4,13 @@ A subprocess keeps the rest of the suite on one device (the device count is fixe
 initialises).
 """
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
+from tests.eight_devices import run_on_eight_devices
 
 
 @pytest.mark.multidevice
 def test_eight_device_cases():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         str(pathlib.Path(__file__).with_name("_multidevice_cases.py"))],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    run_on_eight_devices(pathlib.Path(__file__).with_name("_multidevice_cases.py"), timeout=600)
