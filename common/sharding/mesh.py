@@ -84,6 +84,17 @@ class MeshConfig:
         return tuple(ici), dcn
 
 
+def check_mesh_field(spec: str | None, field: str = "config.mesh") -> None:
+    """Raise :class:`~common.configs.ConfigError` ``"<field>: <what is wrong>"`` unless ``spec``
+    parses (a project config's mesh, checked before its run directory exists)."""
+    from common.configs import ConfigError
+
+    try:
+        parse_mesh(spec)
+    except ValueError as e:
+        raise ConfigError(f"{field}: {e}") from None
+
+
 def parse_mesh(spec: str | None) -> MeshConfig:
     """Parse ``"data=2,tensor=4"`` (ICI) or ``"data=2,tensor=4;dcn:data=2"`` into a config.
 

@@ -85,13 +85,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     """Raise :class:`ConfigError` naming the first impossible field, or the data's
     :class:`~projects.act_calibration.data.ACTDataError` / ``FileNotFoundError`` for a bad or
     missing dataset file (``headlab run`` calls this before making the run directory)."""
-    from common.sharding.mesh import MeshError, parse_mesh
+    from common.sharding.mesh import check_mesh_field
 
-    if c.mesh:
-        try:
-            parse_mesh(c.mesh)
-        except (MeshError, ValueError) as e:
-            raise ConfigError(f"config.mesh: {e}") from None
+    check_mesh_field(c.mesh)
     unknown = [d for d in c.datasets if d not in DATASETS]
     if unknown or not c.datasets:
         raise ConfigError(f"config.datasets: unknown dataset(s) {unknown}; shipped: "

@@ -49,13 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise :class:`ConfigError` naming the first impossible field."""
-    from common.sharding.mesh import MeshError, parse_mesh
+    from common.sharding.mesh import check_mesh_field
 
-    if c.mesh:
-        try:
-            parse_mesh(c.mesh)
-        except (MeshError, ValueError) as e:
-            raise ConfigError(f"config.mesh: {e}") from None
+    check_mesh_field(c.mesh)
     bad = [m for m in c.methods if m not in METHODS]
     if bad or not c.methods:
         raise ConfigError(f"config.methods: unknown {bad} (known: {', '.join(METHODS)})")

@@ -66,13 +66,9 @@ def validate(c: ml_collections.ConfigDict, check_tasks: bool = True) -> None:
     """Raise :class:`ConfigError` naming the first impossible field, and (``check_tasks``)
     :class:`~projects.soft_injection.data.TaskDataError` naming a bad task file: ``headlab run``
     validates before it makes the run directory."""
-    from common.sharding.mesh import MeshError, parse_mesh
+    from common.sharding.mesh import check_mesh_field
 
-    if c.mesh:
-        try:
-            parse_mesh(c.mesh)
-        except (MeshError, ValueError) as e:
-            raise ConfigError(f"config.mesh: {e}") from None
+    check_mesh_field(c.mesh)
     if not c.seeds:
         raise ConfigError("config.seeds must name at least one seed")
     if c.n_prompts < 1 or c.n_shots < 1:

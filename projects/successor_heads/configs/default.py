@@ -89,12 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise :class:`ConfigError` naming the first impossible field."""
-    from common.sharding.mesh import MeshError, parse_mesh
+    from common.sharding.mesh import check_mesh_field
 
-    try:
-        parse_mesh(c.mesh)
-    except MeshError as e:
-        raise ConfigError(f"config.mesh: {e}") from None
+    check_mesh_field(c.mesh)
     unknown = [n for n in (*c.classes, *c.bare, *c.held_out) if n not in CLASSES]
     if unknown:
         raise ConfigError(f"config.classes/bare/held_out: unknown class(es) {unknown}; known: "

@@ -104,3 +104,15 @@ def test_param_and_optimizer_specs_from_metadata():
     ospecs = opt_state_specs(opt, specs)
     adam = ospecs[1][0]
     assert adam.mu == specs and adam.nu == specs and adam.count == P()
+
+
+def test_check_mesh_field_names_the_field():
+    from common.configs import ConfigError
+    from common.sharding.mesh import check_mesh_field
+
+    check_mesh_field("")
+    check_mesh_field("fsdp=4,tensor=2")
+    with pytest.raises(ConfigError, match=r"^config\.mesh: mesh spec 'fsdp=x'"):
+        check_mesh_field("fsdp=x")
+    with pytest.raises(ConfigError, match=r"^model\.mesh: "):
+        check_mesh_field("nosuchaxis=2", field="model.mesh")
