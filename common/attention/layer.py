@@ -175,19 +175,9 @@ class MultiHeadAttention(nnx.Module):
         q = hooks.site("rot_q", layer, q)
         k = hooks.site("rot_k", layer, k)
         if cache is not None:
-            idx = jnp.asarray(cache_index, jnp.int32)
-            ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, idx, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, idx, 0, 0))
-            cache = LayerKV(ck, cv)
-            k, v = ck.astype(self.dtype), cv.astype(self.dtype)
-        want_pattern = hooks.wants("pattern", layer)
-        transform = None if edit is None else edit.prob_transform
-        if want_pattern:
-            inner = transform
-
-            def transform(p):
-                p = p if inner is None else inner(p)
-                return hooks.site("pattern", layer, p)
+            cache, k, v = self._write_cache(cache, cache_index, k, v)
+        transform = self._pattern_site(None if edit is None else edit.prob_transform, hooks,
+                                       layer)
 
         if hooks.wants("attn_scores", layer):
             out = self._scored_attention(q, k, v, mask, transform, hooks, layer)
@@ -217,23 +207,33 @@ class MultiHeadAttention(nnx.Module):
         if edit.mask is not None:
             mask = edit.mask
         if cache is not None:
-            idx = jnp.asarray(cache_index, jnp.int32)
-            ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, idx, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, idx, 0, 0))
-            cache = LayerKV(ck, cv)
-            k, v = ck.astype(self.dtype), cv.astype(self.dtype)
+            cache, k, v = self._write_cache(cache, cache_index, k, v)
         kp = edit.key_positions(q, k)
-        transform = edit.prob_transform
-        if hooks.wants("pattern", layer):
-            inner = transform
-
-            def transform(p):
-                p = p if inner is None else inner(p)
-                return hooks.site("pattern", layer, p)
+        transform = self._pattern_site(edit.prob_transform, hooks, layer)
 
         out = rope_attention(q, k, v, kp, self.rope, mask=mask, scale=self.scale,
                              softcap=self.softcap, prob_transform=transform).out
         return self._output(out, hooks, layer), cache
+
+    def _write_cache(self, cache: LayerKV, cache_index, k: jax.Array, v: jax.Array):
+        """Write ``k``, ``v [batch, seq, kv_heads, head_dim]`` at ``cache_index``; returns the
+        new cache and its whole keys and values in the compute dtype."""
+        idx = jnp.asarray(cache_index, jnp.int32)
+        ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, idx, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, idx, 0, 0))
+        return LayerKV(ck, cv), ck.astype(self.dtype), cv.astype(self.dtype)
+
+    @staticmethod
+    def _pattern_site(transform, hooks: Hooks, layer):
+        """The probability transform with the ``pattern`` site after it, when it is wanted."""
+        if not hooks.wants("pattern", layer):
+            return transform
+
+        def with_site(p):
+            p = p if transform is None else transform(p)
+            return hooks.site("pattern", layer, p)
+
+        return with_site
 
     def _output(self, out: jax.Array, hooks: Hooks, layer) -> jax.Array:
         """``z [batch, seq, heads, head_dim]`` -> ``attn_out [batch, seq, d_model]`` (the
