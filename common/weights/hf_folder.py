@@ -37,11 +37,14 @@ def read_config(folder: pathlib.Path) -> dict:
     return _read_json(path, "config.json")
 
 
-def _read_weights(folder: pathlib.Path, dtype) -> dict[str, np.ndarray]:
+def read_folder_tensors(folder: pathlib.Path, read) -> dict:
+    """Every tensor of a Hugging Face folder's safetensors, through ``read(path, names)``
+    (``names`` None: the whole file) -> ``{name: tensor}``: ``model.safetensors``, or the shards
+    of ``model.safetensors.index.json``, each checked to hold what the index places in it."""
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
     if single.is_file():
-        return read_safetensors(single, dtype)
+        return read(single, None)
     if index.is_file():
         weight_map = _read_json(index, "safetensors index").get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -49,13 +52,13 @@ def _read_weights(folder: pathlib.Path, dtype) -> dict[str, np.ndarray]:
         shards: dict[str, set[str]] = {}
         for name, shard in weight_map.items():
             shards.setdefault(shard, set()).add(name)
-        tensors: dict[str, np.ndarray] = {}
+        tensors: dict = {}
         for shard, names in sorted(shards.items()):
             path = folder / shard
             if not path.is_file():
                 raise WeightsError(f"{index}: names shard {shard!r}, which does not exist "
                                    f"in {folder}")
-            got = read_safetensors(path, dtype, names)
+            got = read(path, names)
             absent = sorted(names - set(got))
             if absent:
                 raise WeightsError(f"{path}: lacks tensor(s) {absent[:3]} that {index.name} "
@@ -70,6 +73,10 @@ def _read_weights(folder: pathlib.Path, dtype) -> dict[str, np.ndarray]:
     hint = (f" (found {pickles}: PyTorch pickles are not read; convert them to safetensors)"
             if pickles else "")
     raise WeightsError(f"{folder}: no model.safetensors or model.safetensors.index.json{hint}")
+
+
+def _read_weights(folder: pathlib.Path, dtype) -> dict[str, np.ndarray]:
+    return read_folder_tensors(folder, lambda path, names: read_safetensors(path, dtype, names))
 
 
 def load_hf_folder(path: str | os.PathLike, dtype=np.float32) -> Checkpoint:

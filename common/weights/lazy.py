@@ -77,33 +77,9 @@ def _safetensors_handles(path: pathlib.Path, names: set[str] | None = None
 
 
 def _hf_handles(folder: pathlib.Path) -> dict[str, LazyTensor]:
-    from common.weights.hf_folder import _read_json
+    from common.weights.hf_folder import read_folder_tensors
 
-    single = folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if single.is_file():
-        return _safetensors_handles(single)
-    if not index.is_file():
-        raise WeightsError(f"{folder}: no model.safetensors or model.safetensors.index.json "
-                           "(the sharded loader reads safetensors only)")
-    weight_map = _read_json(index, "safetensors index").get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise WeightsError(f"{index}: corrupt index: no 'weight_map' object")
-    shards: dict[str, set[str]] = {}
-    for name, shard in weight_map.items():
-        shards.setdefault(shard, set()).add(name)
-    out: dict[str, LazyTensor] = {}
-    for shard, names in sorted(shards.items()):
-        path = folder / shard
-        if not path.is_file():
-            raise WeightsError(f"{index}: names shard {shard!r}, which does not exist in {folder}")
-        got = _safetensors_handles(path, names)
-        absent = sorted(names - set(got))
-        if absent:
-            raise WeightsError(f"{path}: lacks tensor(s) {absent[:3]} that {index.name} places "
-                               "in this shard")
-        out.update(got)
-    return out
+    return read_folder_tensors(folder, _safetensors_handles)
 
 
 def _gguf_checkpoint(path: pathlib.Path) -> Checkpoint:
