@@ -145,12 +145,9 @@ def layout_problems(fig: Figure) -> list[str]:
     return problems
 
 
-def save(fig: Figure, out: pathlib.Path, name: str, *, dpi: int = 130) -> list[str]:
-    """Lay out ``fig``, save ``name.png`` and ``name.pdf`` under ``out``, close it.
-
-    Warns (:class:`LayoutWarning`) with :func:`layout_problems` when there are any. Returns the
-    two file names.
-    """
+def save_checked(fig: Figure, out: pathlib.Path, name: str, *, dpi: int = 130) -> list[str]:
+    """Lay out ``fig``, save ``name.png`` and ``name.pdf`` under ``out``, close it; returns its
+    :func:`layout_problems` (also warned as :class:`LayoutWarning`), checked once."""
     import matplotlib.pyplot as plt
 
     out = pathlib.Path(out)
@@ -159,9 +156,15 @@ def save(fig: Figure, out: pathlib.Path, name: str, *, dpi: int = 130) -> list[s
         fig.tight_layout()
     problems = layout_problems(fig)
     if problems:
-        warnings.warn(f"figure {name}: " + "; ".join(problems), LayoutWarning, stacklevel=2)
+        warnings.warn(f"figure {name}: " + "; ".join(problems), LayoutWarning, stacklevel=3)
     fig.savefig(out / f"{name}.png", dpi=dpi)
     fig.savefig(out / f"{name}.pdf")
     plt.close(fig)
+    return problems
+
+
+def save(fig: Figure, out: pathlib.Path, name: str, *, dpi: int = 130) -> list[str]:
+    """:func:`save_checked`, returning the two file names instead of the problems."""
+    save_checked(fig, out, name, dpi=dpi)
     return [f"{name}.png", f"{name}.pdf"]
 

@@ -13,8 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.plotting import layout_problems  # noqa: E402
-from common.plotting import save as _save_files  # noqa: E402
+from common.plotting import save_checked as save  # noqa: E402
 
 COLORS = {"vanilla": "#777777", "act_searched": "#1f77b4", "act_all": "#d62728",
           "act_random": "#2ca02c"}
@@ -22,14 +21,6 @@ LABELS = {"vanilla": "vanilla", "act_searched": "ACT, searched heads",
           "act_all": "ACT, all heads", "act_random": "ACT, random heads"}
 
 
-def save(fig, out: pathlib.Path, name: str) -> list[str]:
-    """Save PNG + PDF; return the layout problems found."""
-    if not fig.get_constrained_layout():
-        fig.tight_layout()
-    fig.canvas.draw()
-    problems = layout_problems(fig)
-    _save_files(fig, out, name)
-    return problems
 
 
 def _short(tok: str) -> str:

@@ -6,16 +6,7 @@ import pathlib
 
 import matplotlib.pyplot as plt
 
-from common.plotting import layout_problems
-from common.plotting import save as _save_files
-
-
-def save(fig, out: pathlib.Path, name: str) -> list[str]:
-    """Save PNG + PDF through ``common.plotting.save``; return the layout problems found."""
-    fig.canvas.draw()
-    problems = layout_problems(fig)
-    _save_files(fig, out, name)
-    return problems
+from common.plotting import save_checked as save
 
 STYLE = {
     "vanilla": dict(color="black", marker="o"),

@@ -10,18 +10,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from common.plotting import layout_problems
-from common.plotting import save as _save_files
-
-
-def save(fig, out: pathlib.Path, name: str) -> list[str]:
-    """Save PNG + PDF through ``common.plotting.save``; return the layout problems found."""
-    if not fig.get_constrained_layout():
-        fig.tight_layout()
-    fig.canvas.draw()
-    problems = layout_problems(fig)
-    _save_files(fig, out, name)
-    return problems
+from common.plotting import save_checked as save
 
 
 def _heat(ax, a, vmin, vmax, cmap, title):
