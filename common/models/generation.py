@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from common.attention.hooks import resolve_hooks
 from common.models import layer_stack
 from common.models.compile_cache import enable as enable_compilation_cache
 from common.models.decoder import DecoderLM, init_cache
@@ -28,14 +29,15 @@ def _pick(logits: jax.Array, key: jax.Array, temperature: jax.Array, greedy: boo
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "top_k"))
-def _generate(graphdef, state, per_layer, tokens, valid, key, temperature, *, max_new_tokens: int,
-              greedy: bool, top_k: int | None):
+def _generate(graphdef, state, per_layer, tokens, valid, key, temperature, prefill, *,
+              max_new_tokens: int, greedy: bool, top_k: int | None):
     model: DecoderLM = nnx.merge(graphdef, state)
     b, p = tokens.shape
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
     cache = init_cache(model.config, b, p + max_new_tokens, per_layer=True)
     logits, cache = model.forward(tokens, positions=positions, cache=cache, token_valid=valid,
-                                  last_only=True, per_layer=per_layer)
+                                  last_only=True, per_layer=per_layer,
+                                  hooks=resolve_hooks(prefill, model.config))
     keys = jax.random.split(key, max_new_tokens)
     first = _pick(logits[:, -1], keys[0], temperature, greedy, top_k)
     out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
@@ -63,12 +65,22 @@ def generate(
     seed: int = 0,
     eos_token_id: int | Sequence[int] | None = None,
     pad_id: int = 0,
+    pad_to: int | None = None,
+    prefill_intervention=None,
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens.
 
     Prompts of different lengths are left-padded (padding slots are masked out and positions
-    count real tokens only). ``temperature == 0`` is greedy decoding. Generation of a row stops
-    at the first token in ``eos_token_id`` (default: the model config's), which is kept.
+    count real tokens only) to the longest prompt, or to ``pad_to`` tokens when given (a few
+    padded lengths serve many batches with one compiled program each). ``temperature == 0`` is
+    greedy decoding. Generation of a row stops at the first token in ``eos_token_id`` (default:
+    the model config's), which is kept.
+
+    ``prefill_intervention``: an ``Intervention`` (a pytree) applied to the prompt's forward
+    (the prefill) only, not to the generated tokens, which see it through the KV cache of the
+    prompt (soft injection at the last prompt token, Park & Rhee 2025). Its position masks are
+    ``[batch|1, P]`` over the left-padded prompt of ``P`` tokens (the longest prompt or
+    ``pad_to``): every prompt's last token is column ``P - 1``.
 
     Returns the new token ids per prompt (without the prompt).
     """
@@ -80,6 +92,11 @@ def generate(
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     p = max(len(x) for x in prompts)
+    if pad_to is not None:
+        if pad_to < p:
+            raise ValueError(f"generate: pad_to {pad_to} is shorter than the longest prompt "
+                             f"({p} tokens)")
+        p = int(pad_to)
     tokens = np.full((len(prompts), p), pad_id, np.int32)
     valid = np.zeros((len(prompts), p), bool)
     for i, x in enumerate(prompts):
@@ -95,7 +112,8 @@ def generate(
     per_layer = layer_stack.unstack(model.blocks)
     out = _generate(graphdef, state, per_layer, jnp.asarray(tokens), jnp.asarray(valid),
                     jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),
-                    max_new_tokens=max_new_tokens, greedy=temperature == 0.0, top_k=top_k)
+                    prefill_intervention, max_new_tokens=max_new_tokens,
+                    greedy=temperature == 0.0, top_k=top_k)
     out = np.asarray(out)
     if eos_token_id is None:
         eos_token_id = model.config.eos_token_id
