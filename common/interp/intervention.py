@@ -74,6 +74,8 @@ class Patch:
       value: ``[n, *site_shape]``; batch and position axes may be 1 to broadcast.
       where: boolean (replace) or float (interpolate ``w·value + (1-w)·x``) mask broadcastable
         to ``value``; None replaces the whole site.
+      add: static; True adds ``value`` instead of replacing (``x + w·value``, ``x + value``
+        without ``where``): a steering vector added to the residual stream (function vectors).
       static_layers: for the optional sites (``pattern``, ``head_out``, ... computed only where
         a hook wants them), the layers where the program computes the site (static; a
         superset of ``layers``; :func:`make_patch` sets it to the patched layers); None: every
@@ -85,6 +87,7 @@ class Patch:
     value: jax.Array
     where: jax.Array | None = None
     static_layers: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+    add: bool = struct.field(pytree_node=False, default=False)
 
     @property
     def layers_shape(self) -> tuple[int, ...]:
@@ -113,7 +116,7 @@ class Patch:
                 f"{self.site!r} of shape {tuple(x.shape)} ({SITE_AXES[self.site]})"
             ) from None
         if self.where is None:
-            return jnp.broadcast_to(v, x.shape)
+            return x + v if self.add else jnp.broadcast_to(v, x.shape)
         w = self.where[i]
         try:
             jnp.broadcast_shapes(w.shape, x.shape)
@@ -122,6 +125,8 @@ class Patch:
                 f"Intervention.{field}.where: a layer's mask {tuple(w.shape)} does not fit site "
                 f"{self.site!r} of shape {tuple(x.shape)} ({SITE_AXES[self.site]})"
             ) from None
+        if self.add:
+            return x + w.astype(x.dtype) * v
         if w.dtype == jnp.bool_:
             return jnp.where(w, v, x)
         w = w.astype(x.dtype)
