@@ -115,6 +115,43 @@ def head_outputs_at(model, ids: jax.Array, last: jax.Array) -> jax.Array:
     return jnp.take_along_axis(z, idx, axis=2)[:, :, 0]  # [b, L, H, D]
 
 
+def sites_at(model, ids: jax.Array, last: jax.Array, names: Sequence[str]) -> dict[str, jax.Array]:
+    """Each site of ``names`` at each row's ``last`` token, every layer stacked on axis 1:
+    ``z [b, n_layers, n_heads, d_head]``, ``resid_post [b, n_layers, d_model]`` (the residual
+    stream leaving each block: Hendel et al.'s task vector at the last token), ... One jitted
+    forward (``run_with_cache``, the final position only unembedded)."""
+    from common.models.capture import run_with_cache
+
+    _, cache = run_with_cache(model, jnp.asarray(ids), names_filter=list(names), last_only=True)
+    idx = jnp.asarray(last, jnp.int32)
+    out = {}
+    for name in names:
+        x = jnp.stack([cache[name, layer] for layer in range(model.config.n_layers)], axis=1)
+        i = idx.reshape((-1,) + (1,) * (x.ndim - 1))
+        out[name] = jnp.take_along_axis(x, i, axis=2)[:, :, 0]
+    return out
+
+
+def mean_at_last(model, prompts: Sequence[Sequence[int]], names: Sequence[str] = ("z",), *,
+                 batch_size: int = 8, pad_id: int = 0, progress=None) -> dict[str, jax.Array]:
+    """The mean over ``prompts`` of each site of ``names`` at the last token (shapes of
+    :func:`sites_at` without the batch axis, float32), batched as :func:`task_embedding`."""
+    if not prompts:
+        raise ValueError("mean_at_last: needs at least one prompt")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    total: dict[str, jax.Array] = {}
+    for rows in (progress(batches) if progress else batches):
+        chunk = [prompts[i] for i in rows]
+        chunk += [chunk[0]] * (batch_size - len(chunk))
+        ids, last = pad_right(chunk, pad_id=pad_id)
+        got = sites_at(model, ids, last, names)
+        for name, x in got.items():
+            s = jnp.sum(x[:len(rows)].astype(jnp.float32), axis=0)
+            total[name] = s if name not in total else total[name] + s
+    return {name: x / len(prompts) for name, x in total.items()}
+
+
 def task_embedding(model, prompts: Sequence[Sequence[int]], *, batch_size: int = 8,
                    pad_id: int = 0, progress=None) -> jax.Array:
     """Mean of every head's ``z`` at the last token of ``prompts``: ``[n_layers, n_heads,

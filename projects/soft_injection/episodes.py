@@ -19,12 +19,18 @@ from projects.soft_injection.prompts import answer_text, first_target_token, icl
 @dataclasses.dataclass(frozen=True)
 class Prompts:
     """``tokens[i]`` the prompt's ids, ``target[i]`` its answer's first token id; ``shots[i]``
-    the demonstrations it kept; ``n_cut`` how many lost demonstrations to ``max_tokens``."""
+    the demonstrations it kept; ``n_cut`` how many lost demonstrations to ``max_tokens``;
+    ``answers[i]`` the gold answer text (for exact match)."""
 
     tokens: tuple[tuple[int, ...], ...]
     target: np.ndarray
     shots: np.ndarray
     n_cut: int = 0
+    answers: tuple[str, ...] = ()
+
+    def head(self, n: int) -> Prompts:
+        """The first ``n`` prompts."""
+        return Prompts(self.tokens[:n], self.target[:n], self.shots[:n], 0, self.answers[:n])
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -50,13 +56,15 @@ def _encode(tokenizer, demos: list[Pair], query: Pair, max_tokens: int | None):
 
 def build(tokenizer, queries: Sequence[Pair], pool: Sequence[Pair], k: int,
           rng: np.random.Generator, *, max_tokens: int | None = None,
-          query_idx: Sequence[int] | None = None) -> Prompts:
+          query_idx: Sequence[int] | None = None, shuffle_labels: bool = False) -> Prompts:
     """One prompt per query with ``k`` demonstrations drawn without replacement from ``pool``.
 
     ``query_idx``: where the queries sit in ``pool`` (task-embedding prompts from train): a
-    query's own record is then never one of its demonstrations.
+    query's own record is then never one of its demonstrations. ``shuffle_labels``: the
+    demonstrations' outputs permuted among them (the corrupted prompts of the function-vector
+    paper's indirect effect; the query and its answer unchanged).
     """
-    tokens, target, shots = [], [], []
+    tokens, target, shots, answers = [], [], [], []
     n_cut = 0
     for qi, q in enumerate(queries):
         if k:
@@ -67,6 +75,9 @@ def build(tokenizer, queries: Sequence[Pair], pool: Sequence[Pair], k: int,
             else:
                 idx = rng.choice(n, size=k, replace=False)
             demos = [pool[i] for i in idx]
+            if shuffle_labels:
+                outs = [demos[i][1] for i in rng.permutation(k)]
+                demos = [(d[0], o) for d, o in zip(demos, outs, strict=True)]
         else:
             demos = []
         ids, tgt, kept = _encode(tokenizer, demos, q, max_tokens)
@@ -74,7 +85,9 @@ def build(tokenizer, queries: Sequence[Pair], pool: Sequence[Pair], k: int,
         tokens.append(ids)
         target.append(tgt)
         shots.append(kept)
-    return Prompts(tuple(tokens), np.asarray(target, np.int32), np.asarray(shots, np.int32), n_cut)
+        answers.append(answer_text(q[1]))
+    return Prompts(tuple(tokens), np.asarray(target, np.int32), np.asarray(shots, np.int32), n_cut,
+                   tuple(answers))
 
 
 def embedding_prompts(tokenizer, train: Sequence[Pair], n_prompts: int, n_shots: int,

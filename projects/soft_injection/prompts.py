@@ -5,6 +5,9 @@ every input and output, except that an output made only of digits gets none (``"
 official fix, so that the token after ``":"`` is not a lone space). The query pair goes through
 that digit rule on *both* keys, so an all-digit query input is written ``"Q:5\\nA:"`` while a
 demonstration's never is: an inconsistency of the official code, kept for fidelity.
+
+Exact match (the paper's metric, :func:`exact_match`) compares a greedy continuation with the
+answer after the official normalisation (:func:`normalise`).
 """
 
 from __future__ import annotations
@@ -46,3 +49,31 @@ def first_target_token(tokenizer, prompt: str, answer: str) -> int:
     if len(full) <= len(src):
         raise ValueError(f"first_target_token: the answer {answer!r} adds no token to the prompt")
     return int(full[len(src)])
+
+
+def case_sensitive(task: str) -> bool:
+    """The official code keeps case only for tasks named ``*capitalize*`` or ``*lowercase*``
+    (so ``next_capital_letter`` is compared in lower case)."""
+    t = task.lower()
+    return "capitalize" in t or "lowercase" in t
+
+
+def normalise(text: str, task: str, *, generated: bool) -> str:
+    """The official normalisation: ``"St."`` becomes ``"Saint"`` (country-currency's
+    inconsistent abbreviations), a continuation (``generated``) is cut at its first newline,
+    both are cut at the first ``"("`` and stripped, and lower-cased unless
+    :func:`case_sensitive`."""
+    text = text.strip().replace("St.", "Saint")
+    if generated:
+        text = text.split("\n")[0]
+    text = text.split("(")[0].strip()
+    return text if case_sensitive(task) else text.lower()
+
+
+def exact_match(continuation: str, answer: str, task: str) -> bool:
+    """Whether the normalised continuation starts with the normalised answer (the official
+    prefix match ``pred[:len(target)] == target``; an answer that normalises to ``""``
+    matches anything, as there)."""
+    target = normalise(answer, task, generated=False)
+    pred = normalise(continuation, task, generated=True)
+    return pred[:len(target)] == target

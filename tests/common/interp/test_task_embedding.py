@@ -15,6 +15,7 @@ from common.interp.task_embedding import (
     head_outputs_at,
     injection,
     logits_at,
+    mean_at_last,
     pad_right,
     task_embedding,
 )
@@ -123,6 +124,19 @@ def test_task_embedding_equals_an_explicit_loop(tiny, prompts):
     ids, last = pad_right(prompts)
     z = np.asarray(head_outputs_at(tiny, ids, last))
     np.testing.assert_allclose(z, np.stack(per_prompt), rtol=1e-5, atol=1e-6)
+
+
+def test_mean_residual_at_last_equals_an_explicit_loop(tiny, prompts):
+    """The mean residual leaving each block at the last token (task vectors), against each
+    prompt alone through ``resid_pre`` of the next layer (a different code path)."""
+    got = mean_at_last(tiny, prompts, ("z", "resid_post"), batch_size=4)
+    want = np.mean([[np.asarray(tiny.resid_pre(jnp.asarray([p]), layer + 1))[0, -1]
+                     for layer in range(L - 1)] for p in prompts], axis=0)
+    assert got["resid_post"].shape == (L, TINY.d_model)
+    np.testing.assert_allclose(np.asarray(got["resid_post"])[:L - 1], want, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got["z"]), np.asarray(task_embedding(
+        tiny, prompts, batch_size=4)), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return [ord(c) % 128 for c in text]
 
-    def decode(self, ids) -> str:
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:  # noqa: ARG002
         return "".join(chr(int(i)) for i in ids)
 
 
