@@ -24,6 +24,7 @@ from common.attention.core import dot_product_attention, head_scale
 from common.attention.hooks import NO_HOOKS, AttentionEdit, Hooks
 from common.attention.key_positions import rope_attention
 from common.attention.masks import Mask
+from common.attention.projection import merge_heads, project_heads
 from common.attention.rope import RoPE
 
 
@@ -90,7 +91,7 @@ class MultiHeadAttention(nnx.Module):
         self.o_bias = p((d_model,), ("embed",), "zeros") if o_bias else None
 
     def _proj(self, x, kernel, bias):
-        y = jnp.einsum("bsd,dhk->bshk", x, kernel[...].astype(self.dtype))
+        y = project_heads(x, kernel[...].astype(self.dtype))
         if bias is not None:
             y = y + bias[...].astype(self.dtype)
         return y
@@ -244,7 +245,7 @@ class MultiHeadAttention(nnx.Module):
             head_out = hooks.site("head_out", layer, jnp.einsum("bshk,hkd->bshd", z, wo))
             out = head_out.sum(axis=2)
         else:
-            out = jnp.einsum("bshk,hkd->bsd", z, wo)
+            out = merge_heads(z, wo)
         if self.o_bias is not None:
             out = out + self.o_bias[...].astype(self.dtype)
         return out

@@ -8,13 +8,18 @@ head_dim]`` and so on. :func:`run_layers` runs blocks ``start .. stop-1`` over t
   consecutive layers on which the hooks do the same static thing
   (:meth:`~common.attention.hooks.Hooks.layer_program`: which optional sites they compute,
   whether attention is edited, what they record), and each run is one ``jax.lax.scan``
-  whose body indexes the stack with the traced layer. Without hooks that is one scan over
+  whose ``xs`` are the run's slices of the stack (and the layer indices). Without hooks that is one scan over
   every layer, so the compiled program does not grow with depth; an intervention or capture
   at a few layers cuts the stack into a few runs. Runs were chosen over one scan with a
   per-layer flag and ``lax.cond``: a ``cond`` keeps both branches in the program, and under
   ``vmap`` (sweeps, populations) it computes both, so the reference attention path of a
   probability transform would be paid at every layer; runs pay each program only where it
-  applies and stay exact.
+  applies and stay exact. The weights enter the scan as ``xs`` rather than being indexed
+  inside the body from the closed-over stack: under reverse-mode AD a slice made inside the
+  body is a residual that the forward loop stacks into a fresh ``[n_layers, ...]`` copy of
+  every weight (a full extra write and read of the model per gradient), whereas a slice of
+  ``xs`` is forwarded to the backward loop as the stack itself (the soft-injection gradient
+  of SmolLM2, one 8-token prompt, on this 2-core CPU: 252 -> 186 ms).
 * **Unrolled** (``scan_layers=False``): a Python loop, one program per layer, for debugging;
   the same numbers.
 
@@ -158,8 +163,9 @@ def run_layers(
                              f"{jax.tree.leaves(params)[0].shape[0]}")
     n_new = x.shape[1]
 
-    def step(x, kv, layer, layer_hooks, checkpoint):
-        """One layer: ``(x, kv, outputs)``; ``layer`` an int or traced."""
+    def step(x, kv, layer, layer_hooks, checkpoint, p=None):
+        """One layer: ``(x, kv, outputs)``; ``layer`` an int or traced; ``p`` its parameters
+        when the caller has sliced them (a scan's ``xs``)."""
 
         def body(x, p, layer_kv):
             x = constrain(x, RESID_NAMES)
@@ -176,7 +182,8 @@ def run_layers(
             layer_kv = kv[layer]
         else:
             layer_kv = LayerKV(_index(kv.k, layer), _index(kv.v, layer))
-        p = layer_params(params, layer) if per_layer is None else per_layer[layer]
+        if p is None:
+            p = layer_params(params, layer) if per_layer is None else per_layer[layer]
         y, new_kv, outs = body(x, p, layer_kv)
         if kv is None:
             pass
@@ -202,17 +209,21 @@ def run_layers(
             lambda kp, _: jnp.asarray([kp.index(i) if i in kp else len(kp) for i in layers],
                                       jnp.int32), keep, shapes)
 
-        def body(carry, layer):
+        def body(carry, xs):
+            layer, p = xs
             x, kv, bufs = carry
-            x, kv, outs = step(x, kv, layer, run_hooks, checkpoint)
+            x, kv, outs = step(x, kv, layer, run_hooks, checkpoint, p)
             bufs = _tree_map_keep(
                 lambda _, buf, v, slot: jax.lax.dynamic_update_index_in_dim(
                     buf, v.astype(buf.dtype), slot[layer - first], 0),
                 keep, bufs, outs, slots)
             return (x, kv, bufs), None
 
+        n = jax.tree.leaves(params)[0].shape[0]
+        run_params = params if (first, len(layers)) == (0, n) else jax.tree.map(
+            lambda a: jax.lax.slice_in_dim(a, first, first + len(layers)), params)
         (x, kv, buffers), _ = jax.lax.scan(body, (x, kv, buffers),
-                                           jnp.asarray(layers, jnp.int32))
+                                           (jnp.asarray(layers, jnp.int32), run_params))
         run_hooks.scan_collect(layers, _tree_map_keep(lambda kp, buf: buf[:len(kp)],
                                                       keep, buffers))
         return x, kv
