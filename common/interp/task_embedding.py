@@ -27,6 +27,7 @@ import numpy as np
 from common.attention.hooks import resolve_hooks
 from common.attention.masks import Mask
 from common.interp.intervention import Intervention
+from common.models import layer_stack
 
 
 def bucket(n: int, minimum: int = 8) -> int:
@@ -78,19 +79,30 @@ def injection(a: jax.Array, v: jax.Array, last: jax.Array, seq: int) -> Interven
 
 
 def logits_at(model, ids: jax.Array, last: jax.Array, *,
-              intervention: Intervention | None = None) -> jax.Array:
+              intervention: Intervention | None = None,
+              per_layer: tuple | None = None) -> jax.Array:
     """Next-token logits at each row's last real token, ``[b, vocab]`` float32.
 
     Runs the blocks on the right-padded ``ids [b, T]`` and unembeds only the ``last [b]``
     positions (not the whole sequence). Traceable: call it inside your own ``jax.jit`` /
     ``jax.grad`` (the mixing weights of ``intervention`` are differentiable).
+
+    ``per_layer``: the layers' weights sliced out of the stack once
+    (:func:`~common.models.layer_stack.unstack`), for gradients through a frozen model: the
+    layers then run unrolled on their own arrays, where the scanned stack slices (copies)
+    every layer's weights in the forward and again in the backward loop on XLA:CPU.
     """
     ids = jnp.asarray(ids)
     b, seq = ids.shape
     positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (b, seq))
     hooks = resolve_hooks(intervention, model.config)
     x = model.embed_tokens(ids, positions)
-    x = model.run_blocks(x, positions=positions, mask=Mask(causal=True), hooks=hooks)
+    if per_layer is None:
+        x = model.run_blocks(x, positions=positions, mask=Mask(causal=True), hooks=hooks)
+    else:
+        x, _ = layer_stack.run_layers(model.blocks, x, positions=positions, mask=Mask(causal=True),
+                                      hooks=hooks, start=0, stop=model.config.n_layers,
+                                      scan=False, per_layer=per_layer)
     x = jnp.take_along_axis(x, jnp.asarray(last, jnp.int32)[:, None, None], axis=1)
     return model.unembed(x, hooks)[:, 0]
 

@@ -16,12 +16,26 @@ Every ``val_every`` steps the loop's ``eval_fn`` computes each problem's
 mean validation loss on its zero-shot validation prompts; ``keep_best=True`` returns the
 logits of the best validation (what the official code means to do), ``False`` the final ones
 (what it does: its best loss is never updated, spec §2.6).
+
+A problem may hold several task embeddings, ``v [K, L, H, d_head]``, its prompts each naming
+theirs (``train_task``, ``valid_task``): the *task-agnostic* selection of the official code
+(one ``a`` trained on a mixture of tasks, each prompt injected with its own task's ``t``).
+
+**Resuming.** The loop checkpoints at every validation step (``checkpoints/``) and each
+validation writes its losses and logits to ``selection/val_<step>.npz``; the same call on the
+same ``workdir`` resumes from the newest checkpoint (the loop's data are drawn from the step
+number, so a resumed run is bit for bit an uninterrupted one), and a validation the
+interrupted run missed at that step is recomputed from its checkpoint. A finished run's
+rerun reads its selection back without a step. Checkpoints of other problems are refused
+(``meta``: names, steps, learning rate and a checksum of the data).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
+import zlib
 from collections.abc import Sequence
 
 import jax
@@ -37,19 +51,43 @@ from common.interp.task_embedding import (
     logits_at,
     pad_right,
 )
+from common.models import layer_stack
 from projects.soft_injection.episodes import Prompts
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One head selection to learn: ``v [L, H, d_head]`` the task embedding, zero-shot
-    ``train`` and ``valid`` prompts, ``seed`` the sampling seed of its training prompts."""
+    """One head selection to learn: ``v [L, H, d_head]`` the task embedding (or ``[K, L, H,
+    d_head]``, several tasks' embeddings, with ``train_task [len(train)]`` and ``valid_task
+    [len(valid)]`` naming each prompt's), zero-shot ``train`` and ``valid`` prompts, ``seed``
+    the sampling seed of its training prompts."""
 
     name: str
     v: np.ndarray
     train: Prompts
     valid: Prompts
     seed: int
+    train_task: np.ndarray | None = None
+    valid_task: np.ndarray | None = None
+
+    def embeddings(self) -> np.ndarray:
+        """``[K, L, H, d_head]``."""
+        v = np.asarray(self.v, np.float32)
+        return v[None] if v.ndim == 3 else v
+
+    def task_of(self, split: str) -> np.ndarray:
+        """Each ``split`` prompt's embedding index (into :meth:`embeddings`)."""
+        idx = self.train_task if split == "train" else self.valid_task
+        n = len(self.train if split == "train" else self.valid)
+        if idx is None:
+            if self.embeddings().shape[0] != 1:
+                raise ValueError(f"Problem {self.name}: several embeddings need {split}_task")
+            return np.zeros(n, np.int32)
+        idx = np.asarray(idx, np.int32)
+        if idx.shape != (n,) or idx.min() < 0 or idx.max() >= self.embeddings().shape[0]:
+            raise ValueError(f"Problem {self.name}: {split}_task must index its embeddings, one "
+                             f"per prompt")
+        return idx
 
 
 @dataclasses.dataclass
@@ -63,7 +101,7 @@ class Selection:
         initial_val_loss ``[M]`` before the first step (a = 0.5; not a candidate for the best).
       train_loss: ``[n_log, M]`` mean training loss per logging window; log_steps.
       seconds_per_step: the loop's mean wall time per step after compilation (validation
-        included).
+        included); resumed_from: the step this call's training resumed from (0: a fresh run).
     """
 
     alpha: np.ndarray
@@ -77,29 +115,62 @@ class Selection:
     keep_best: bool
     median_step_s: float | None = None
     initial_val_loss: np.ndarray | None = None
+    resumed_from: int = 0
 
 
-def _table(prompts: Prompts, length: int, rows: int):
-    """Right-padded ``ids [rows, length]``, ``last [rows]``, ``target [rows]`` (rows past the
-    prompts repeat the first ones; they are never drawn)."""
+def _table(prompts: Prompts, length: int, rows: int, task: np.ndarray):
+    """Right-padded ``ids [rows, length]``, ``last [rows]``, ``target [rows]``, ``task
+    [rows]`` (rows past the prompts repeat the first ones; they are never drawn)."""
     toks = list(prompts.tokens)
     reps = [toks[i % len(toks)] for i in range(rows)]
     ids, last = pad_right(reps, length=length)
     tgt = np.asarray([prompts.target[i % len(toks)] for i in range(rows)], np.int32)
-    return ids, last, tgt
+    return ids, last, tgt, np.asarray([task[i % len(toks)] for i in range(rows)], np.int32)
 
 
-def _val_losses(llm, logit, v, ids, last, tgt, weight):
-    """Mean validation loss of each model: ``logit [M, L, H]``, ``v [M, L, H, D]``,
-    ``ids [M, V, T]``, ``weight [M, V]`` (0 at padding rows) -> ``[M]``."""
+def _val_losses(llm, table, logit, vidx, ids, last, tgt, weight):
+    """Mean validation loss of each model: ``table [G, L, H, D]`` every embedding, ``logit
+    [M, L, H]``, ``vidx [M, V]`` each prompt's row of ``table``, ``ids [M, V, T]``, ``weight
+    [M, V]`` (0 at padding rows) -> ``[M]``. Each prompt gets its own embedding (vmapped
+    over prompts: one batched forward per model)."""
 
     def one(xs):
-        lg, vv, i, la, t, w = xs
-        iv = injection(jax.nn.sigmoid(lg), vv, la, i.shape[1])
-        loss = first_token_loss(logits_at(llm, i, la, intervention=iv), t)
+        lg, vi, i, la, t, w = xs
+        a = jax.nn.sigmoid(lg)
+
+        def row(vv, ii, ll):
+            iv = injection(a, vv, ll[None], ii.shape[0])
+            return logits_at(llm, ii[None], ll[None], intervention=iv)[0]
+
+        logits = jax.vmap(row)(table[vi], i, la)
+        loss = first_token_loss(logits, t)
         return jnp.sum(loss * w) / jnp.sum(w)
 
-    return jax.lax.map(one, (logit, v, ids, last, tgt, weight))
+    return jax.lax.map(one, (logit, vidx, ids, last, tgt, weight))
+
+
+def _crc(*arrays) -> int:
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
+    return crc
+
+
+def _save_validation(folder: pathlib.Path, step: int, losses: np.ndarray,
+                     logit: np.ndarray) -> None:
+    """``folder/val_<step>.npz`` written whole or not at all (a temporary file renamed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".val_{step:07d}.tmp.npz"
+    np.savez(tmp, losses=losses, logit=logit)
+    os.replace(tmp, folder / f"val_{step:07d}.npz")
+
+
+def _load_validations(folder: pathlib.Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for f in sorted(folder.glob("val_*.npz")) if folder.is_dir() else []:
+        with np.load(f) as z:
+            out[int(f.stem[4:])] = (z["losses"], z["logit"])
+    return out
 
 
 def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: float = 0.2,
@@ -107,7 +178,8 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
                     group_by_length: bool = True,
                     workdir: str | pathlib.Path, metrics=None,
                     progress: bool = True, mesh: str | None = None) -> Selection:
-    """Learn every problem's head selection together (module docstring).
+    """Learn every problem's head selection together (module docstring); resumes from
+    ``workdir``'s checkpoints when there are any.
 
     ``mesh``: the mesh spec of the population's training (the model's own mesh when it is
     loaded sharded, ``config.mesh``); None is data parallel over every device.
@@ -116,15 +188,23 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
     from common.train import Group, Population, TrainConfig
     from common.train import Task as TrainTask
     from common.train import train as train_loop
+    from common.train.orbax_checkpoint import Checkpointer
 
     if not problems:
         raise ValueError("learn_selection: no problems")
     if steps % val_every:
         raise ValueError(f"learn_selection: steps ({steps}) must be a multiple of val_every "
                          f"({val_every})")
+    workdir = pathlib.Path(workdir)
     cfg = llm.config
     L, H = cfg.n_layers, cfg.n_heads
     graphdef, lstate = nnx.split(llm)
+
+    # ---- every embedding in one table; each prompt names its row ----------------------------
+    embs = [p.embeddings() for p in problems]
+    offsets = np.cumsum([0] + [e.shape[0] for e in embs])
+    table_np = np.concatenate(embs)
+    table = jnp.asarray(table_np, jnp.float32)
 
     # ---- groups: problems whose training prompts pad to the same length -------------------
     lengths = [bucket(max(len(t) for t in p.train.tokens)) for p in problems]
@@ -134,17 +214,19 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
     for i, n in enumerate(lengths):
         by_len.setdefault(n, []).append(i)
     groups, data, order = [], {}, []
+    crc_parts: list[np.ndarray] = [table_np]
     for n, members in sorted(by_len.items()):
         rows = max(len(problems[i].train) for i in members)
-        tabs = [_table(problems[i].train, n, rows) for i in members]
+        tabs = [_table(problems[i].train, n, rows, problems[i].task_of("train") + offsets[i])
+                for i in members]
+        stacked = [np.stack([t[k] for t in tabs]) for k in range(4)]
+        crc_parts += stacked
         data[f"T{n}"] = {
-            "ids": jnp.asarray(np.stack([t[0] for t in tabs])),
-            "last": jnp.asarray(np.stack([t[1] for t in tabs])),
-            "tgt": jnp.asarray(np.stack([t[2] for t in tabs])),
+            "ids": jnp.asarray(stacked[0]), "last": jnp.asarray(stacked[1]),
+            "tgt": jnp.asarray(stacked[2]), "vrow": jnp.asarray(stacked[3]),
             "n": jnp.asarray([len(problems[i].train) for i in members], jnp.int32),
             "key": jnp.stack([jax.random.key_data(jax.random.key(
                 problems[i].seed * 100_003 + i)) for i in members]),
-            "v": jnp.asarray(np.stack([problems[i].v for i in members]), jnp.float32),
         }
         order += members
 
@@ -167,30 +249,32 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
     def device_data(step):
         out = {}
         for g, d in data.items():
-            def pick(key, n, ids, last, tgt):
+            def pick(key, n, ids, last, tgt, vrow):
                 j = jax.random.randint(jax.random.fold_in(jax.random.wrap_key_data(key), step),
                                        (), 0, n)
-                return ids[j][None], last[j][None], tgt[j][None]
+                return ids[j][None], last[j][None], tgt[j][None], vrow[j]
 
-            ids, last, tgt = jax.vmap(pick)(d["key"], d["n"], d["ids"], d["last"], d["tgt"])
-            out[g] = {"ids": ids, "last": last, "tgt": tgt, "v": d["v"]}
+            ids, last, tgt, vrow = jax.vmap(pick)(d["key"], d["n"], d["ids"], d["last"],
+                                                  d["tgt"], d["vrow"])
+            out[g] = {"ids": ids, "last": last, "tgt": tgt,
+                      "v": jax.lax.optimization_barrier(table)[vrow]}
         return out
 
     # ---- validation tables (all problems, one padded length) ------------------------------
     n_val = max(len(p.valid) for p in problems)
     vlen = bucket(max(len(t) for p in problems for t in p.valid.tokens))
-    vt = [_table(problems[i].valid, vlen, n_val) for i in order]
+    vt = [_table(problems[i].valid, vlen, n_val, problems[i].task_of("valid") + offsets[i])
+          for i in order]
     vw = np.stack([(np.arange(n_val) < len(problems[i].valid)).astype(np.float32) for i in order])
-    vdata = [jnp.asarray(np.stack([t[k] for t in vt])) for k in range(3)]
-    v_all = jnp.asarray(np.stack([problems[i].v for i in order]), jnp.float32)
+    vdata = [jnp.asarray(np.stack([t[k] for t in vt])) for k in range(4)]
+    crc_parts += [np.asarray(x) for x in vdata]
     # the model's arrays enter as arguments: closed over, XLA would fold them as constants
-    val_jit = jax.jit(lambda st, lg, v, ids, last, tgt, w: _val_losses(
-        nnx.merge(graphdef, st), lg, v, ids, last, tgt, w))
-    val_fn = lambda lg: val_jit(lstate, lg, v_all, *vdata, jnp.asarray(vw))  # noqa: E731
+    val_jit = jax.jit(lambda st, tb, lg, vi, ids, last, tgt, w: _val_losses(
+        nnx.merge(graphdef, st), tb, lg, vi, ids, last, tgt, w))
+    val_fn = lambda lg: val_jit(lstate, table, lg, vdata[3], *vdata[:3],  # noqa: E731
+                                jnp.asarray(vw))
     M = len(problems)
-    best = {"loss": np.full(M, np.inf), "logit": np.zeros((M, L, H), np.float32),
-            "step": np.zeros(M, np.int64)}
-    history: list[tuple[int, np.ndarray]] = []
+    folder = workdir / "selection"
 
     def stacked(module) -> np.ndarray:
         pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
@@ -199,34 +283,67 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
     def eval_fn(module, step):
         logit = stacked(module)
         losses = np.asarray(val_fn(jnp.asarray(logit)))
-        history.append((step, losses))
-        better = losses < best["loss"]
-        best["loss"] = np.where(better, losses, best["loss"])
-        best["logit"][better] = logit[better]
-        best["step"][better] = step
+        _save_validation(folder, step, losses, logit)
         return {"val_loss_mean": float(losses.mean())}
 
     # the loss before training (a = 0.5 everywhere), for the curves only: not a candidate
     init_loss = np.asarray(val_fn(jnp.zeros((M, L, H), jnp.float32)))
     log_every = 10 if val_every % 10 == 0 and steps_per_call in (1, 2, 5, 10) else val_every
-    tc = TrainConfig(steps=steps, log_every=log_every, checkpoint_every=0, eval_every=val_every,
-                     steps_per_call=steps_per_call, progress=progress)
-    res = train_loop(TrainTask.for_population(Population(tuple(groups)), device_data),
-                     optax.adam(lr), None, tc, make_mesh(mesh), workdir, eval_fn=eval_fn,
-                     metrics=metrics)
+    task = TrainTask.for_population(Population(tuple(groups)), device_data)
+    meta = {"problems": [p.name for p in problems], "order": [int(i) for i in order],
+            "steps": steps, "lr": lr, "val_every": val_every, "data_crc32": _crc(*crc_parts)}
+
+    def run(n_steps: int):
+        tc = TrainConfig(steps=n_steps, log_every=log_every, checkpoint_every=val_every,
+                         eval_every=val_every, steps_per_call=steps_per_call, progress=progress,
+                         keep_checkpoints=2)
+        return train_loop(task, optax.adam(lr), None, tc, make_mesh(mesh), workdir,
+                          eval_fn=eval_fn, metrics=metrics, meta=meta)
+
+    ckpt_dir = workdir / "checkpoints"
+    saved = []
+    if ckpt_dir.is_dir():
+        from common.train.loop import check_meta
+
+        check_meta(ckpt_dir, meta)  # another run's checkpoints: refused, not resumed
+        c = Checkpointer(ckpt_dir, keep=2, async_save=False)
+        saved = c.all_steps()
+        c.close()
+    if not saved and folder.is_dir():  # nothing to resume: drop stale validations
+        for f in folder.glob("*val_*.npz"):
+            f.unlink()
+    if saved and max(saved) not in _load_validations(folder):
+        # interrupted between the checkpoint of a validation step and its validation: rerun
+        # to that step (restores it, no step taken) and validate its weights
+        probe = run(min(max(saved), steps))
+        s = probe.summary["resumed_from"]
+        if s == min(max(saved), steps) and s not in _load_validations(folder):
+            pass
+    res = run(steps)
     final = stacked(res.model())
+    vals = _load_validations(folder)
+    val_steps = [s for s in range(val_every, steps + 1, val_every)]
+    missing = [s for s in val_steps if s not in vals]
+    if missing:
+        raise RuntimeError(f"learn_selection: validations of steps {missing} missing from "
+                           f"{folder}")
+    vloss = np.stack([vals[s][0] for s in val_steps])  # [n_val, M], population order
+    best_i = np.argmin(vloss, axis=0)  # the first of equal minima
+    best_logit = np.stack([vals[val_steps[b]][1][m] for m, b in enumerate(best_i)])
+    best_step = np.asarray([val_steps[b] for b in best_i])
     inv = np.argsort(order)  # population order -> problem order
-    kept = best["logit"] if keep_best else final
-    logs = _train_log(pathlib.Path(workdir) / "metrics.jsonl" if metrics is None else metrics.path,
+    kept = best_logit if keep_best else final
+    logs = _train_log(workdir / "metrics.jsonl" if metrics is None else metrics.path,
                       [p.name for p in problems])
     return Selection(
         alpha=np.asarray(jax.nn.sigmoid(kept))[inv], alpha_final=np.asarray(
             jax.nn.sigmoid(final))[inv],
-        val_steps=[s for s, _ in history], val_loss=np.stack([x for _, x in history])[:, inv],
+        val_steps=val_steps, val_loss=vloss[:, inv],
         initial_val_loss=init_loss[inv],
-        best_step=best["step"][inv], train_loss=logs[1], log_steps=logs[0],
+        best_step=best_step[inv], train_loss=logs[1], log_steps=logs[0],
         seconds_per_step=res.summary.get("mean_step_s"), keep_best=keep_best,
-        median_step_s=res.summary.get("median_step_s"))
+        median_step_s=res.summary.get("median_step_s"),
+        resumed_from=int(res.summary.get("resumed_from") or 0))
 
 
 def _train_log(path, names: list[str]) -> tuple[list[int], np.ndarray]:

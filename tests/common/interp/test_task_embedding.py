@@ -19,6 +19,7 @@ from common.interp.task_embedding import (
     pad_right,
     task_embedding,
 )
+from common.models import layer_stack
 from tests.common.interp.conftest import TINY
 
 L, H, D = TINY.n_layers, TINY.n_heads, TINY.d_head
@@ -110,6 +111,33 @@ def test_gradient_wrt_mixing_weights_matches_finite_differences(tiny, prompts):
     e = jnp.zeros((L, H)).at[i, j].set(eps)
     fd = (float(f(logit0 + e)) - float(f(logit0 - e))) / (2 * eps)
     np.testing.assert_allclose(g[i, j], fd, rtol=1e-2, atol=1e-4)
+
+
+def test_per_layer_weights_give_the_stacked_logits_and_gradients(tiny, prompts):
+    """``per_layer`` (the frozen-model path: layers unrolled on their own arrays) computes the
+    same function as the scanned stack: logits and the mixing weights' gradient."""
+    ids, last = pad_right(prompts)
+    v = jax.random.normal(jax.random.key(4), (L, H, D))
+    target = jnp.asarray([5, 9, 1, 30, 2, 44])
+    layers = layer_stack.unstack(tiny.blocks)
+    assert len(layers) == L
+
+    def loss(logit, per_layer):
+        iv = injection(jax.nn.sigmoid(logit), v, last, ids.shape[1])
+        logits = logits_at(tiny, ids, last, intervention=iv, per_layer=per_layer)
+        return jnp.mean(first_token_loss(logits, target)), logits
+
+    logit0 = jax.random.normal(jax.random.key(5), (L, H))
+    grad = jax.jit(jax.grad(loss, has_aux=True))
+    (g_stack, lg_stack), (g_layers, lg_layers) = grad(logit0, None), grad(logit0, layers)
+    np.testing.assert_allclose(np.asarray(lg_layers), np.asarray(lg_stack), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(g_layers), np.asarray(g_stack), rtol=1e-4, atol=1e-6)
+    assert np.abs(np.asarray(g_stack)).max() > 1e-3
+    # the layers' own weights are what runs: a changed layer changes the logits
+    bumped = list(layers)
+    bumped[L - 1] = jax.tree.map(lambda a: a * 1.5, bumped[L - 1])
+    assert not np.allclose(np.asarray(grad(logit0, tuple(bumped))[1]), np.asarray(lg_stack),
+                           atol=1e-3)
 
 
 def test_task_embedding_equals_an_explicit_loop(tiny, prompts):
