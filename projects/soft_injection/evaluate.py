@@ -41,6 +41,40 @@ def mix_setting(alpha: np.ndarray, v: np.ndarray) -> Setting:
     return lambda last, seq: injection(a, vv, jnp.asarray(last), seq)
 
 
+def zero_shot_edit(shape: tuple[int, int, int, int], *, alpha: np.ndarray | None = None,
+                   v: np.ndarray | None = None, add: tuple[np.ndarray, int] | None = None,
+                   replace: tuple[np.ndarray, int] | None = None) -> Setting:
+    """Every zero-shot setting as one intervention structure (so they share one compiled
+    program per padded length): soft injection (``alpha``, ``v``), a vector added to the
+    residual stream leaving a layer (``add = (vec [d_model], layer)``, the function vector)
+    and a vector replacing it (``replace``, the task vector), all at the last token; the parts
+    not given are exact no-ops (``a = 0``, a zero vector added, a mask that is False).
+
+    ``shape``: ``(n_layers, n_heads, d_head, d_model)``.
+    """
+    from common.interp.intervention import Patch
+    from common.interp.task_embedding import position_mask
+
+    L, H, D, dm = shape
+    a = jnp.zeros((L, H)) if alpha is None else jnp.asarray(alpha, jnp.float32)
+    vv = jnp.zeros((L, H, D)) if v is None else jnp.asarray(v, jnp.float32)
+    add_v, add_l = (np.zeros(dm, np.float32), 0) if add is None else add
+    rep_v, rep_l = (np.zeros(dm, np.float32), 0) if replace is None else replace
+
+    def build(last, seq):
+        m = position_mask(jnp.asarray(last), seq)
+        where = m[None, :, :, None]  # [1, b, seq, 1]
+        patches = (
+            Patch("resid_post", jnp.asarray([add_l]), jnp.asarray(add_v, jnp.float32)[
+                None, None, None], where, add=True),
+            Patch("resid_post", jnp.asarray([rep_l]), jnp.asarray(rep_v, jnp.float32)[
+                None, None, None], where & (replace is not None)),
+        )
+        return Intervention(mix_a=a, mix_v=vv, mix_where=m, patches=patches)
+
+    return build
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _predict(graphdef, state, ids, last, iv):
     model = nnx.merge(graphdef, state)
@@ -91,28 +125,47 @@ def accuracy(model, prompts: Prompts, **kw) -> float:
     return float(np.mean(predict(model, prompts, **kw) == prompts.target))
 
 
-def continuations(model, tokenizer, prompts: Prompts, *, setting: Setting | None = None,
-                  alpha: np.ndarray | None = None, v: np.ndarray | None = None,
-                  batch_size: int = 16, max_new_tokens: int = 20) -> list[str]:
-    """Greedy continuation text of each prompt (``common.models.generation.generate``, KV
-    cache), the setting's edit applied in the prefill only, as the official hook does (it
-    acts when the sequence is longer than one token); the end-of-sequence token and
-    special tokens are dropped from the text."""
+def generated(model, prompts: Prompts, *, setting: Setting | None = None,
+              alpha: np.ndarray | None = None, v: np.ndarray | None = None,
+              batch_size: int = 16, max_new_tokens: int = 20) -> list[list[int]]:
+    """Greedy continuation ids of each prompt (``common.models.generation.generate``, KV
+    cache, up to the end-of-sequence token, kept), the setting's edit applied in the prefill
+    only, as the official hook does (it acts when the sequence is longer than one token)."""
     from common.models.generation import generate
 
     setting = _setting_of(setting, alpha, v)
-    eos = model.config.eos_token_id
-    eos = set() if eos is None else ({eos} if isinstance(eos, int) else set(eos))
-    out: list[str] = [""] * len(prompts)
+    out: list[list[int]] = [[] for _ in range(len(prompts))]
     for rows, chunk in _batches(prompts, batch_size):
         seq = bucket(max(len(t) for t in chunk))
         last = np.full(len(chunk), seq - 1, np.int32)  # left padding: every prompt ends there
         iv = None if setting is None else setting(last, seq)
         gen = generate(model, chunk, max_new_tokens, pad_to=seq, prefill_intervention=iv)
         for i, r in enumerate(rows):
-            out[r] = tokenizer.decode([t for t in gen[i] if t not in eos],
-                                      skip_special_tokens=True)
+            out[r] = gen[i]
     return out
+
+
+def _decode(model, tokenizer, ids: list[int]) -> str:
+    eos = model.config.eos_token_id
+    eos = set() if eos is None else ({eos} if isinstance(eos, int) else set(eos))
+    return tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=True)
+
+
+def continuations(model, tokenizer, prompts: Prompts, **kw) -> list[str]:
+    """Greedy continuation text of each prompt (:func:`generated`); the end-of-sequence
+    token and special tokens are dropped from the text."""
+    return [_decode(model, tokenizer, g) for g in generated(model, prompts, **kw)]
+
+
+def score(model, tokenizer, prompts: Prompts, task: str, **kw) -> tuple[float, float]:
+    """``(first-token accuracy, exact match)`` from one greedy generation: the first
+    generated token is the argmax at the prompt's last token (the first-token prediction),
+    the decoded continuation is scored by :func:`exact_match_accuracy`'s rule."""
+    gen = generated(model, prompts, **kw)
+    first = np.asarray([g[0] for g in gen])
+    em = [exact_match(_decode(model, tokenizer, g), a, task)
+          for g, a in zip(gen, prompts.answers, strict=True)]
+    return float(np.mean(first == prompts.target)), float(np.mean(em))
 
 
 def exact_match_accuracy(model, tokenizer, prompts: Prompts, task: str, **kw) -> float:

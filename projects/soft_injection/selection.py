@@ -51,7 +51,6 @@ from common.interp.task_embedding import (
     logits_at,
     pad_right,
 )
-from common.models import layer_stack
 from projects.soft_injection.episodes import Prompts
 
 
@@ -318,7 +317,7 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
         probe = run(min(max(saved), steps))
         s = probe.summary["resumed_from"]
         if s == min(max(saved), steps) and s not in _load_validations(folder):
-            pass
+            eval_fn(probe.model(), s)
     res = run(steps)
     final = stacked(res.model())
     vals = _load_validations(folder)

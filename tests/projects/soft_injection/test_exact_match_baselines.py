@@ -147,3 +147,33 @@ def test_function_vector_and_task_vector_settings_equal_hand_edits(setup):
     for layer in range(L):
         assert accs[layer] == evaluate.accuracy(model, valid, setting=baselines.tv_setting(
             resid, layer), batch_size=4)
+
+
+def test_zero_shot_edit_parts_equal_the_separate_settings(setup):
+    """The shared zero-shot structure: neutral parts change nothing bit for bit; each part
+    alone predicts as its own (brute-force checked) setting; score's first token is the
+    forward's argmax."""
+    model, tok, p, v, a = setup
+    shape = (L, H, D, model.config.d_model)
+    clean = evaluate.predict(model, p, batch_size=4)
+    from common.interp.task_embedding import logits_at, pad_right
+
+    ids, last = pad_right(p.tokens[:4])
+    plain = np.asarray(logits_at(model, ids, last))
+    none = np.asarray(logits_at(model, ids, last, intervention=evaluate.zero_shot_edit(shape)(
+        last, ids.shape[1])))
+    np.testing.assert_array_equal(none, plain)
+    fv = np.asarray(jax.random.normal(jax.random.key(5), (model.config.d_model,)))
+    for part, alone in ((dict(alpha=a, v=v), evaluate.mix_setting(a, v)),
+                        (dict(add=(fv, 0)), baselines.fv_setting(fv, 0)),
+                        (dict(replace=(fv, 1)), baselines.tv_setting(np.stack([fv, fv]), 1))):
+        got = evaluate.predict(model, p, setting=evaluate.zero_shot_edit(shape, **part),
+                               batch_size=4)
+        np.testing.assert_array_equal(got, evaluate.predict(model, p, setting=alone,
+                                                            batch_size=4))
+    assert not np.array_equal(evaluate.predict(model, p, setting=evaluate.zero_shot_edit(
+        shape, alpha=a, v=v), batch_size=4), clean)
+    ft, em = evaluate.score(model, tok, p, "t", alpha=a, v=v, batch_size=4, max_new_tokens=3)
+    assert ft == evaluate.accuracy(model, p, alpha=a, v=v, batch_size=4)
+    assert em == evaluate.exact_match_accuracy(model, tok, p, "t", alpha=a, v=v, batch_size=4,
+                                               max_new_tokens=3)
