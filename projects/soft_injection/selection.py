@@ -51,6 +51,7 @@ from common.interp.task_embedding import (
     logits_at,
     pad_right,
 )
+from common.models import layer_stack
 from projects.soft_injection.episodes import Prompts
 
 
@@ -127,7 +128,7 @@ def _table(prompts: Prompts, length: int, rows: int, task: np.ndarray):
     return ids, last, tgt, np.asarray([task[i % len(toks)] for i in range(rows)], np.int32)
 
 
-def _val_losses(llm, table, logit, vidx, ids, last, tgt, weight):
+def _val_losses(llm, per_layer, table, logit, vidx, ids, last, tgt, weight):
     """Mean validation loss of each model: ``table [G, L, H, D]`` every embedding, ``logit
     [M, L, H]``, ``vidx [M, V]`` each prompt's row of ``table``, ``ids [M, V, T]``, ``weight
     [M, V]`` (0 at padding rows) -> ``[M]``. Each prompt gets its own embedding (vmapped
@@ -139,7 +140,7 @@ def _val_losses(llm, table, logit, vidx, ids, last, tgt, weight):
 
         def row(vv, ii, ll):
             iv = injection(a, vv, ll[None], ii.shape[0])
-            return logits_at(llm, ii[None], ll[None], intervention=iv)[0]
+            return logits_at(llm, ii[None], ll[None], intervention=iv, per_layer=per_layer)[0]
 
         logits = jax.vmap(row)(table[vi], i, la)
         loss = first_token_loss(logits, t)
@@ -198,6 +199,9 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
     cfg = llm.config
     L, H = cfg.n_layers, cfg.n_heads
     graphdef, lstate = nnx.split(llm)
+    # the frozen layers on their own arrays (sliced out of the stack once, here): the scanned
+    # stack copies every layer's weight slice in the forward and again in the backward loop
+    layers = layer_stack.unstack(llm.blocks)
 
     # ---- every embedding in one table; each prompt names its row ----------------------------
     embs = [p.embeddings() for p in problems]
@@ -233,11 +237,12 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
             # The loop's step takes no extra arguments, so the frozen model is a constant of
             # this closure; the barrier keeps XLA from folding it (a transposed embedding
             # took minutes of compile time on 2 cores).
-            model = nnx.merge(graphdef, jax.lax.optimization_barrier(lstate))
+            model, per_layer = jax.lax.optimization_barrier((nnx.merge(graphdef, lstate),
+                                                             layers))
             ids, last = batch["ids"], batch["last"]
             iv = injection(jax.nn.sigmoid(params["logit"]), batch["v"], last, ids.shape[1])
-            return jnp.mean(first_token_loss(logits_at(model, ids, last, intervention=iv),
-                                             batch["tgt"]))
+            return jnp.mean(first_token_loss(logits_at(model, ids, last, intervention=iv,
+                                                       per_layer=per_layer), batch["tgt"]))
 
         groups.append(Group(
             f"T{n}", tuple(problems[i].name for i in members),
@@ -268,10 +273,10 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
     vdata = [jnp.asarray(np.stack([t[k] for t in vt])) for k in range(4)]
     crc_parts += [np.asarray(x) for x in vdata]
     # the model's arrays enter as arguments: closed over, XLA would fold them as constants
-    val_jit = jax.jit(lambda st, tb, lg, vi, ids, last, tgt, w: _val_losses(
-        nnx.merge(graphdef, st), tb, lg, vi, ids, last, tgt, w))
-    val_fn = lambda lg: val_jit(lstate, table, lg, vdata[3], *vdata[:3],  # noqa: E731
-                                jnp.asarray(vw))
+    val_jit = jax.jit(lambda st, pl, tb, lg, vi, ids, last, tgt, w: _val_losses(
+        nnx.merge(graphdef, st), pl, tb, lg, vi, ids, last, tgt, w))
+    val_fn = lambda lg: val_jit(lstate, layers, table, lg, vdata[3],  # noqa: E731
+                                *vdata[:3], jnp.asarray(vw))
     M = len(problems)
     folder = workdir / "selection"
 
