@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from common.attention.contract import BackendUnsupported
 from common.attention.masks import Mask
+from common.attention.precision import accum_dtype, lowest
 
 BACKENDS = ("auto", "reference", "cpu", "xla", "cudnn", "pallas")
 
@@ -97,8 +98,8 @@ def reference_attention(
     """The ``reference`` backend: plain einsum attention, every feature.
 
     Returns ``(out [b, q_len, heads, d], pattern [b, heads, q_len, kv_len])``.
-    ``prob_transform`` maps the float32 pattern ``[b, heads, q_len, kv_len]`` to a new one
-    before it weights the values (ACT calibration plugs in here).
+    ``prob_transform`` maps the pattern ``[b, heads, q_len, kv_len]`` (float32; float64 for
+    float64 inputs) to a new one before it weights the values (ACT calibration plugs in here).
     """
     return _einsum_attention(q, k, v, mask, scale, softcap, prob_transform, unit_free=False)
 
@@ -118,8 +119,9 @@ def _einsum_attention(q, k, v, mask: Mask | None, scale: jax.Array, softcap: flo
     full = (b, kvh, g, sq, skv)
     flat = _unit_free_shape(full) if unit_free else full
     einsum = einsum_unit_free if unit_free else jnp.einsum
+    acc = accum_dtype(q.dtype)
     qg = q.reshape(b, sq, kvh, g, d)
-    logits = einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
+    logits = einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=acc)
     logits = logits.reshape(flat) * jnp.broadcast_to(
         scale.reshape(1, kvh, g, 1, 1), full).reshape(flat)
     if softcap is not None:
@@ -128,15 +130,14 @@ def _einsum_attention(q, k, v, mask: Mask | None, scale: jax.Array, softcap: flo
         m = mask.materialize(b, sq, skv)
         if m is not None:
             m = m.reshape(b, -1, 1, sq, skv) if m.shape[1] == 1 else m.reshape(full)
-            logits = jnp.where(jnp.broadcast_to(m, full).reshape(flat), logits,
-                               jnp.finfo(jnp.float32).min)
+            logits = jnp.where(jnp.broadcast_to(m, full).reshape(flat), logits, lowest(acc))
     probs = jax.nn.softmax(logits, axis=-1)
     pattern = probs.reshape(b, h, sq, skv)
     if prob_transform is not None:
         pattern = prob_transform(pattern)
         probs = pattern
     out = einsum("bkgqs,bskd->bqkgd", probs.reshape(full).astype(v.dtype), v,
-                 preferred_element_type=jnp.float32)
+                 preferred_element_type=acc)
     return out.reshape(b, sq, h, d).astype(q.dtype), pattern
 
 
@@ -163,19 +164,20 @@ def _chunked_causal(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     qg = q.reshape(b, s, kvh, g, d).transpose(0, 2, 1, 3, 4)  # [b, kv_heads, s, group, d]
     kt = k.transpose(0, 2, 1, 3)  # [b, kv_heads, s, d]
     vt = v.transpose(0, 2, 1, 3)
+    acc = accum_dtype(q.dtype)
     outs = []
     for start in range(0, s, c):
         stop = min(start + c, s)
         rows = (stop - start) * g
         qc = qg[:, :, start:stop].reshape(b, kvh, rows, d)
         logits = jnp.einsum("bkrd,bksd->bkrs", qc, kt[:, :, :stop],
-                            preferred_element_type=jnp.float32)
+                            preferred_element_type=acc)
         logits = logits.reshape(b, kvh, stop - start, g, stop)
         allowed = jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None]
-        logits = jnp.where(allowed[:, None, :], logits, jnp.finfo(jnp.float32).min)
+        logits = jnp.where(allowed[:, None, :], logits, lowest(acc))
         probs = jax.nn.softmax(logits, axis=-1).reshape(b, kvh, rows, stop).astype(v.dtype)
         out = jnp.einsum("bkrs,bksd->bkrd", probs, vt[:, :, :stop],
-                         preferred_element_type=jnp.float32)
+                         preferred_element_type=acc)
         outs.append(out.reshape(b, kvh, stop - start, g, d))
     out = jnp.concatenate(outs, axis=2)  # [b, kv_heads, s, group, d]
     return out.transpose(0, 2, 1, 3, 4).reshape(b, s, h, d).astype(q.dtype)
@@ -197,6 +199,8 @@ def _sdpa(implementation: str):
     def run(q, k, v, mask: Mask | None, scale, softcap=None):
         if softcap is not None:
             raise BackendUnsupported(f"{implementation}: softcap not supported")
+        if q.dtype == jnp.float64:  # its softmax runs in float32: not a float64 computation
+            raise BackendUnsupported(f"{implementation}: float64 (its softmax is float32)")
         if implementation == "cudnn":
             if jax.default_backend() != "gpu":
                 raise BackendUnsupported("cudnn: needs a GPU")
@@ -268,8 +272,8 @@ def attend(backend: str, q, k, v, mask: Mask | None, scale: jax.Array, softcap=N
 
     ``q, k, v, mask, softcap, prob_transform`` as in
     :func:`common.attention.core.dot_product_attention`; ``scale`` is per head, ``[heads]``
-    float32. A named backend that cannot serve the call raises :class:`BackendUnsupported`;
-    ``auto`` falls back to ``reference`` and logs why.
+    (float32, or float64 for float64 inputs). A named backend that cannot serve the call
+    raises :class:`BackendUnsupported`; ``auto`` falls back to ``reference`` and logs why.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from common.attention.backends import attend
 from common.attention.contract import check_qkv
 from common.attention.masks import Mask
+from common.attention.precision import accum_dtype
 
 
 class AttentionOutput(NamedTuple):
@@ -20,11 +21,14 @@ class AttentionOutput(NamedTuple):
     pattern: jax.Array | None
 
 
-def head_scale(scale: float | jax.Array | None, heads: int, head_dim: int) -> jax.Array:
-    """Per-head softmax scale ``[heads]`` float32 (default ``1/sqrt(head_dim)``)."""
+def head_scale(scale: float | jax.Array | None, heads: int, head_dim: int,
+               dtype=jnp.float32) -> jax.Array:
+    """Per-head softmax scale ``[heads]`` in ``dtype`` (float32 by default; the
+    accumulation dtype of the call, :func:`~common.attention.precision.accum_dtype`);
+    default ``1/sqrt(head_dim)``."""
     if scale is None:
         scale = head_dim**-0.5
-    s = jnp.asarray(scale, jnp.float32)
+    s = jnp.asarray(scale, dtype)
     if s.ndim == 0:
         return jnp.full((heads,), s)
     if s.shape != (heads,):
@@ -62,6 +66,6 @@ def dot_product_attention(
       :class:`AttentionOutput` with ``out [batch, q_len, heads, head_dim]``.
     """
     check_qkv(q, k, v)
-    s = head_scale(scale, q.shape[2], q.shape[3])
+    s = head_scale(scale, q.shape[2], q.shape[3], accum_dtype(q.dtype))
     return AttentionOutput(*attend(backend, q, k, v, mask, s, softcap, prob_transform,
                                    return_pattern))

@@ -38,6 +38,7 @@ from flax import struct
 
 from common.attention.core import AttentionOutput, head_scale
 from common.attention.masks import Mask
+from common.attention.precision import accum_dtype, lowest
 from common.attention.rope import RoPE
 
 IMPLEMENTATIONS = ("blocked", "reference")
@@ -94,36 +95,38 @@ class KeyPositions:
 
 
 def _softmax_out(logits, mask: Mask | None, v, prob_transform, b, kvh, g, sq, skv, d, dtype):
-    """Masked softmax of ``logits [b, kvh, g, sq, skv]`` (float32) and the weighted values."""
+    """Masked softmax of ``logits [b, kvh, g, sq, skv]`` (the accumulation dtype) and the
+    weighted values."""
     if mask is not None:
         m = mask.materialize(b, sq, skv)
         if m is not None:
             m = m.reshape(b, -1, 1, sq, skv) if m.shape[1] == 1 else m.reshape(b, kvh, g, sq, skv)
-            logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+            logits = jnp.where(m, logits, lowest(logits.dtype))
     probs = jax.nn.softmax(logits, axis=-1)
     pattern = probs.reshape(b, kvh * g, sq, skv)
     if prob_transform is not None:
         pattern = prob_transform(pattern)
         probs = pattern.reshape(b, kvh, g, sq, skv)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v,
-                     preferred_element_type=jnp.float32)
+                     preferred_element_type=accum_dtype(v.dtype))
     return out.reshape(b, sq, kvh * g, d).astype(dtype), pattern
 
 
 def _reference_logits(q, k, pos: KeyPositions, rope: RoPE) -> jax.Array:
-    """``[b, kvh, g, sq, skv]`` float32 logits (unscaled) with every key rotated per query."""
+    """``[b, kvh, g, sq, skv]`` logits (unscaled, accumulation dtype) with every key rotated
+    per query."""
     b, sq, h, d = q.shape
     skv, kvh = k.shape[1], k.shape[2]
     g = h // kvh
     qr = rope.rotate_at(jnp.swapaxes(q, 1, 2), pos.q)  # [b, h, sq, d]
     krep = jnp.repeat(jnp.swapaxes(k, 1, 2), g, axis=1)  # [b, h, skv, d]
     kr = rope.rotate_at(krep[:, :, None], pos.dense())  # [b, h, sq, skv, d]
-    logits = jnp.einsum("bhqd,bhqsd->bhqs", qr, kr, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bhqd,bhqsd->bhqs", qr, kr, preferred_element_type=accum_dtype(q.dtype))
     return logits.reshape(b, kvh, g, sq, skv)
 
 
 def _blocked_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Array:
-    """``[b, kvh, g, sq, skv]`` float32 logits (unscaled): each query rotated once per block,
+    """``[b, kvh, g, sq, skv]`` logits (unscaled, accumulation dtype): each query rotated once per block,
     each key once, one contraction over ``(block, head_dim)``, queries in chunks.
 
     Laid out as one batched matmul per KV head: rotated queries ``[b, kvh, group·chunk,
@@ -147,7 +150,7 @@ def _blocked_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Arra
         qpos = qp[:, :, :, start:stop, None] - shift[:, :, :, start:stop]  # [b, kvh, g, c, nb]
         qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)
         out = jnp.einsum("bkrx,bksx->bkrs", qb.reshape(b, kvh, g * c, nb * d), kb,
-                         preferred_element_type=jnp.float32)
+                         preferred_element_type=accum_dtype(q.dtype))
         rows.append(out.reshape(b, kvh, g, c, skv))
     return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=3)
 
@@ -187,12 +190,13 @@ def _gathered_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Arr
         if nf:
             q0 = rope.rotate_at(qt[:, :, :, start:stop], qp[:, :, :, start:stop])
             parts.append(jnp.einsum("bkgqd,bksd->bkgqs", q0, k_fixed,
-                                    preferred_element_type=jnp.float32))
+                                    preferred_element_type=accum_dtype(q.dtype)))
         if nb > nf:
             qpos = qp[:, :, :, start:stop, None] - shift[:, :, :, start:stop]  # [.., c, nb-nf]
             qb = rope.rotate_at(qt[:, :, :, start:stop, None], qpos)
             qb = qb.transpose(0, 1, 4, 2, 3, 5).reshape(b, kvh, nb - nf, g * c, d)
-            lg = jnp.einsum("bknrd,bknsd->bknrs", qb, k_moved, preferred_element_type=jnp.float32)
+            lg = jnp.einsum("bknrd,bknsd->bknrs", qb, k_moved,
+                            preferred_element_type=accum_dtype(q.dtype))
             lg = lg.reshape(b, kvh, nb - nf, g, c, size).transpose(0, 1, 3, 4, 2, 5)
             parts.append(lg.reshape(b, kvh, g, c, (nb - nf) * size))
         lg = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
@@ -249,7 +253,7 @@ def rope_attention(
         logits = _gathered_logits(q, k, positions, rope, chunk)
     else:
         logits = _blocked_logits(q, k, positions, rope, chunk)
-    s = head_scale(scale, h, d)
+    s = head_scale(scale, h, d, accum_dtype(q.dtype))
     logits = logits * s.reshape(1, kvh, g, 1, 1)
     if softcap is not None:
         logits = softcap * jnp.tanh(logits / softcap)

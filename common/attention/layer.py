@@ -24,6 +24,7 @@ from common.attention.core import dot_product_attention, head_scale
 from common.attention.hooks import NO_HOOKS, AttentionEdit, Hooks
 from common.attention.key_positions import rope_attention
 from common.attention.masks import Mask
+from common.attention.precision import accum_dtype, lowest
 from common.attention.projection import merge_heads, project_heads
 from common.attention.rope import RoPE
 
@@ -101,31 +102,32 @@ class MultiHeadAttention(nnx.Module):
         """The ``reference`` backend's einsum attention with the ``attn_scores`` site between
         the masked logits and the softmax (the layers that capture or edit the scores only).
 
-        Scores ``[batch, heads, q_len, kv_len]`` float32 (query head ``h`` is kv head
-        ``h // group``, member ``h % group``, as in the backends), masked entries at float32's
-        lowest value; ``transform`` (probability transform, ``pattern`` site) as in
+        Scores ``[batch, heads, q_len, kv_len]`` float32 (float64 for a float64 model; query
+        head ``h`` is kv head ``h // group``, member ``h % group``, as in the backends), masked
+        entries at that dtype's lowest value; ``transform`` (probability transform, ``pattern`` site) as in
         :func:`~common.attention.core.dot_product_attention`.
         """
         b, sq, h, d = q.shape
         skv, kvh = k.shape[1], k.shape[2]
         g = h // kvh
         full = (b, kvh, g, sq, skv)
-        s = head_scale(self.scale, h, d)
+        acc = accum_dtype(q.dtype)
+        s = head_scale(self.scale, h, d, acc)
         logits = jnp.einsum("bqkgd,bskd->bkgqs", q.reshape(b, sq, kvh, g, d), k,
-                            preferred_element_type=jnp.float32) * s.reshape(1, kvh, g, 1, 1)
+                            preferred_element_type=acc) * s.reshape(1, kvh, g, 1, 1)
         if self.softcap is not None:
             logits = self.softcap * jnp.tanh(logits / self.softcap)
         if mask is not None:
             m = mask.materialize(b, sq, skv)
             if m is not None:
                 m = m.reshape(b, -1, 1, sq, skv) if m.shape[1] == 1 else m.reshape(full)
-                logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+                logits = jnp.where(m, logits, lowest(acc))
         scores = hooks.site("attn_scores", layer, logits.reshape(b, h, sq, skv))
         pattern = jax.nn.softmax(scores, axis=-1)
         if transform is not None:
             pattern = transform(pattern)
         out = jnp.einsum("bkgqs,bskd->bqkgd", pattern.reshape(full).astype(v.dtype), v,
-                         preferred_element_type=jnp.float32)
+                         preferred_element_type=acc)
         return out.reshape(b, sq, h, d).astype(q.dtype)
 
     def __call__(
@@ -220,8 +222,9 @@ class MultiHeadAttention(nnx.Module):
         """Write ``k``, ``v [batch, seq, kv_heads, head_dim]`` at ``cache_index``; returns the
         new cache and its whole keys and values in the compute dtype."""
         idx = jnp.asarray(cache_index, jnp.int32)
-        ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, idx, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, idx, 0, 0))
+        at = (jnp.int32(0), idx, jnp.int32(0), jnp.int32(0))  # one index type under 64-bit JAX
+        ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), at)
+        cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), at)
         return LayerKV(ck, cv), ck.astype(self.dtype), cv.astype(self.dtype)
 
     @staticmethod

@@ -12,6 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from common.attention.precision import accum_dtype
+
 
 @dataclasses.dataclass(frozen=True)
 class RoPE:
@@ -34,10 +36,11 @@ class RoPE:
     def dim(self) -> int:
         return self.head_dim if self.rotary_dim is None else self.rotary_dim
 
-    def inv_freq(self) -> jax.Array:
-        """``[dim // 2]`` float32 inverse frequencies."""
+    def inv_freq(self, dtype=jnp.float32) -> jax.Array:
+        """``[dim // 2]`` inverse frequencies in ``dtype`` (float32 unless a float64 model
+        asks for float64)."""
         dim = self.dim
-        inv = 1.0 / (self.theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+        inv = 1.0 / (self.theta ** (jnp.arange(0, dim, 2, dtype=dtype) / dim))
         if self.scaling is not None:
             inv = _llama3_scale(inv, dict(self.scaling))
         return inv
@@ -65,15 +68,18 @@ class RoPE:
 
         ``positions`` broadcasts against ``x.shape[:-1]`` (any leading shape): the general form
         of :meth:`apply`, for keys whose position depends on the query
-        (:mod:`common.attention.key_positions`). Computed in float32 like :meth:`apply`.
+        (:mod:`common.attention.key_positions`). Computed in
+        :func:`~common.attention.precision.accum_dtype` of ``x`` (float32 for bf16/f32,
+        float64 for a float64 model) and returned in ``x.dtype``.
         """
-        angles = jnp.asarray(positions).astype(jnp.float32)[..., None] * self.inv_freq()
+        acc = accum_dtype(x.dtype)
+        angles = jnp.asarray(positions).astype(acc)[..., None] * self.inv_freq(acc)
         cos, sin = jnp.cos(angles), jnp.sin(angles)
         cos = jnp.concatenate([cos, cos], axis=-1)
         sin = jnp.concatenate([sin, sin], axis=-1)
         dim = self.dim
         rot, keep = x[..., :dim], x[..., dim:]
-        xf = rot.astype(jnp.float32)
+        xf = rot.astype(acc)
         half = dim // 2
         rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
         out = (xf * cos + rotated * sin).astype(x.dtype)

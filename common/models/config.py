@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 ARCHS = ("llama", "gpt2", "neox")
+DTYPES = ("float32", "bfloat16", "float64")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +25,13 @@ class ModelConfig:
       qkv_bias, o_bias, mlp_bias: which projections carry biases.
       attn_backend: attention backend (``auto``, ``reference``, ``cpu``, ``xla``, ``cudnn``,
         ``pallas``; see :mod:`common.attention.backends`).
-      dtype: compute dtype (``float32`` or ``bfloat16``); logits are returned in float32.
+      dtype: compute dtype: ``float32``, ``bfloat16`` (norms, RoPE, softmax and logits still
+        accumulate in float32) or ``float64`` (parameters and every computation in float64;
+        for checks against references at ~1e-12). ``float64`` needs 64-bit JAX:
+        ``jax.config.update("jax_enable_x64", True)``, or build and run the model under
+        ``with jax.enable_x64(True):``; without it the config (and the model) refuse it
+        with a ValueError instead of silently computing in float32. Logits are float32
+        (float64 for a float64 model).
       scan_layers: scan the forward over the stacked blocks (compile time independent of
         depth); False unrolls a Python loop over layers (debugging; the same numbers).
       remat: rematerialisation policy of each layer for training (``none``, ``full``,
@@ -86,13 +93,27 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.act: unknown activation {self.act!r}")
         if self.pos not in ("rope", "learned"):
             raise ValueError(f"ModelConfig.pos must be 'rope' or 'learned', got {self.pos!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"ModelConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ModelConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        self.check_dtype_enabled()
         from common.models.layer_stack import check_remat  # lazy: config imports no JAX
 
         check_remat(self.remat)
         if self.rotary_dim is not None and (self.rotary_dim % 2 or self.rotary_dim > self.d_head):
             raise ValueError(f"ModelConfig.rotary_dim ({self.rotary_dim}) must be even and <= d_head")
+
+    def check_dtype_enabled(self) -> None:
+        """Raise ValueError for ``dtype="float64"`` while JAX runs without 64-bit types (its
+        arrays would silently be float32)."""
+        if self.dtype != "float64":
+            return
+        import jax  # lazy: config imports no JAX
+        import numpy as np
+
+        if jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+            raise ValueError('ModelConfig.dtype="float64" needs 64-bit JAX: call '
+                             'jax.config.update("jax_enable_x64", True) first (or build and run the '
+                             "model under `with jax.enable_x64(True):`)")
 
     @property
     def group(self) -> int:

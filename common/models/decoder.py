@@ -17,6 +17,7 @@ from flax import nnx
 from common.attention.hooks import NO_HOOKS, Hooks
 from common.attention.layer import LayerKV, MultiHeadAttention, param
 from common.attention.masks import Mask
+from common.attention.precision import accum_dtype
 from common.attention.rope import RoPE
 from common.models import layer_stack, views
 from common.models.activation_sharding import constrain
@@ -25,7 +26,13 @@ from common.models.capture import run_with_cache
 from common.models.config import ModelConfig
 from common.models.layers import MLP, Embed, Norm
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+
+def param_dtype(config: ModelConfig):
+    """Parameter dtype of a model: float64 for a float64 model (weights as precise as the
+    computation), float32 otherwise (bf16 models cast their float32 weights per use)."""
+    return jnp.float64 if config.dtype == "float64" else jnp.float32
 
 
 class KVCache(NamedTuple):
@@ -63,20 +70,20 @@ class Block(nnx.Module):
     """One transformer block: attention and MLP, sequential or parallel residual."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        dtype = _DTYPES[cfg.dtype]
+        dtype, pdt = _DTYPES[cfg.dtype], param_dtype(cfg)
         self.parallel = cfg.parallel_residual
-        self.attn_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, rngs=rngs)
+        self.attn_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, rngs=rngs, param_dtype=pdt)
         rope = None
         if cfg.pos == "rope":
             rope = RoPE(cfg.d_head, cfg.rope_theta, cfg.rotary_dim, cfg.rope_scaling)
         self.attn = MultiHeadAttention(
             cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, rngs=rngs,
             qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, rope=rope, backend=cfg.attn_backend,
-            dtype=dtype,
+            dtype=dtype, param_dtype=pdt,
         )
-        self.mlp_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, rngs=rngs)
+        self.mlp_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, rngs=rngs, param_dtype=pdt)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, act=cfg.act, gated=cfg.gated_mlp,
-                       bias=cfg.mlp_bias, rngs=rngs, dtype=dtype)
+                       bias=cfg.mlp_bias, rngs=rngs, dtype=dtype, param_dtype=pdt)
 
     def __call__(self, x, *, positions, mask, cache, cache_index, hooks: Hooks, layer: int):
         """``x [batch, seq, d_model]`` -> ``(x, cache)``."""
@@ -110,17 +117,21 @@ class DecoderLM(nnx.Module):
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        config.check_dtype_enabled()
         self.config = config
-        self.embed = Embed(config.vocab_size, config.d_model, ("vocab", "embed"), rngs=rngs)
+        pdt = param_dtype(config)
+        self.embed = Embed(config.vocab_size, config.d_model, ("vocab", "embed"), rngs=rngs,
+                           param_dtype=pdt)
         self.pos_embed = (
-            Embed(config.max_position, config.d_model, (None, "embed"), rngs=rngs)
+            Embed(config.max_position, config.d_model, (None, "embed"), rngs=rngs,
+                  param_dtype=pdt)
             if config.pos == "learned" else None
         )
         self.blocks = layer_stack.stacked(lambda r: Block(config, rngs=r), config.n_layers, rngs)
         self.final_norm = Norm(config.d_model, config.norm, config.norm_eps, rngs=rngs)
         self.lm_head = (
             None if config.tie_embeddings
-            else param(rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), jnp.float32)
+            else param(rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), pdt)
         )
 
     @property
@@ -135,14 +146,15 @@ class DecoderLM(nnx.Module):
         return x
 
     def unembed(self, x: jax.Array, hooks: Hooks = NO_HOOKS) -> jax.Array:
-        """Final norm and unembedding: ``[..., d_model] -> [..., vocab]`` float32 logits; the
+        """Final norm and unembedding: ``[..., d_model] -> [..., vocab]`` float32 logits
+        (float64 for a float64 model); the
         final norm's divisor is the site ``ln_final_scale`` at layer ``n_layers``."""
         x = self.final_norm(x, hooks, "ln_final_scale", self.config.n_layers)
         if self.lm_head is None:
             logits = self.embed.attend(x)
         else:
             logits = jnp.einsum("...d,dv->...v", x, self.lm_head[...].astype(x.dtype),
-                                preferred_element_type=jnp.float32)
+                                preferred_element_type=accum_dtype(x.dtype))
         if logits.ndim == 3:
             logits = constrain(logits, ("batch", "seq", "vocab"))
         return logits
@@ -270,7 +282,9 @@ class DecoderLM(nnx.Module):
         if cache is not None:
             cache_index = cache.length
             tv = jnp.ones((b, s), bool) if token_valid is None else token_valid.astype(bool)
-            valid = jax.lax.dynamic_update_slice(cache.valid, tv, (0, cache.length))
+            # indices of one integer type (a literal 0 would be int64 under 64-bit JAX)
+            zero = jnp.zeros_like(cache.length)
+            valid = jax.lax.dynamic_update_slice(cache.valid, tv, (zero, cache.length))
             if mask is None:
                 slots = cache.length + jnp.arange(s, dtype=jnp.int32)
                 mask = Mask(

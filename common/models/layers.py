@@ -8,6 +8,7 @@ from flax import nnx
 
 from common.attention.hooks import NO_HOOKS, Hooks
 from common.attention.layer import param
+from common.attention.precision import accum_dtype
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -21,12 +22,12 @@ class Norm(nnx.Module):
     """RMSNorm (Llama) or LayerNorm (GPT-2, NeoX) over the last axis ``[..., d_model]``.
 
     ``norm(x, hooks=h, site="ln1_scale", layer=l)`` passes the per-token divisor ``scale
-    [batch, pos]`` (float32; ``sqrt(mean(x²) + eps)``, or ``sqrt(var(x) + eps)`` for LayerNorm:
-    TransformerLens' ``hook_scale``) through the hooks. A hook that returns another array (a
-    patch, a frozen scale, a traced offset) makes the norm divide by it; one that returns the
-    array it was given leaves the norm's own ``x · rsqrt(...)``, so observing changes no bit,
-    and the traced program is the same with or without hooks (the unused divisor is dropped by
-    XLA).
+    [batch, pos]`` (float32, float64 for a float64 model; ``sqrt(mean(x²) + eps)``, or
+    ``sqrt(var(x) + eps)`` for LayerNorm: TransformerLens' ``hook_scale``) through the hooks.
+    A hook that returns another array (a patch, a frozen scale, a traced offset) makes the
+    norm divide by it; one that returns the array it was given leaves the norm's own
+    ``x · rsqrt(...)``, so observing changes no bit, and the traced program is the same with or
+    without hooks (the unused divisor is dropped by XLA).
     """
 
     def __init__(self, d_model: int, kind: str, eps: float, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
@@ -38,7 +39,8 @@ class Norm(nnx.Module):
     def __call__(self, x: jax.Array, hooks: Hooks = NO_HOOKS, site: str | None = None,
                  layer: int = 0) -> jax.Array:
         dtype = x.dtype
-        xf = x.astype(jnp.float32)
+        acc = accum_dtype(dtype)
+        xf = x.astype(acc)
         if self.kind == "rms":
             y = self._divide(xf, jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps,
                              hooks, site, layer)
@@ -46,7 +48,7 @@ class Norm(nnx.Module):
         mean = jnp.mean(xf, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
         y = self._divide(xf - mean, var + self.eps, hooks, site, layer)
-        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        y = y * self.scale[...].astype(acc) + self.bias[...].astype(acc)
         return y.astype(dtype)
 
     @staticmethod
@@ -56,7 +58,7 @@ class Norm(nnx.Module):
         if site is not None:
             edited = hooks.site(site, layer, scale)
             if edited is not scale:  # replaced: divide by what the hook returned
-                return xf / edited.astype(jnp.float32)[..., None]
+                return xf / edited.astype(xf.dtype)[..., None]
         return xf * jax.lax.rsqrt(ms)  # observed or no hooks: the norm's own computation
 
 
@@ -109,6 +111,7 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """Tied unembedding: ``x [..., d_model] -> [..., num]`` (float32)."""
+        """Tied unembedding: ``x [..., d_model] -> [..., num]`` (float32; float64 for a
+        float64 model)."""
         return jnp.einsum("...d,vd->...v", x, self.embedding[...].astype(x.dtype),
-                          preferred_element_type=jnp.float32)
+                          preferred_element_type=accum_dtype(x.dtype))
