@@ -1,4 +1,5 @@
-"""The three evaluations of the run: judge flip rate, retrieval by gold position, timing.
+"""The three evaluations of the run: judge flip rate, retrieval by gold position, time and
+memory.
 
 Every prompt is scored by the logits at its last position (no free generation: log-likelihood
 scoring avoids format failures, papers/pine.md §13), many prompts per batched call.
@@ -12,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.models.program_memory import forward_memory
 from common.progress import bar
 from projects.pine import data
-from projects.pine.forward import pine_forward_batch
+from projects.pine.forward import batch_inputs, pine_forward_batch
 from projects.pine.layout import Layout, build_layout
 from projects.pine.method import METHODS
 
@@ -92,12 +94,14 @@ def retrieval(model, tok, ks, n_items: int, methods=METHODS, *, batch: int = 10,
 
 
 def timing(model, ks, tokens: int, rounds: int, methods=METHODS, *,
-           progress: bool = True) -> dict:
+           progress: bool = True) -> tuple[dict, dict]:
     """Seconds per forward of one ~``tokens``-token prompt with k segments, per method
     (vanilla also as the plain forward ``model(ids)``: ``plain``); medians of ``rounds``
-    interleaved rounds, after one compile call each."""
+    interleaved rounds, after one compile call each. And the memory of each compiled program
+    (:func:`common.models.program_memory.forward_memory`: temporaries, arguments, outputs in
+    bytes). Returns ``(timing, memory)``, both keyed ``"k{k}"`` then method."""
     rng = np.random.default_rng(0)
-    out = {}
+    out, memory = {}, {}
     for k in bar(ks, "timing", unit="k", enabled=progress):
         seg = max(1, (tokens - 40) // k)
         ids = lambda n: rng.integers(3, 40000, n).tolist()  # noqa: E731
@@ -108,6 +112,10 @@ def timing(model, ks, tokens: int, rounds: int, methods=METHODS, *,
             runs[m] = lambda m=m, lay=lay: pine_forward_batch(model, [lay], m, bucket=1)
         for f in runs.values():
             f()
+        memory[f"k{k}"] = {"plain": forward_memory(model, x).as_dict()}
+        for m in methods:
+            ids_m, iv = batch_inputs([lay], m, bucket=1)
+            memory[f"k{k}"][m] = forward_memory(model, ids_m, intervention=iv).as_dict()
         times = {name: [] for name in runs}
         for _ in range(rounds):
             for name, f in runs.items():
@@ -116,4 +124,4 @@ def timing(model, ks, tokens: int, rounds: int, methods=METHODS, *,
                 times[name].append(time.perf_counter() - t0)
         out[f"k{k}"] = {name: float(np.median(t)) for name, t in times.items()}
         out[f"k{k}"]["tokens"] = lay.n
-    return out
+    return out, memory

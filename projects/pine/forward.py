@@ -1,5 +1,4 @@
-"""The PINE forward and its baselines on the shared core, and decoding with a cache of keys
-before RoPE.
+"""The PINE forward and its baselines on the shared core.
 
 ``pine_logits(model, prefix_ids, segments_ids, suffix_ids, method="pine")`` returns the logits
 over the suffix ``[len(suffix), vocab]``. The model runs once, jitted (``model(ids,
@@ -8,19 +7,20 @@ key_params=...)``: every layer and head computes its segment order from its own 
 queries and keys, and the core rotates the keys per query. Prompts are right-padded to a
 multiple of ``bucket`` tokens so that prompts of similar length share one compiled program
 (padding comes after the suffix, where causal attention keeps it from every real token).
+Decoding with the cache of keys before RoPE: :mod:`projects.pine.decode`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from common.attention.masks import Mask
 from common.interp import Intervention
 from common.models.capture import run_with_cache
-from common.models.decoder import init_cache
 from projects.pine.layout import Layout, PineInputError, build_layout
 from projects.pine.method import (
     attention_mask,
@@ -67,15 +67,11 @@ def pine_forward(model, layout: Layout, method: str = "pine", *,
     return np.asarray(logits[0, :layout.n])
 
 
-def pine_forward_batch(model, layouts: Sequence[Layout], method: str = "pine", *,
-                       bucket: int = BUCKET, last_only: bool = False) -> list[np.ndarray]:
-    """:func:`pine_forward` of several prompts in one batched call (each right-padded to the
-    longest, rounded up to ``bucket``): ``[N_i, vocab]`` logits per prompt, or with
-    ``last_only`` ``[vocab]`` at each prompt's last token (the unembedding of that row only)."""
-    check_model(model)
-    method_index(method)
-    if not layouts:
-        return []
+def batch_inputs(layouts: Sequence[Layout], method: str,
+                 bucket: int = BUCKET) -> tuple[jax.Array, Intervention]:
+    """The model's inputs for ``layouts`` under ``method``: token ids ``[batch, n]`` (each
+    prompt right-padded to the longest, rounded up to ``bucket``) and the batch's
+    :class:`Intervention`."""
     n = padded_length(max(lay.n for lay in layouts), bucket)
     ids = np.zeros((len(layouts), n), np.int32)
     for i, lay in enumerate(layouts):
@@ -90,6 +86,19 @@ def pine_forward_batch(model, layouts: Sequence[Layout], method: str = "pine", *
               for name in ivs[0].key_params}
     mask = Mask(dense=jnp.concatenate([iv.mask.dense for iv in ivs]))
     iv = Intervention(mask=mask, key_positions=key_positions_fn(plan[0]), key_params=params)
+    return jnp.asarray(ids), iv
+
+
+def pine_forward_batch(model, layouts: Sequence[Layout], method: str = "pine", *,
+                       bucket: int = BUCKET, last_only: bool = False) -> list[np.ndarray]:
+    """:func:`pine_forward` of several prompts in one batched call (each right-padded to the
+    longest, rounded up to ``bucket``): ``[N_i, vocab]`` logits per prompt, or with
+    ``last_only`` ``[vocab]`` at each prompt's last token (the unembedding of that row only)."""
+    check_model(model)
+    method_index(method)
+    if not layouts:
+        return []
+    ids, iv = batch_inputs(layouts, method, bucket)
     if last_only:
         last = model.config.n_layers - 1
         _, cache = run_with_cache(model, jnp.asarray(ids), names_filter="resid_post",
@@ -116,35 +125,3 @@ def pine_logits(model, prefix_ids: Sequence[int], segments_ids: Sequence[Sequenc
     check_model(model)
     layout = build_layout(prefix_ids, segments_ids, suffix_ids, model.config.vocab_size)
     return pine_forward(model, layout, method, bucket=bucket)[layout.seg_end:]
-
-
-def pine_decode(model, layout: Layout, method: str, n_new: int) -> tuple[list[int], np.ndarray]:
-    """Greedy decoding of ``n_new`` tokens with a KV cache of keys before RoPE.
-
-    The prompt is prefilled into the cache; every new token then recomputes its own segment
-    order from its pre-RoPE query and the cached keys, and the core re-rotates the cached keys
-    at those positions. Returns ``(new token ids, logits [n_new, vocab])``: the logits that
-    chose each new token (the prompt's last position, then each new token's).
-    """
-    check_model(model)
-    method_index(method)
-    total = layout.n + n_new
-    cache = init_cache(model.config, 1, total)
-    mask = Mask(dense=jnp.asarray(attention_mask(layout, method, layout.n, total))[None, None])
-    plan = block_plan([layout], total)
-    fn = key_positions_fn(plan[0])
-    iv = Intervention(mask=mask, key_positions=fn,
-                      key_params=key_params(layout, method, layout.n, total, plan=plan))
-    logits, cache = model.forward(jnp.asarray(layout.ids)[None], hooks=iv.hooks(model.config),
-                                  cache=cache)
-    out, new = [np.asarray(logits[0, -1])], []
-    for t in range(n_new):
-        new.append(int(np.argmax(out[-1])))
-        if t == n_new - 1:
-            break
-        step = Intervention(key_positions=fn,
-                            key_params=key_params(layout, method, 1, total, layout.n + t, plan))
-        logits, cache = model.forward(jnp.asarray([[new[-1]]]), hooks=step.hooks(model.config),
-                                      cache=cache)
-        out.append(np.asarray(logits[0, -1]))
-    return new, np.stack(out)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.attention.key_positions import KeyPositions
+from common.attention.precision import accum_dtype, lowest
 from projects.pine.layout import Layout, PineInputError
 
 METHODS = ("vanilla", "nia", "pcw", "pine", "pine_no_reassign", "pine_reverse")
@@ -49,15 +50,15 @@ def segment_importance(q: jax.Array, k: jax.Array, q_doc: jax.Array, kv_doc: jax
     b, sq, h, d = q.shape
     kvh = k.shape[2]
     nseg = seg_len.shape[1]
-    kr = jnp.repeat(k, h // kvh, axis=2).astype(jnp.float32)
-    s = jnp.einsum("bqhd,bshd->bhqs", q.astype(jnp.float32), kr) / np.sqrt(d)
+    acc = accum_dtype(q.dtype)  # float32, float64 for a float64 model
+    kr = jnp.repeat(k, h // kvh, axis=2).astype(acc)
+    s = jnp.einsum("bqhd,bshd->bhqs", q.astype(acc), kr) / np.sqrt(d)
     valid = (kv_doc[:, None, :] > 0) & (kv_doc[:, None, :] != q_doc[:, :, None])  # [b, sq, skv]
-    s = jnp.where(valid[:, None], s, jnp.finfo(jnp.float32).min)
+    s = jnp.where(valid[:, None], s, lowest(acc))
     p = jnp.where(valid[:, None], jax.nn.softmax(s, axis=-1), 0.0)
-    onehot_k = (kv_doc[..., None] == jnp.arange(1, nseg + 1)).astype(jnp.float32)  # [b, skv, k]
-    imp = jnp.einsum("bhqs,bsk->bhqk", p, onehot_k) / seg_len[:, None, None, :].astype(
-        jnp.float32)
-    onehot_q = (q_doc[..., None] == jnp.arange(1, nseg + 1)).astype(jnp.float32)  # [b, sq, k]
+    onehot_k = (kv_doc[..., None] == jnp.arange(1, nseg + 1)).astype(acc)  # [b, skv, k]
+    imp = jnp.einsum("bhqs,bsk->bhqk", p, onehot_k) / seg_len[:, None, None, :].astype(acc)
+    onehot_q = (q_doc[..., None] == jnp.arange(1, nseg + 1)).astype(acc)  # [b, sq, k]
     per_seg = jnp.einsum("bhqk,bqa->bhak", imp, onehot_q)  # [b, h, k_query, k]
     grouped = jnp.einsum("bhak,bqa->bhqk", per_seg, onehot_q)
     return jnp.where((q_doc > 0)[:, None, :, None], grouped, imp)

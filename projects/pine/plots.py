@@ -43,22 +43,30 @@ def retrieval_figure(retrieval: dict, out_dir: pathlib.Path, model: str = "SmolL
     return save(fig, out_dir, "retrieval_by_position")
 
 
-def timing_figure(timing: dict, out_dir: pathlib.Path, model: str = "SmolLM2") -> list[str]:
-    """Seconds per forward of one prompt against k, per method (the plain forward too)."""
+def timing_figure(timing: dict, memory: dict, out_dir: pathlib.Path,
+                  model: str = "SmolLM2") -> list[str]:
+    """Against k, per method (the plain forward too): seconds per forward of one prompt (left)
+    and the compiled program's temporaries in MiB (right; the arguments, mostly the weights,
+    are the same for every method and are left out)."""
     keys = sorted(timing, key=lambda s: int(s[1:]))
     ks = [int(s[1:]) for s in keys]
-    fig, ax = plt.subplots(figsize=(7.4, 4.2), layout="constrained")
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11.0, 4.2), layout="constrained")
     methods = [m for m in timing[keys[0]] if m != "tokens"]
     for m in methods:
         style = STYLE.get(m, dict(color="tab:green", marker="*", linestyle="-."))
-        ax.plot(ks, [timing[key][m] for key in keys], label=LABEL.get(m, "plain forward"),
-                **style)
-    ax.set_xlabel("number of segments k")
-    ax.set_ylabel("seconds per forward (median)")
-    ax.set_xticks(ks)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"One prompt of ~{timing[keys[0]]['tokens']} tokens, "
+        label = LABEL.get(m, "plain forward")
+        ax_t.plot(ks, [timing[key][m] for key in keys], label=label, **style)
+        ax_m.plot(ks, [memory[key][m]["temp"] / 2**20 for key in keys], **style)
+    ax_t.set_ylabel("seconds per forward (median)")
+    ax_t.set_title("time")
+    ax_m.set_ylabel("temporaries of the compiled program (MiB)")
+    ax_m.set_title("memory")
+    for ax in (ax_t, ax_m):
+        ax.set_xlabel("number of segments k")
+        ax.set_xticks(ks)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"One prompt of ~{timing[keys[0]]['tokens']} tokens, "
                  f"{pathlib.Path(model).name}, CPU")
     fig.legend(loc="outside right upper", frameon=False)
     return save(fig, out_dir, "timing")

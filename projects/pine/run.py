@@ -39,6 +39,10 @@ def headline(summary: dict) -> list[str]:
     ratios = ", ".join(f"{k} {r:.2f}x" for k, r in summary["time_ratio"].items())
     lines.append(f"PINE time over the plain forward: {ratios} (targets k2 <= 1.5x, k10 <= 4x; "
                  f"paper ~2x at k=2, ~8x at k=20; load average {summary['load_average']:.1f})")
+    mem = ", ".join(f"{k} {summary['memory'][k]['pine'] / 2**20:.0f} vs "
+                    f"{summary['memory'][k]['plain'] / 2**20:.0f} MiB (temporaries "
+                    f"{summary['temp_ratio'][k]:.1f}x)" for k in summary["memory"])
+    lines.append(f"compiled-program memory, PINE vs plain: {mem}")
     cl = summary["claims"]
     lines.append(f"{sum(c['holds'] for c in cl)} of {len(cl)} claims hold; report.md says which")
     return lines
@@ -74,13 +78,13 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
     lap("retrieval")
     with stage("timing", f"k in {tuple(config.timing.ks)}, ~{config.timing.tokens} tokens, "
                f"{config.timing.rounds} rounds", prefix=PREFIX):
-        timing = evals.timing(model, tuple(config.timing.ks), config.timing.tokens,
-                              config.timing.rounds, methods)
+        timing, memory = evals.timing(model, tuple(config.timing.ks), config.timing.tokens,
+                                      config.timing.rounds, methods)
     lap("timing")
     with stage("figures", prefix=PREFIX):
         name = config.model if loaded is None else "test model"
         problems = plots.retrieval_figure(retrieval, rd.figures, name)
-        problems += plots.timing_figure(timing, rd.figures, name)
+        problems += plots.timing_figure(timing, memory, rd.figures, name)
     lap("figures")
     figures = sorted(p.name for p in rd.figures.glob("*.png"))
     summary = {
@@ -92,6 +96,12 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
         "retrieval_items": config.retrieval.n_items,
         "timing": timing,
         "time_ratio": {key: row["pine"] / row["plain"] for key, row in timing.items()},
+        # bytes of each compiled program: temporaries + arguments (weights, ids, the
+        # intervention's arrays) + outputs; memory_detail splits them
+        "memory": {key: {m: v["total"] for m, v in row.items()} for key, row in memory.items()},
+        "memory_detail": memory,
+        "temp_ratio": {key: row["pine"]["temp"] / row["plain"]["temp"]
+                       for key, row in memory.items()},
         "figure_problems": problems,
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg()[0],

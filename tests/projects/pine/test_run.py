@@ -45,6 +45,13 @@ def test_run_on_a_tiny_model(tmp_path):
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert set(on_disk["judge"]) == set(c.methods)
     assert set(on_disk["timing"]["k2"]) >= set(c.methods) | {"plain"}
+    mem = on_disk["memory"]["k2"]
+    assert set(mem) == set(c.methods) | {"plain"}
+    detail = on_disk["memory_detail"]["k2"]["pine"]
+    assert mem["pine"] == detail["temp"] + detail["argument"] + detail["output"]
+    # the dense PINE path holds per-(query, key) logits the plain forward does not
+    assert detail["temp"] > on_disk["memory_detail"]["k2"]["plain"]["temp"] > 0
+    assert "Memory of each compiled forward program" in (tmp_path / "report.md").read_text()
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# PINE") and "flip rate" in report
     for name in ("retrieval_by_position", "timing"):
