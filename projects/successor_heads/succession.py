@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.interp import W_E, W_O, W_U, W_V, Labelled, effective_embedding, final_norm_linear
+from common.interp import W_E, W_O, W_U, Labelled, effective_embedding
 from projects.successor_heads.tasks import OrdinalClass
 
 EMBED_MODES = ("mlp0_only", "resid_plus_mlp0", "raw_embed", "block0")
@@ -89,43 +89,73 @@ def effective_embed(model, token_ids: jax.Array, mode: str = "mlp0_only") -> jax
     return resid - W_E(model).values[ids]
 
 
-def _ov_logits(model, token_ids: jax.Array, embed_mode: str, final_norm: bool,
-               exact: bool = True) -> jax.Array:
-    """``[L, H, m, m]`` effective OV logits (rows: input token, columns: output token).
+def _ov_parts(model, token_ids: jax.Array, embed_mode: str, final_norm: bool, exact: bool):
+    """The factors of the effective OV logits: ``logits = (A @ M) * r[..., None] + b`` with
+    ``A [L, H, m, d_head]``, ``M [L, H, d_head, m]``, the final norm's per-row divisor
+    ``r [L, H, m]`` and its bias through ``W_U`` ``b [m]`` (``None`` when absent or, with
+    ``exact=False``, when it changes no ranking: an RMSNorm has no bias, so each row is only
+    scaled by ``r > 0``).
 
-    ``exact=False`` (for ranking only) drops the final norm's per-row divisor where that
-    changes no ranking: an RMSNorm has no bias, so each row is only scaled by ``r > 0``.
-
-    Contracted in the cheap order: ``A = E_eff W_V`` per KV head ``[L, K, m, d_head]`` and
-    ``M = W_O^{l,h} (γ ⊙ W_U)`` ``[L, H, d_head, m]``, then ``A @ M``; the final norm's
-    per-row divisor ``r = 1/sqrt(mean(y_c²) + eps)`` of ``y = A W_O`` comes from the Gram
-    matrix ``W_O W_Oᵀ`` (``y_c = y`` centred for LayerNorm), so ``y [L, H, m, d_model]`` is
-    never formed. The norm's elementwise scale γ (and centring) is read through
-    ``common.interp.final_norm_linear`` at a probe residual whose divisor is known.
+    Contracted in the cheap order: ``A = E_eff W_V`` per KV head and ``M = W_O^{l,h} (γ ⊙
+    W_U)``; ``r = 1/sqrt(mean(y_c²) + eps)`` of ``y = A W_O`` comes from the Gram matrix
+    ``W_O W_Oᵀ`` (``y_c = y`` centred for LayerNorm), so ``y [L, H, m, d_model]`` is never
+    formed. The norm's elementwise scale γ (and LayerNorm's centring) is applied to the ``m``
+    scored columns of ``W_U`` rather than to every head's ``W_O``: ``((y C) ⊙ γ) W_U = y ·
+    C (γ ⊙ W_U)``.
     """
     cfg = model.config
     x = effective_embed(model, token_ids, embed_mode)  # [m, d]
-    wv = W_V(model, expand=False).values  # [L, K, d, k]
+    ids = jnp.asarray(token_ids, jnp.int32)
+    L, K, group, k = cfg.n_layers, cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, cfg.d_head
+    # A = E_eff W_V, one [m, d] @ [d, K·k] product per layer on the kernel's stored layout (as
+    # one batched einsum XLA:CPU first copied a transposed kernel: 14 -> 3 ms here).
+    wv = model.blocks.attn.v_kernel[...]  # [L, d, K, k]
+    a = jnp.stack([x @ wv[i].reshape(-1, K * k) for i in range(L)]).reshape(L, -1, K, k)
+    a = jnp.repeat(jnp.moveaxis(a, 2, 1), group, axis=1)  # [L, H, m, k]
     wo = W_O(model).values  # [L, H, k, d]
-    group = cfg.n_heads // cfg.n_kv_heads
-    a = jnp.repeat(jnp.einsum("md,lgdk->lgmk", x, wv), group, axis=1)  # [L, H, m, k]
-    wu = W_U(model).values[:, token_ids]  # [d, m]
+    # W_U on the scored tokens only: rows of a tied embedding, not the transposed table.
+    wu = (model.embed.embedding[...][ids].T if model.lm_head is None
+          else W_U(model).values[:, ids])  # [d, m]
     if not final_norm:
-        return jnp.einsum("lhmk,lhkn->lhmn", a, jnp.einsum("lhkd,dn->lhkn", wo, wu))
-    d = cfg.d_model
-    eps = cfg.norm_eps
-    # A probe residual with divisor exactly 1/sqrt(1 + eps) for either norm kind.
-    probe = jnp.ones((d,), wo.dtype) if cfg.norm == "rms" else jnp.where(
-        jnp.arange(d) % 2 == 0, 1.0, -1.0).astype(wo.dtype)
-    wo_g = final_norm_linear(model, wo, probe) * jnp.sqrt(1.0 + eps)  # centre(W_O) ⊙ γ
-    core = jnp.einsum("lhmk,lhkn->lhmn", a, jnp.einsum("lhkd,dn->lhkn", wo_g, wu))
+        return a, jnp.einsum("lhkd,dn->lhkn", wo, wu), None, None
+    norm = model.final_norm
+    wu_g = norm.scale[...].astype(wu.dtype)[:, None] * wu
+    if cfg.norm != "rms":
+        wu_g = wu_g - wu_g.mean(axis=0, keepdims=True)
+    m = jnp.einsum("lhkd,dn->lhkn", wo, wu_g)
     if not exact and cfg.norm == "rms":
-        return core
+        return a, m, None, None
+    d = cfg.d_model
     wo_c = wo if cfg.norm == "rms" else wo - wo.mean(-1, keepdims=True)
     gram = jnp.einsum("lhkd,lhjd->lhkj", wo_c, wo_c)  # [L, H, k, k]
     ms = jnp.einsum("lhmk,lhkj,lhmj->lhm", a, gram, a) / d  # mean(y_c²) per row
-    bias = model.unembed(jnp.zeros((d,), wo.dtype))[token_ids]  # the norm's bias through W_U
-    return core * jax.lax.rsqrt(ms + eps)[..., None] + bias
+    bias = model.unembed(jnp.zeros((d,), wo.dtype))[ids]  # the norm's bias through W_U
+    return a, m, jax.lax.rsqrt(ms + cfg.norm_eps), bias
+
+
+def _ov_logits(model, token_ids: jax.Array, embed_mode: str, final_norm: bool,
+               exact: bool = True) -> jax.Array:
+    """``[L, H, m, m]`` effective OV logits (rows: input token, columns: output token), from
+    :func:`_ov_parts` (``exact=False``: ranking-equivalent, see there)."""
+    a, m, r, b = _ov_parts(model, token_ids, embed_mode, final_norm, exact)
+    logits = jnp.einsum("lhmk,lhkn->lhmn", a, m)
+    if r is not None:
+        logits = logits * r[..., None]
+    return logits if b is None else logits + b
+
+
+def _ov_blocks(model, token_ids: jax.Array, cols: jax.Array, embed_mode: str,
+               final_norm: bool) -> jax.Array:
+    """The class blocks of the effective OV logits, ``[L, H, C, n, n]``: block ``c`` is
+    ``logits[..., cols[c], :][..., cols[c]]`` (``cols [C, n]`` the columns of each class's
+    tokens, padded); ranking-equivalent as ``exact=False``. Only these entries decide a
+    succession score, so the ``m x m`` table is never formed (``Σ n_c²`` entries instead of
+    ``m²``)."""
+    a, m, r, b = _ov_parts(model, token_ids, embed_mode, final_norm, exact=False)
+    blocks = jnp.einsum("lhcik,lhkcj->lhcij", a[:, :, cols], m[..., cols])
+    if r is not None:
+        blocks = blocks * r[:, :, cols][..., None]
+    return blocks if b is None else blocks + b[cols][:, None, :]
 
 
 @jax.jit(static_argnames=("embed_mode", "final_norm"))
@@ -180,6 +210,21 @@ class PairTable:
     def class_chance(self) -> dict[str, float]:
         return {n: 1.0 / float(self.cand[c].sum()) for c, n in enumerate(self.names)}
 
+    def blocks(self) -> tuple[np.ndarray, ...]:
+        """The class-block layout of the table: ``cols [C, n]`` (each class's token columns in
+        ascending order, padded with column 0), ``valid [C, n]`` and each pair's / item's
+        position inside its class's block: ``src_pos, tgt_pos [P]``, ``item_pos [Q]``."""
+        members = [np.flatnonzero(c) for c in self.cand]
+        n = max(len(mm) for mm in members)
+        cols = np.zeros((len(members), n), np.int32)
+        valid = np.zeros((len(members), n), bool)
+        pos = np.zeros((len(members), self.cand.shape[1]), np.int32)
+        for c, mm in enumerate(members):
+            cols[c, :len(mm)], valid[c, :len(mm)] = mm, True
+            pos[c, mm] = np.arange(len(mm))
+        return (cols, valid, pos[self.cls, self.src], pos[self.cls, self.tgt],
+                pos[self.item_cls, self.item])
+
 
 def pair_table(classes: Sequence[OrdinalClass]) -> PairTable:
     """A :class:`PairTable` of ``classes`` (a token in two classes is one row)."""
@@ -221,16 +266,34 @@ def _class_means(hits: jax.Array, cls, n_classes: int) -> jax.Array:
     return (hits.astype(jnp.float32) @ onehot) / onehot.sum(0)
 
 
-def _score_arrays(logits, src, tgt, cls, item, item_cls, cand, pooled):
-    n_cls = cand.shape[0]
-    succ = _first(logits, src, tgt, cls, cand)
-    pred = _first(logits, tgt, src, cls, cand)
-    copy = _first(logits, item, item, item_cls, cand)
+def _pool(succ, pred, copy, cls, item_cls, pooled, n_cls: int) -> dict:
+    """The pooled and per-class scores from each pair's / item's success ``[..., P|Q]``."""
     w = pooled[cls].astype(jnp.float32)
     wi = pooled[item_cls].astype(jnp.float32)
     pool = lambda h, ww: (h.astype(jnp.float32) @ ww) / ww.sum()  # noqa: E731
     return {"succession": pool(succ, w), "predecessor": pool(pred, w), "copy": pool(copy, wi),
             "per_class": _class_means(succ, cls, n_cls), "hits": succ}
+
+
+def _score_arrays(logits, src, tgt, cls, item, item_cls, cand, pooled):
+    succ = _first(logits, src, tgt, cls, cand)
+    pred = _first(logits, tgt, src, cls, cand)
+    copy = _first(logits, item, item, item_cls, cand)
+    return _pool(succ, pred, copy, cls, item_cls, pooled, cand.shape[0])
+
+
+def _score_blocks(blocks, valid, cls, src_pos, tgt_pos, item_cls, item_pos, pooled):
+    """:func:`_score_arrays` on the class blocks ``[..., C, n, n]`` of :func:`_ov_blocks`:
+    the row maxima over each class's candidates once, then one comparison per pair."""
+    rowmax = jnp.max(jnp.where(valid[:, None, :], blocks, -jnp.inf), axis=-1)  # [..., C, n]
+
+    def first(c, i, j):
+        return blocks[..., c, i, j] >= rowmax[..., c, i]
+
+    succ = first(cls, src_pos, tgt_pos)
+    pred = first(cls, tgt_pos, src_pos)
+    copy = first(item_cls, item_pos, item_pos)
+    return _pool(succ, pred, copy, cls, item_cls, pooled, valid.shape[0])
 
 
 _score_arrays_jit = jax.jit(_score_arrays)
@@ -292,21 +355,22 @@ def _head_scores(out: dict, table: PairTable) -> HeadScores:
 
 
 @jax.jit(static_argnames=("embed_mode", "final_norm"))
-def _score_heads_jit(graphdef, state, tokens, arrays, embed_mode, final_norm):
-    logits = _ov_logits(nnx.merge(graphdef, state), tokens, embed_mode, final_norm,
-                        exact=False)
-    return _score_arrays(logits, *arrays)
+def _score_heads_jit(graphdef, state, tokens, cols, arrays, embed_mode, final_norm):
+    blocks = _ov_blocks(nnx.merge(graphdef, state), tokens, cols, embed_mode, final_norm)
+    return _score_blocks(blocks, *arrays)
 
 
 def score_heads(model, classes: Sequence[OrdinalClass], *, embed_mode: str = "mlp0_only",
                 final_norm: bool = True) -> HeadScores:
     """Succession, copy and predecessor scores of every head of ``model`` on ``classes``
-    (logits and scores in one compiled program; rankings as :func:`ov_logits`')."""
+    (one compiled program over the class blocks of the logits; rankings as
+    :func:`ov_logits`')."""
     table = pair_table(classes)
     embed_mode = resolve_embed_mode(model.config, embed_mode)
     graphdef, state = nnx.split(model)
-    arrays = (table.src, table.tgt, table.cls, table.item, table.item_cls,
-              jnp.asarray(table.cand), jnp.asarray(table.pooled))
-    out = _score_heads_jit(graphdef, state, jnp.asarray(table.tokens), arrays, embed_mode,
-                           bool(final_norm))
+    cols, valid, src_pos, tgt_pos, item_pos = table.blocks()
+    arrays = (jnp.asarray(valid), table.cls, src_pos, tgt_pos, table.item_cls, item_pos,
+              jnp.asarray(table.pooled))
+    out = _score_heads_jit(graphdef, state, jnp.asarray(table.tokens), jnp.asarray(cols),
+                           arrays, embed_mode, bool(final_norm))
     return _head_scores(out, table)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.interp import W_V, effective_embedding
+from common.interp import W_O, W_V, effective_embedding
 from projects.successor_heads import succession as S
 from projects.successor_heads import tasks
 from tests.projects.successor_heads.tiny import (
@@ -289,7 +289,7 @@ def test_layernorm_model_logits_equal_the_per_token_loop():
     for mode in ("raw_embed", "resid_plus_mlp0"):
         got = np.asarray(S.ov_logits(model, table.tokens, embed_mode=mode).values)
         x = np.asarray(S.effective_embed(model, table.tokens, mode), np.float64)
-        ov = np.asarray(S.W_V(model).values, np.float64) @ np.asarray(S.W_O(model).values,
+        ov = np.asarray(W_V(model).values, np.float64) @ np.asarray(W_O(model).values,
                                                                          np.float64)
         for layer in range(cfg.n_layers):
             for h in range(cfg.n_heads):
