@@ -11,6 +11,11 @@ classified:
 
 * ``succession``: (source, promoted) is an (item, successor) pair of any ordinal class, spaced
   or bare (``" Monday" -> " Tuesday"``, ``"3" -> "4"``);
+* ``acronym``: the promoted token is one capital letter, the initial of the attended word
+  (``" Bureau" -> "B"``: the next letter of an acronym being spelled), the paper's second
+  behaviour of its successor head on the Pile;
+* ``greater_than``: both are whole numbers and the promoted one is larger (not the successor),
+  the paper's third;
 * ``copy``: promoted and source spell the same word (case and leading space ignored);
 * ``other``.
 
@@ -56,6 +61,24 @@ def successor_pairs(tokenizer) -> set[tuple[int, int]]:
     return {(c.token_ids[i], c.token_ids[j]) for c in classes for i, j in c.pairs}
 
 
+KINDS = ("succession", "acronym", "greater_than", "copy", "other")
+
+
+def behaviour_kind(source: str, promoted: str, successor: bool) -> str:
+    """The kind (module docstring) of one (attended token, promoted token) pair, from their
+    decoded text; ``successor``: the pair is an (item, successor) pair of an ordinal class."""
+    src, out = source.strip(), promoted.strip()
+    if successor:
+        return "succession"
+    if len(out) == 1 and out.isupper() and len(src) >= 2 and src[0].upper() == out:
+        return "acronym"
+    if src.isdigit() and out.isdigit() and int(out) > int(src):
+        return "greater_than"
+    if out and out.lower() == src.lower():
+        return "copy"
+    return "other"
+
+
 def head_behaviour(model, tokenizer, texts: list[str], layer: int, head: int, *,
                    seq: int = 48, top_frac: float = 0.1, batch: int = 16,
                    n_examples: int = 8) -> dict:
@@ -94,17 +117,11 @@ def head_behaviour(model, tokenizer, texts: list[str], layer: int, head: int, *,
     cut = np.quantile(strength[moving], 1 - top_frac)
     sel = (strength >= cut) & moving
     pairs = successor_pairs(tokenizer)
-    norm = lambda t: tokenizer.decode([int(t)]).strip().lower()  # noqa: E731
-    kinds = {"succession": 0, "copy": 0, "other": 0}
-    examples = {"succession": [], "copy": [], "other": []}
+    kinds = dict.fromkeys(KINDS, 0)
+    examples = {k: [] for k in KINDS}
     for b, q in zip(*np.nonzero(sel), strict=True):
         p, src = int(promoted[b, q]), int(source[b, q])
-        if (src, p) in pairs:
-            k = "succession"
-        elif norm(p) == norm(src) and norm(p):
-            k = "copy"
-        else:
-            k = "other"
+        k = behaviour_kind(tokenizer.decode([src]), tokenizer.decode([p]), (src, p) in pairs)
         kinds[k] += 1
         if len(examples[k]) < n_examples:
             ctx = tokenizer.decode(ids[b, max(0, q - 8):q + 1])

@@ -247,7 +247,9 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
     if nat:
         h = f"L{nat['layer']}H{nat['head']}"
         ex = nat["examples"]
-        show = (ex["succession"] or ex["copy"] or ex["other"])[:3]
+        show = [e for k in ("succession", "acronym", "greater_than", "copy", "other")
+                for e in ex.get(k, [])[:1]] or [e for v in ex.values() for e in v][:3]
+        sh = nat["shares"]
         lines += [
             f"## {h} on natural text",
             "",
@@ -255,8 +257,9 @@ def render(s: dict, config: ml_collections.ConfigDict) -> str:
             f"mostly to the first token (the attention sink) at all but "
             f"{nat['attending_away_from_first_token']} positions. Of those, the "
             f"{nat['selected']} with the strongest direct effect: succession "
-            f"{nat['shares']['succession']:.2f}, copying {nat['shares']['copy']:.2f}, other "
-            f"{nat['shares']['other']:.2f}; the promoted token is the actual next token at "
+            f"{sh['succession']:.2f}, acronym {sh.get('acronym', 0.0):.2f}, greater-than "
+            f"{sh.get('greater_than', 0.0):.2f}, copying {sh['copy']:.2f}, other "
+            f"{sh['other']:.2f}; the promoted token is the actual next token at "
             f"{nat['promotes_next_token']:.2f} of them. The paper's L12H0 in Pythia-1.4B: "
             f"acronyms {PAPER['pile_acronym_share']}, greater-than "
             f"{PAPER['pile_greater_than_share']}, the rest mostly succession (on the Pile, with "
