@@ -4,9 +4,10 @@
 
 For each k, one prompt of about ``--tokens`` tokens (a 24-token prefix, k equal segments, a
 16-token suffix; random token ids: the time does not depend on them) runs through the plain
-jitted forward (``model(ids)``, the baseline) and through ``pine_forward`` (method ``pine``),
-both compiled first, then timed alternately ``--rounds`` times; the ratio printed is the median
-of the per-round ratios (each round times both sides back to back, so load from other
+jitted forward (``model(ids)``, the baseline) and through the same forward with PINE's
+intervention (method ``pine``; its inputs built on the host each call), both compiled first,
+then timed alternately ``--rounds`` times; the ratio printed is the median of the per-round
+ratios (each round times both sides back to back, so load from other
 processes hits both). Targets of issue 17: at most 1.5x at k = 2 and 4x at k = 10. Each line
 also gives the compiled programs' temporaries (XLA's ``memory_analysis``).
 
@@ -38,8 +39,11 @@ def prompt_layout(k: int, tokens: int, seed: int = 0, prefix: int = 24, suffix: 
 
 
 def time_pair(model, layout, rounds: int) -> dict:
-    """Seconds per forward (median) of vanilla and PINE, and the median per-round ratio."""
-    from projects.pine.forward import pine_forward
+    """Seconds per forward (median) of vanilla and PINE, and the median per-round ratio.
+
+    Both sides are the jitted forward to logits on the device (``block_until_ready``); PINE's
+    includes building its inputs on the host (mask, segment ids, RoPE tables) every call."""
+    from projects.pine.forward import batch_inputs
 
     ids = jnp.asarray(layout.ids)[None]
 
@@ -47,7 +51,8 @@ def time_pair(model, layout, rounds: int) -> dict:
         jax.block_until_ready(model(ids))
 
     def pine():
-        pine_forward(model, layout, "pine", bucket=1)  # returns numpy: already synchronised
+        ids_p, iv = batch_inputs([layout], "pine", bucket=1, model=model)
+        jax.block_until_ready(model(ids_p, intervention=iv))
 
     vanilla()
     pine()  # compile both
@@ -62,9 +67,8 @@ def time_pair(model, layout, rounds: int) -> dict:
         tp.append(t2 - t1)
     ratios = np.asarray(tp) / np.asarray(tv)
     from common.models.program_memory import forward_memory
-    from projects.pine.forward import batch_inputs
 
-    ids_p, iv = batch_inputs([layout], "pine", bucket=1)
+    ids_p, iv = batch_inputs([layout], "pine", bucket=1, model=model)
     return {"tokens": layout.n, "vanilla_s": float(np.median(tv)), "pine_s": float(np.median(tp)),
             "ratio": float(np.median(ratios)),
             "vanilla_temp": forward_memory(model, ids).temp,

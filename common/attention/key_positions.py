@@ -62,6 +62,12 @@ class KeyPositions:
       fixed_blocks: static: blocks ``[0, fixed_blocks)`` have shift 0 for every query and head
         (the caller guarantees it; PINE's keys outside the segments): the gathered path
         rotates each query once for all of them instead of once per block.
+      rope_cos, rope_sin: optional ``[bound, rotary_dim // 2]`` tables of the model's RoPE
+        (:func:`rope_tables`) covering every ``|position|`` and ``|query position - shift|``
+        (the caller guarantees it; PINE: the number of key slots). The gathered path without
+        a pattern then reads cos/sin from them instead of evaluating them per element. They
+        must come in as arrays (an argument of the compiled program): tables computed inside
+        it are fused back into per-element evaluation by XLA.
     """
 
     q: jax.Array
@@ -70,6 +76,8 @@ class KeyPositions:
     shift: jax.Array
     block_size: int | None = struct.field(pytree_node=False, default=None)
     fixed_blocks: int = struct.field(pytree_node=False, default=0)
+    rope_cos: jax.Array | None = None
+    rope_sin: jax.Array | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -155,7 +163,7 @@ def _blocked_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Arra
     return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=3)
 
 
-def _gathered_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Array:
+def _gathered_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int):
     """:func:`_blocked_logits` with each block's keys gathered into ``block_size`` slots:
     query variant ``β`` meets only the keys of block ``β``, then the logits go back to key
     order. Keys beyond a block's size are the caller's error (they would be dropped)."""
@@ -204,6 +212,114 @@ def _gathered_logits(q, k, pos: KeyPositions, rope: RoPE, chunk: int) -> jax.Arr
     return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=3)
 
 
+def rope_tables(rope: RoPE, bound: int, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """``(cos, sin)`` ``[bound, rope.dim // 2]`` of the angles ``p · inv_freq`` for ``p`` in
+    ``[0, bound)`` (:attr:`KeyPositions.rope_cos` / ``rope_sin``), computed as
+    :meth:`RoPE.rotate_at` computes them."""
+    ang = jnp.arange(bound).astype(dtype)[:, None] * rope.inv_freq(dtype)
+    return jnp.cos(ang), jnp.sin(ang)
+
+
+def _slots(pos: KeyPositions, skv: int):
+    """Each block's keys in ``block_size`` slots: ``(idx [b, nb, size], filled [b, nb, size])``:
+    slot ``(β, s)`` holds key ``idx`` (keys in their order within the block) where ``filled``."""
+    b = pos.block.shape[0]
+    nb, size = pos.n_blocks, pos.block_size
+    order = jnp.argsort(pos.block, axis=-1, stable=True)  # keys sorted by block
+    counts = jnp.sum(pos.block[..., None] == jnp.arange(nb), axis=1)  # [b, nb]
+    first = jnp.cumsum(counts, axis=-1) - counts
+    slot = first[:, :, None] + jnp.arange(size)  # [b, nb, size]
+    idx = jnp.take_along_axis(order, jnp.minimum(slot, skv - 1).reshape(b, -1), axis=1)
+    return idx.reshape(b, nb, size), jnp.arange(size) < counts[:, :, None]
+
+
+def _rotate_by_table(x, positions, cos_t, sin_t, rope: RoPE):
+    """:meth:`RoPE.rotate_at` with ``cos``/``sin`` read from tables ``[bound, dim // 2]`` at
+    ``|positions|`` (``sin`` negated for negative ones) instead of evaluated per element: the
+    same angles ``p · inv_freq``, one evaluation per distinct position."""
+    a = jnp.abs(positions)
+    sign = jnp.where(positions < 0, -1, 1).astype(sin_t.dtype)[..., None]
+    cos = jnp.take(cos_t, a, axis=0, mode="clip")
+    sin = jnp.take(sin_t, a, axis=0, mode="clip") * sign
+    cos = jnp.concatenate([cos, cos], axis=-1)
+    sin = jnp.concatenate([sin, sin], axis=-1)
+    dim, half = rope.dim, rope.dim // 2
+    rot, keep = x[..., :dim], x[..., dim:]
+    xf = rot.astype(cos.dtype)
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    out = (xf * cos + rotated * sin).astype(x.dtype)
+    if keep.shape[-1]:
+        out = jnp.concatenate([out, jnp.broadcast_to(keep, out.shape[:-1] + keep.shape[-1:])],
+                              axis=-1)
+    return out
+
+
+def _slot_attention(q, k, v, pos: KeyPositions, rope: RoPE, mask: Mask | None, scale,
+                    softcap, chunk: int) -> jax.Array:
+    """The gathered path without the pattern: ``out [b, sq, h, d]``.
+
+    Laid out so that nothing of size ``heads x queries x keys`` is gathered or transposed:
+    keys and values are gathered to ``[b, kvh, nb, size, d]`` slots; each chunk's queries are
+    rotated once per block straight into ``[b, kvh, nb, g·c, d]`` (cos/sin from a table over
+    ``[0, position_bound)``); the logits come out of one batched product as ``[b, kvh, nb,
+    g·c, size]``; the mask is gathered to the slots as ``[sq, nb·size]`` booleans; the softmax
+    runs over ``(block, slot)``; the values are weighted per block and summed over blocks.
+    The same attention as the key-order paths up to the order of the sums.
+    """
+    b, sq, h, d = q.shape
+    skv, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    nb, size = pos.n_blocks, pos.block_size
+    acc = accum_dtype(q.dtype)
+    idx, filled = _slots(pos, skv)  # [b, nb, size]
+    flat = idx.reshape(b, -1)
+    cos_t, sin_t = pos.rope_cos, pos.rope_sin
+
+    def rotate(x, p):
+        return (rope.rotate_at(x, p) if cos_t is None
+                else _rotate_by_table(x, p, cos_t, sin_t, rope))
+
+    kr = rotate(k, pos.kv[:, :, None])  # [b, skv, kvh, d]
+    kg = jnp.take_along_axis(kr, flat[:, :, None, None], axis=1)  # [b, nb*size, kvh, d]
+    vg = jnp.take_along_axis(v, flat[:, :, None, None], axis=1)
+    fill = filled.reshape(b, -1)[:, :, None, None]
+    kg = jnp.where(fill, kg, 0).reshape(b, nb, size, kvh, d).transpose(0, 3, 1, 2, 4)
+    vg = jnp.where(fill, vg, 0).reshape(b, nb, size, kvh, d).transpose(0, 3, 1, 2, 4)
+    visible = jnp.broadcast_to(filled.reshape(b, 1, 1, nb * size), (b, 1, sq, nb * size))
+    m = None if mask is None else mask.materialize(b, sq, skv)
+    if m is not None:  # [b, heads|1, sq, skv] -> its columns in slot order
+        cols = jnp.broadcast_to(flat[:, None, None, :], m.shape[:3] + (nb * size,))
+        visible = jnp.take_along_axis(m, cols, axis=-1) & visible
+    mh = visible.shape[1]
+    # [b, heads|1, sq, nb, size] -> [b, kvh|1, nb, g|1, sq, size]
+    visible = visible.reshape(b, mh, sq, nb, size).transpose(0, 1, 3, 2, 4)
+    visible = (visible.reshape(b, kvh, g, nb, sq, size).transpose(0, 1, 3, 2, 4, 5) if mh > 1
+               else visible[:, :, :, None])
+    qt = q.reshape(b, sq, kvh, g, d).transpose(0, 2, 3, 1, 4)[:, :, None]  # [b, kvh, 1, g, sq, d]
+    qpos = (pos.q.reshape(b, kvh, g, sq)[..., None]
+            - pos.shift.reshape(b, kvh, g, sq, nb)).transpose(0, 1, 4, 2, 3)  # [b,kvh,nb,g,sq]
+    sc = scale.reshape(1, kvh, 1, g, 1, 1).astype(acc)
+    outs = []
+    for start in range(0, sq, chunk):
+        stop = min(start + chunk, sq)
+        c = stop - start
+        qb = rotate(qt[:, :, :, :, start:stop], qpos[..., start:stop])  # [b, kvh, nb, g, c, d]
+        lg = jnp.einsum("bknrd,bknsd->bknrs", qb.reshape(b, kvh, nb, g * c, d), kg,
+                        preferred_element_type=acc).reshape(b, kvh, nb, g, c, size) * sc
+        if softcap is not None:
+            lg = softcap * jnp.tanh(lg / softcap)
+        lg = jnp.where(visible[..., start:stop, :], lg, lowest(acc))
+        top = jnp.max(lg, axis=(2, 5), keepdims=True)
+        e = jnp.exp(lg - top)  # [b, kvh, nb, g, c, size]
+        # weight the values unnormalised and divide the [.., g·c, d] result by the row sums
+        o = jnp.einsum("bknrs,bknsd->bkrd", e.reshape(b, kvh, nb, g * c, size).astype(v.dtype),
+                       vg, preferred_element_type=acc)  # [b, kvh, g·c, d]
+        o = o.reshape(b, kvh, g, c, d) / jnp.sum(e, axis=(2, 5))[..., None]
+        outs.append(o)
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, sq, h, d).astype(q.dtype)
+
+
 def rope_attention(
     q: jax.Array,
     k: jax.Array,
@@ -247,13 +363,18 @@ def rope_attention(
                          "[batch, len, heads, head_dim] with heads a multiple of kv_heads")
     positions.check(b, h, sq, skv)
     g = h // kvh
+    s = head_scale(scale, h, d, accum_dtype(q.dtype))
+    if (implementation == "blocked" and positions.block_size is not None
+            and prob_transform is None and not return_pattern):
+        # no pattern wanted: the softmax runs over the slots (no logits back to key order)
+        return AttentionOutput(_slot_attention(q, k, v, positions, rope, mask, s, softcap,
+                                               chunk), None)
     if implementation == "reference":
         logits = _reference_logits(q, k, positions, rope)
     elif positions.block_size is not None:
         logits = _gathered_logits(q, k, positions, rope, chunk)
     else:
         logits = _blocked_logits(q, k, positions, rope, chunk)
-    s = head_scale(scale, h, d, accum_dtype(q.dtype))
     logits = logits * s.reshape(1, kvh, g, 1, 1)
     if softcap is not None:
         logits = softcap * jnp.tanh(logits / softcap)

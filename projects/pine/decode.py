@@ -35,22 +35,26 @@ from projects.pine.method import (
     key_params,
     key_positions_fn,
     method_index,
+    rope_table_params,
 )
 
 
-def _prompt_intervention(layout: Layout, method: str, total: int, plan) -> Intervention:
+def _prompt_intervention(model, layout: Layout, method: str, total: int, plan) -> Intervention:
     """The prefill's intervention: the method's mask over ``total`` cache slots and its key
     positions for the ``layout.n`` prompt queries."""
     mask = Mask(dense=jnp.asarray(attention_mask(layout, method, layout.n, total))[None, None])
-    return Intervention(mask=mask, key_positions=key_positions_fn(plan[0]),
-                        key_params=key_params(layout, method, layout.n, total, plan=plan))
+    params = key_params(layout, method, layout.n, total, plan=plan)
+    params.update(rope_table_params(model, total))
+    return Intervention(mask=mask, key_positions=key_positions_fn(plan[0]), key_params=params)
 
 
-def _step_intervention(layout: Layout, method: str, total: int, t: int, plan) -> Intervention:
+def _step_intervention(model, layout: Layout, method: str, total: int, t: int,
+                       plan) -> Intervention:
     """New token ``t``'s intervention (a suffix token: the model's causal mask over the cache;
     its own positions and segment order)."""
-    return Intervention(key_positions=key_positions_fn(plan[0]),
-                        key_params=key_params(layout, method, 1, total, layout.n + t, plan))
+    params = key_params(layout, method, 1, total, layout.n + t, plan)
+    params.update(rope_table_params(model, total))
+    return Intervention(key_positions=key_positions_fn(plan[0]), key_params=params)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -77,14 +81,14 @@ def pine_decode(model, layout: Layout, method: str, n_new: int) -> tuple[list[in
     per_layer = layer_stack.unstack(model.blocks)
     cache = init_cache(model.config, 1, total, per_layer=True)
     logits, cache = _run(graphdef, state, per_layer, jnp.asarray(layout.ids)[None], cache,
-                         _prompt_intervention(layout, method, total, plan))
+                         _prompt_intervention(model, layout, method, total, plan))
     out, new = [logits], []
     for t in range(n_new):
         new.append(int(jnp.argmax(out[-1])))
         if t == n_new - 1:
             break
         logits, cache = _run(graphdef, state, per_layer, jnp.asarray([[new[-1]]], jnp.int32),
-                             cache, _step_intervention(layout, method, total, t, plan))
+                             cache, _step_intervention(model, layout, method, total, t, plan))
         out.append(logits)
     return new, np.stack([np.asarray(o) for o in out])
 
@@ -98,7 +102,7 @@ def pine_decode_eager(model, layout: Layout, method: str,
     total = layout.n + n_new
     plan = block_plan([layout], total)
     cache = init_cache(model.config, 1, total)
-    iv = _prompt_intervention(layout, method, total, plan)
+    iv = _prompt_intervention(model, layout, method, total, plan)
     logits, cache = model.forward(jnp.asarray(layout.ids)[None], hooks=iv.hooks(model.config),
                                   cache=cache)
     out, new = [np.asarray(logits[0, -1])], []
@@ -106,7 +110,7 @@ def pine_decode_eager(model, layout: Layout, method: str,
         new.append(int(np.argmax(out[-1])))
         if t == n_new - 1:
             break
-        step = _step_intervention(layout, method, total, t, plan)
+        step = _step_intervention(model, layout, method, total, t, plan)
         logits, cache = model.forward(jnp.asarray([[new[-1]]]), hooks=step.hooks(model.config),
                                       cache=cache)
         out.append(np.asarray(logits[0, -1]))

@@ -114,7 +114,7 @@ def timing(model, ks, tokens: int, rounds: int, methods=METHODS, *,
             f()
         memory[f"k{k}"] = {"plain": forward_memory(model, x).as_dict()}
         for m in methods:
-            ids_m, iv = batch_inputs([lay], m, bucket=1)
+            ids_m, iv = batch_inputs([lay], m, bucket=1, model=model)
             memory[f"k{k}"][m] = forward_memory(model, ids_m, intervention=iv).as_dict()
         times = {name: [] for name in runs}
         for _ in range(rounds):

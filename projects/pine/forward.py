@@ -28,6 +28,7 @@ from projects.pine.method import (
     key_params,
     key_positions_fn,
     method_index,
+    rope_table_params,
 )
 
 BUCKET = 32
@@ -46,13 +47,16 @@ def padded_length(n: int, bucket: int = BUCKET) -> int:
 
 
 def intervention(layout: Layout, method: str, n: int,
-                 plan: tuple[int, int] | None = None) -> Intervention:
+                 plan: tuple[int, int] | None = None, model=None) -> Intervention:
     """The :class:`Intervention` of ``method`` for ``layout`` right-padded to ``n`` tokens
-    (``plan``: the key blocks, :func:`~projects.pine.method.block_plan`; default its own)."""
+    (``plan``: the key blocks, :func:`~projects.pine.method.block_plan`; default its own;
+    ``model``: add its RoPE tables, :func:`~projects.pine.method.rope_table_params`)."""
     plan = block_plan([layout], n) if plan is None else plan
     mask = Mask(dense=jnp.asarray(attention_mask(layout, method, n))[None, None])
-    return Intervention(mask=mask, key_positions=key_positions_fn(plan[0]),
-                        key_params=key_params(layout, method, n, n, plan=plan))
+    params = key_params(layout, method, n, n, plan=plan)
+    if model is not None:
+        params.update(rope_table_params(model, n))
+    return Intervention(mask=mask, key_positions=key_positions_fn(plan[0]), key_params=params)
 
 
 def pine_forward(model, layout: Layout, method: str = "pine", *,
@@ -63,15 +67,16 @@ def pine_forward(model, layout: Layout, method: str = "pine", *,
     n = padded_length(layout.n, bucket)
     ids = np.zeros(n, np.int32)
     ids[:layout.n] = layout.ids
-    logits = model(jnp.asarray(ids)[None], intervention=intervention(layout, method, n))
+    logits = model(jnp.asarray(ids)[None], intervention=intervention(layout, method, n,
+                                                                       model=model))
     return np.asarray(logits[0, :layout.n])
 
 
-def batch_inputs(layouts: Sequence[Layout], method: str,
-                 bucket: int = BUCKET) -> tuple[jax.Array, Intervention]:
+def batch_inputs(layouts: Sequence[Layout], method: str, bucket: int = BUCKET,
+                 model=None) -> tuple[jax.Array, Intervention]:
     """The model's inputs for ``layouts`` under ``method``: token ids ``[batch, n]`` (each
     prompt right-padded to the longest, rounded up to ``bucket``) and the batch's
-    :class:`Intervention`."""
+    :class:`Intervention` (with ``model``'s RoPE tables when given)."""
     n = padded_length(max(lay.n for lay in layouts), bucket)
     ids = np.zeros((len(layouts), n), np.int32)
     for i, lay in enumerate(layouts):
@@ -84,6 +89,8 @@ def batch_inputs(layouts: Sequence[Layout], method: str,
     params = {name: (ivs[0].key_params[name] if name in ("method", "zero_blocks") else
                      jnp.concatenate([iv.key_params[name] for iv in ivs]))
               for name in ivs[0].key_params}
+    if model is not None:
+        params.update(rope_table_params(model, n))
     mask = Mask(dense=jnp.concatenate([iv.mask.dense for iv in ivs]))
     iv = Intervention(mask=mask, key_positions=key_positions_fn(plan[0]), key_params=params)
     return jnp.asarray(ids), iv
@@ -98,7 +105,7 @@ def pine_forward_batch(model, layouts: Sequence[Layout], method: str = "pine", *
     method_index(method)
     if not layouts:
         return []
-    ids, iv = batch_inputs(layouts, method, bucket)
+    ids, iv = batch_inputs(layouts, method, bucket, model)
     if last_only:
         last = model.config.n_layers - 1
         _, cache = run_with_cache(model, jnp.asarray(ids), names_filter="resid_post",

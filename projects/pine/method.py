@@ -21,12 +21,15 @@ farthest), its own segment still last.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.attention.key_positions import KeyPositions
+from common.attention.key_positions import KeyPositions, rope_tables
 from common.attention.precision import accum_dtype, lowest
+from common.attention.rope import RoPE
 from projects.pine.layout import Layout, PineInputError
 
 METHODS = ("vanilla", "nia", "pcw", "pine", "pine_no_reassign", "pine_reverse")
@@ -92,8 +95,9 @@ def pine_key_positions(q: jax.Array, k: jax.Array, params: dict, layer,  # noqa:
     [b, sq]``, ``q_doc [b, sq]``, ``kv_doc [b, skv]``, ``kv_base [b, skv]``, ``kv_block [b,
     skv]`` (the keys outside the segments in ``z`` blocks of at most ``block_size``, then
     segment ``i`` in block ``z + i - 1``), ``zero_blocks [z]``, ``seg_len [b, k]``,
-    ``prefix_len [b]`` and ``fixed_start [b, k]`` (the baselines' segment starts). Use
-    :func:`key_positions_fn` for a ``block_size``.
+    ``prefix_len [b]`` and ``fixed_start [b, k]`` (the baselines' segment starts); optional
+    ``rope_cos``/``rope_sin`` (:func:`rope_table_params`: the core reads cos/sin from them).
+    Use :func:`key_positions_fn` for a ``block_size``.
     """
     b, sq, h, _ = q.shape
     method = params["method"]
@@ -107,10 +111,26 @@ def pine_key_positions(q: jax.Array, k: jax.Array, params: dict, layer,  # noqa:
     shift = jnp.concatenate([jnp.zeros(start.shape[:-1] + (nz,), start.dtype), start], axis=-1)
     return KeyPositions(q=jnp.broadcast_to(params["q_pos"][:, None], (b, h, sq)),
                         kv=params["kv_base"], block=params["kv_block"], shift=shift,
-                        block_size=block_size, fixed_blocks=nz)
+                        block_size=block_size, fixed_blocks=nz,
+                        rope_cos=params.get("rope_cos"), rope_sin=params.get("rope_sin"))
 
 
 _FNS: dict[int | None, object] = {None: pine_key_positions}
+
+
+@functools.lru_cache(maxsize=16)
+def _tables(rope: RoPE, bound: int, dtype) -> tuple[jax.Array, jax.Array]:
+    return rope_tables(rope, bound, dtype)
+
+
+def rope_table_params(model, kv_len: int) -> dict:
+    """``{"rope_cos", "rope_sin"}``: the model's RoPE tables over ``[0, kv_len)``, for
+    ``key_params`` (every PINE position and every query position minus a segment start is
+    below the number of key slots). Handed to the compiled forward as arrays, so the core
+    rotates by table lookups instead of evaluating cos/sin per element."""
+    rope = model.blocks.attn.rope
+    cos, sin = _tables(rope, int(kv_len), accum_dtype(model.dtype))
+    return {"rope_cos": cos, "rope_sin": sin}
 
 
 def key_positions_fn(block_size: int | None):

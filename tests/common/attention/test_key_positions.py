@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common.attention.key_positions import KeyPositions, rope_attention
+from common.attention.key_positions import KeyPositions, rope_attention, rope_tables
 from common.attention.masks import Mask
 from common.attention.rope import RoPE
 
@@ -64,21 +64,30 @@ def _case(seed=0, b=2, sq=5, skv=7, h=4, kvh=2, d=8, nb=3, rotary_dim=None):
     return q, k, v, pos, mask, rope
 
 
-@pytest.mark.parametrize("implementation", ["reference", "blocked", "gathered", "fixed"])
+@pytest.mark.parametrize("implementation", ["reference", "blocked", "gathered", "fixed",
+                                            "tables", "gathered_pattern"])
 @pytest.mark.parametrize("rotary_dim", [None, 4])
 def test_rope_attention_matches_brute_force(implementation, rotary_dim):
     """Every (query, key) pair at its own position, GQA, a random mask, partial rotary; the
-    gathered path with blocks of uneven sizes (one possibly empty), and with a fixed block."""
+    gathered path (slots, softmax over them) with blocks of uneven sizes (one possibly
+    empty), with a fixed block, with cos/sin read from RoPE tables, and with the pattern
+    asked for (the logits back in key order)."""
     q, k, v, pos, mask, rope = _case(rotary_dim=rotary_dim)
-    if implementation in ("gathered", "fixed"):
+    pattern = implementation == "gathered_pattern"
+    if implementation in ("gathered", "fixed", "tables", "gathered_pattern"):
         fixed = 1 if implementation == "fixed" else 0
         pos = pos.replace(block_size=int(np.bincount(np.asarray(pos.block).ravel()).max()),
                           fixed_blocks=fixed, shift=pos.shift.at[..., :fixed].set(0))
+        if implementation == "tables":  # |q - shift| < 45, kv < 20
+            cos, sin = rope_tables(rope, 50)
+            pos = pos.replace(rope_cos=cos, rope_sin=sin)
         implementation = "blocked"
     want = _brute(q, k, v, np.asarray(pos.q), np.asarray(pos.dense()), mask, rope)
-    got = rope_attention(q, k, v, pos, rope, mask=Mask(dense=jnp.asarray(mask)[:, None]),
-                         implementation=implementation, chunk=2).out
-    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=0)
+    res = rope_attention(q, k, v, pos, rope, mask=Mask(dense=jnp.asarray(mask)[:, None]),
+                         implementation=implementation, chunk=2, return_pattern=pattern)
+    np.testing.assert_allclose(np.asarray(res.out), want, atol=2e-5, rtol=0)
+    if pattern:
+        np.testing.assert_allclose(np.asarray(res.pattern).sum(-1), 1.0, atol=1e-5)
 
 
 def test_dense_positions_by_hand():
