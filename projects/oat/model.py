@@ -33,6 +33,8 @@ from flax import nnx
 
 from common.attention.layer import MultiHeadAttention
 from common.attention.masks import Mask
+from common.conv_pool import conv_max_pool
+from common.dropout import SeedSequence, dropout, fold_seed
 from projects.oat import pe as pe_lib
 
 
@@ -116,41 +118,14 @@ def sinusoidal(length: int, width: int) -> np.ndarray:
     return out
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout; identity when ``key`` is None (evaluation)."""
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
-
-
-class Keys:
-    """Splits one dropout key into as many as asked (None stays None: evaluation)."""
-
-    def __init__(self, key: jax.Array | None):
-        self.key, self.i = key, 0
-
-    def __call__(self) -> jax.Array | None:
-        if self.key is None:
-            return None
-        self.i += 1
-        return jax.random.fold_in(self.key, self.i)
-
-
-def max_pool(x: jax.Array, p: int) -> jax.Array:
-    """Non-overlapping ``p × p`` max pooling of ``x [n, H, W, C]`` (floor, as torch's
-    ``MaxPool2d(p)``) as a reshape and a max: the same values as ``reduce_window``, and a
-    backward pass without XLA:CPU's slow select-and-scatter (5x faster CNN gradients at the
-    paper's 150 × 93 crops)."""
-    if p == 1:
-        return x
-    n, h, w, c = x.shape
-    x = x[:, : h // p * p, : w // p * p]
-    return x.reshape(n, h // p, p, w // p, p, c).max(axis=(2, 4))
-
-
 class CNNEmbedding(nnx.Module):
-    """conv(k1) → ReLU → maxpool(p1) → conv(k2) → ReLU → maxpool(p2) → flatten → Linear(d_app)."""
+    """conv(k1) → ReLU → maxpool(p1) → conv(k2) → ReLU → maxpool(p2) → flatten → Linear(d_app).
+
+    Each ``conv → ReLU → maxpool`` block runs as ``relu(conv_max_pool(x, kernel, pool) + bias)``
+    (:mod:`common.conv_pool`: the same values, since a bias and a ReLU commute with the max; the
+    convolution and its kernel gradient as matrix products over patches, the pool's gradient
+    routed to each window's first maximum, as torch's ``max_pool2d``).
+    """
 
     def __init__(self, cfg: OATConfig, rngs: nnx.Rngs):
         c1, c2 = cfg.channels
@@ -167,7 +142,7 @@ class CNNEmbedding(nnx.Module):
         lead = crops.shape[:-3]
         x = crops.reshape((-1, *crops.shape[-3:]))
         for conv, p in ((self.conv1, self.pools[0]), (self.conv2, self.pools[1])):
-            x = max_pool(jax.nn.relu(conv(x)), p)
+            x = jax.nn.relu(conv_max_pool(x, conv.kernel[...], p) + conv.bias[...])
         # flatten channel-first like torch (C, H, W) so a converted torch fc matches
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         return self.fc(x).reshape((*lead, -1))
@@ -179,7 +154,7 @@ class FeedForward(nnx.Module):
         self.up = nnx.Linear(d, d_ff, kernel_init=xu, rngs=rngs)
         self.down = nnx.Linear(d_ff, d, kernel_init=xu, rngs=rngs)
 
-    def __call__(self, x, rate, keys: Keys):
+    def __call__(self, x, rate, keys: SeedSequence):
         return self.down(dropout(jax.nn.relu(self.up(x)), rate, keys()))
 
 
@@ -199,7 +174,7 @@ class EncoderLayer(nnx.Module):
         self.ln2 = nnx.LayerNorm(cfg.d_model, epsilon=1e-5, rngs=rngs)
         self.rate = cfg.dropout
 
-    def __call__(self, x, keys: Keys):
+    def __call__(self, x, keys: SeedSequence):
         a, _ = self.attn(x, positions=None, mask=None)
         x = self.ln1(x + dropout(a, self.rate, keys()))
         return self.ln2(x + dropout(self.ffn(x, self.rate, keys), self.rate, keys()))
@@ -217,7 +192,7 @@ class DecoderLayer(nnx.Module):
         self.ln3 = nnx.LayerNorm(cfg.d_model, epsilon=1e-5, rngs=rngs)
         self.rate = cfg.dropout
 
-    def __call__(self, y, memory, mask: Mask, keys: Keys):
+    def __call__(self, y, memory, mask: Mask, keys: SeedSequence):
         a, _ = self.self_attn(y, positions=None, mask=mask)
         y = self.ln1(y + dropout(a, self.rate, keys()))
         c, _ = self.cross_attn(y, positions=None, mask=None, kv_x=memory)
@@ -299,10 +274,10 @@ class OAT(nnx.Module):
         return jnp.concatenate([obj, tgt[:, None], pad, jnp.broadcast_to(bos, (b, 1, cfg.d_model))],
                                axis=1)
 
-    def encode(self, table: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def encode(self, table: jax.Array, seed: jax.Array | None = None) -> jax.Array:
         """Encoder over ``[objects (flag 0), target token (flag 1)]`` → ``[b, N + 1, d_model]``."""
         cfg = self.cfg
-        keys = Keys(key)
+        keys = SeedSequence(seed)
         i = jnp.arange(cfg.n)
         enc_pe = pe_lib.object_pe(self.pe_table[...], i // cfg.cols, i % cfg.cols,
                                   jnp.zeros_like(i), cfg.d_pe)
@@ -314,10 +289,10 @@ class OAT(nnx.Module):
         return x
 
     def decode_logits(self, table: jax.Array, memory: jax.Array, dec_in: jax.Array,
-                      key: jax.Array | None = None) -> jax.Array:
+                      seed: jax.Array | None = None) -> jax.Array:
         """``dec_in [b, L]`` token indices (BOS, fixations, PAD) → logits ``[b, L, N + 2]``."""
         cfg = self.cfg
-        keys = Keys(key)
+        keys = SeedSequence(seed)
         y = jnp.take_along_axis(table, dec_in[..., None], axis=1)
         length = dec_in.shape[1]
         y = dropout(y + self.time_pe[...][:length], cfg.dropout, keys())
@@ -327,12 +302,13 @@ class OAT(nnx.Module):
         return self.pointer(y, memory)
 
     def __call__(self, crops: jax.Array, target: jax.Array, dec_in: jax.Array,
-                 key: jax.Array | None = None) -> jax.Array:
-        """Teacher-forced logits ``[b, L, N + 2]`` (dropout on when ``key`` is given)."""
-        k_enc, k_dec = (None, None) if key is None else jax.random.split(key)
+                 seed: jax.Array | None = None) -> jax.Array:
+        """Teacher-forced logits ``[b, L, N + 2]``; dropout on when ``seed`` (a ``uint32``
+        scalar, :mod:`common.dropout`) is given."""
+        s_enc, s_dec = (None, None) if seed is None else (fold_seed(seed, 1), fold_seed(seed, 2))
         table = self.token_table(crops, target)
-        memory = self.encode(table, k_enc)
-        return self.decode_logits(table, memory, dec_in, k_dec)
+        memory = self.encode(table, s_enc)
+        return self.decode_logits(table, memory, dec_in, s_dec)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -84,7 +84,7 @@ def test_logits_shape_pad_logit_and_causality():
     crops, target = inputs()
     dec_in = jnp.array([[TINY.bos, 1, 2, 4, TINY.pad, TINY.pad],
                         [TINY.bos, 3, 3, TINY.pad, TINY.pad, TINY.pad]], jnp.int32)
-    fwd = nnx.jit(lambda m, c, t, d, k=None: m(c, t, d, key=k))
+    fwd = nnx.jit(lambda m, c, t, d, s=None: m(c, t, d, seed=s))
     logits = np.asarray(fwd(m, crops, target, dec_in))
     assert logits.shape == (2, 6, TINY.n + 2)
     # the PAD logit is the constant 0 score through the head combination: its bias
@@ -93,16 +93,19 @@ def test_logits_shape_pad_logit_and_causality():
     changed = np.asarray(fwd(m, crops, target, dec_in.at[:, 3].set(5)))
     np.testing.assert_allclose(changed[:, :3], logits[:, :3], atol=1e-5)
     assert not np.allclose(changed[0, 3], logits[0, 3])
-    # dropout only with a key
+    # dropout only with a seed, and a different mask per seed
     np.testing.assert_array_equal(np.asarray(fwd(m, crops, target, dec_in)), logits)
-    assert not np.allclose(np.asarray(fwd(m, crops, target, dec_in, jax.random.key(3))), logits)
+    d3 = np.asarray(fwd(m, crops, target, dec_in, jnp.uint32(3)))
+    assert not np.allclose(d3, logits)
+    np.testing.assert_array_equal(np.asarray(fwd(m, crops, target, dec_in, jnp.uint32(3))), d3)
+    assert not np.allclose(np.asarray(fwd(m, crops, target, dec_in, jnp.uint32(4))), d3)
 
 
 class AlwaysStop(OAT):
     """EOS has by far the largest logit at every step."""
 
-    def decode_logits(self, table, memory, dec_in, key=None):
-        out = super().decode_logits(table, memory, dec_in, key)
+    def decode_logits(self, table, memory, dec_in, seed=None):
+        out = super().decode_logits(table, memory, dec_in, seed)
         return out.at[..., self.cfg.eos].set(1e4).at[..., self.cfg.pad].set(2e4)
 
 

@@ -1,0 +1,171 @@
+"""Convolution followed by max pooling, as matrix products over patches, with a routed backward.
+
+``conv_max_pool(x, w, pool)`` computes ``max_pool(conv(x, w), pool)``: a VALID, stride-1
+convolution of ``x [n, H, W, C_in]`` (NHWC) with ``w [k, k, C_in, C_out]`` (HWIO), then
+non-overlapping ``pool × pool`` max pooling (floor, as torch's ``MaxPool2d(pool)``), giving
+``[n, H_p, W_p, C_out]`` with ``H_p = (H − k + 1) // pool``, ``W_p = (W − k + 1) // pool``.
+
+Why: XLA:CPU runs the filter gradient of a convolution with few input channels (an RGB CNN) as a
+convolution with the batch as its feature axis, 5-10x slower than the same arithmetic as one
+matrix product; and a max pool's gradient over the full-resolution map is several passes over
+its largest tensor. Here, per chunk of images (a ``lax.scan``, so the patch matrix of a chunk
+stays a few MB):
+
+* patches, transposed: ``Pᵀ [k·k·C_in, c·H'·W']`` (rows ordered ``(kh, kw, c_in)`` like
+  ``w.reshape(k·k·C_in, C_out)``; only the ``H' = H_p·pool``, ``W' = W_p·pool`` output positions
+  that the pool reads);
+* the convolution channel-first: ``Y = Wᵀ Pᵀ [C_out, c, H', W']``;
+* the pool: the max over each window and the index of its **first** maximum (row-major within
+  the window, as torch's CPU ``max_pool2d``), kept as the only residual (int8).
+
+The backward pass rebuilds a chunk's patches, routes each pooled cotangent to its window's first
+maximum and forms ``∂w = G Pᵀᵀ`` (one matrix product per chunk); the input cotangent is computed
+only when ``x`` is being differentiated (an XLA transposed convolution of the routed map).
+
+A bias and a monotone activation commute with the pool: ``max_pool(relu(conv(x) + b)) =
+relu(conv_max_pool(x, w) + b)``, so a CNN block ``conv → ReLU → pool`` is this op followed by a
+bias and a ReLU on the small pooled map; routing to the first maximum of ``conv(x)`` equals routing
+to the first maximum of ``relu(conv(x) + b)`` wherever the pooled value is positive (elsewhere the
+ReLU's gradient is zero).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+#: about this many output positions per scan chunk (the patch matrix: ``k·k·C_in`` times this)
+CHUNK_POSITIONS = 65_000
+
+
+def pooled_shape(x_shape: tuple[int, ...], k: int, pool: int) -> tuple[int, int]:
+    """``(H_p, W_p)`` of ``conv_max_pool`` for ``x [n, H, W, C]``, a ``k × k`` kernel, ``pool``."""
+    h, w = x_shape[1] - k + 1, x_shape[2] - k + 1
+    return h // pool, w // pool
+
+
+def _chunk(n: int, positions: int) -> int:
+    """Images per scan step: about :data:`CHUNK_POSITIONS` output positions, at least one."""
+    return max(1, min(n, CHUNK_POSITIONS // max(positions, 1)))
+
+
+def _patches_t(xc: jax.Array, k: int, ho: int, wo: int) -> jax.Array:
+    """``xc [c, H, W, C_in]`` → ``Pᵀ [k·k·C_in, c·ho·wo]`` (rows ``(kh, kw, c_in)``)."""
+    xt = jnp.moveaxis(xc, -1, 0)  # [C_in, c, H, W]
+    rows = jnp.stack([xt[:, :, i:i + ho, j:j + wo] for i in range(k) for j in range(k)])
+    return rows.reshape(k * k * xc.shape[-1], -1)
+
+
+def _in_chunks(x: jax.Array, c: int) -> tuple[jax.Array, int]:
+    """``x [n, ...]`` → ``[n_chunks, c, ...]`` (zero images appended to fill the last chunk)."""
+    n = x.shape[0]
+    pad = -n % c
+    if pad:
+        x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+    return x.reshape(-1, c, *x.shape[1:]), pad
+
+
+def _window_iota(pool: int) -> jax.Array:
+    """``[1, 1, 1, pool, 1, pool]`` row-major index within a pooling window."""
+    i = jnp.arange(pool * pool, dtype=jnp.int32).reshape(pool, pool)
+    return i[None, None, None, :, None, :]
+
+
+def _forward(x: jax.Array, w: jax.Array, pool: int) -> tuple[jax.Array, jax.Array]:
+    """Pooled output ``[n, H_p, W_p, C_out]`` and first-maximum indices ``[C_out, n, H_p, W_p]``."""
+    n = x.shape[0]
+    k, c_out = w.shape[0], w.shape[-1]
+    hp, wp = pooled_shape(x.shape, k, pool)
+    ho, wo = hp * pool, wp * pool
+    wt = w.reshape(-1, c_out).T  # [C_out, k·k·C_in]
+    c = _chunk(n, ho * wo)
+    xs, pad = _in_chunks(x, c)
+    iota = _window_iota(pool)
+    idx_dtype = jnp.int8 if pool * pool <= 127 else jnp.int32
+
+    def body(_, xc):
+        y = (wt @ _patches_t(xc, k, ho, wo)).reshape(c_out, c, hp, pool, wp, pool)
+        m = y.max(axis=(3, 5))
+        first = jnp.min(jnp.where(y == m[:, :, :, None, :, None], iota, pool * pool), axis=(3, 5))
+        return None, (m, first.astype(idx_dtype))
+
+    _, (m, first) = lax.scan(body, None, xs)  # [n_chunks, C_out, c, H_p, W_p]
+    m = jnp.moveaxis(m, 1, 0).reshape(c_out, -1, hp, wp)[:, :n]
+    first = jnp.moveaxis(first, 1, 0).reshape(c_out, -1, hp, wp)[:, :n]
+    return jnp.transpose(m, (1, 2, 3, 0)), first
+
+
+def _route(g: jax.Array, first: jax.Array, pool: int) -> jax.Array:
+    """Pooled cotangent ``g [C, c, H_p, W_p]`` → ``[C, c, H_p·pool, W_p·pool]``, each value at
+    its window's first maximum, zeros elsewhere."""
+    c_out, c, hp, wp = g.shape
+    hit = _window_iota(pool) == first.astype(jnp.int32)[:, :, :, None, :, None]
+    routed = jnp.where(hit, g[:, :, :, None, :, None], jnp.zeros((), g.dtype))
+    return routed.reshape(c_out, c, hp * pool, wp * pool)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_max_pool(x: jax.Array, w: jax.Array, pool: int) -> jax.Array:
+    """``max_pool(conv(x, w), pool)`` (module docstring).
+
+    Args:
+      x: ``[n, H, W, C_in]`` images (NHWC).
+      w: ``[k, k, C_in, C_out]`` kernel (HWIO), square.
+      pool: window and stride of the max pool (1: no pooling).
+    Returns:
+      ``[n, (H − k + 1) // pool, (W − k + 1) // pool, C_out]``.
+    """
+    _check(x, w, pool)
+    return _forward(x, w, pool)[0]
+
+
+def _check(x: jax.Array, w: jax.Array, pool: int) -> None:
+    if x.ndim != 4 or w.ndim != 4 or w.shape[0] != w.shape[1] or w.shape[2] != x.shape[-1]:
+        raise ValueError(f"conv_max_pool: x {x.shape} (NHWC) and a square HWIO kernel with "
+                         f"C_in = {x.shape[-1] if x.ndim else '?'} expected, got w {w.shape}")
+    hp, wp = pooled_shape(x.shape, w.shape[0], pool)
+    if pool < 1 or hp < 1 or wp < 1:
+        raise ValueError(f"conv_max_pool: images {x.shape[1:3]} too small for a {w.shape[0]}x"
+                         f"{w.shape[0]} kernel and pool {pool}")
+
+
+def _fwd(x, w, pool):
+    _check(x, w, pool)
+    out, first = _forward(x, w, pool)
+    return out, (x, w, first)
+
+
+def _bwd(pool, res, g):
+    x, w, first = res
+    n = x.shape[0]
+    k, c_in, c_out = w.shape[0], w.shape[2], w.shape[3]
+    hp, wp = first.shape[2:]
+    ho, wo = hp * pool, wp * pool
+    gt = jnp.transpose(g, (3, 0, 1, 2))  # [C_out, n, H_p, W_p]
+    c = _chunk(n, ho * wo)
+    xs, pad = _in_chunks(x, c)
+    split = lambda a: jnp.moveaxis(_in_chunks(jnp.moveaxis(a, 1, 0), c)[0], 2, 1)
+    gs, fs = split(gt), split(first)  # [n_chunks, C_out, c, H_p, W_p]
+
+    def body(dw, inputs):
+        xc, gc, fc = inputs
+        routed = _route(gc, fc, pool).reshape(c_out, -1)
+        pt = _patches_t(xc, k, ho, wo)
+        return dw + lax.dot_general(routed, pt, (((1,), (1,)), ((), ()))), None
+
+    dw_t, _ = lax.scan(body, jnp.zeros((c_out, k * k * c_in), jnp.float32), (xs, gs, fs))
+    dw = dw_t.T.reshape(w.shape).astype(w.dtype)
+    # the input cotangent: the transposed convolution of the routed map (dropped by XLA when
+    # nothing uses it, e.g. for data images)
+    routed = jnp.transpose(_route(gt, first, pool), (1, 2, 3, 0))  # [n, H', W', C_out]
+    conv = lambda xx: lax.conv_general_dilated(xx[:, :ho + k - 1, :wo + k - 1], w, (1, 1),
+                                               "VALID",
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    dx = jax.vjp(conv, x)[1](routed)[0]
+    return dx, dw
+
+
+conv_max_pool.defvjp(_fwd, _bwd)
