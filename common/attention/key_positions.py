@@ -309,7 +309,9 @@ def _slot_attention(q, k, v, pos: KeyPositions, rope: RoPE, mask: Mask | None, s
         if softcap is not None:
             lg = softcap * jnp.tanh(lg / softcap)
         lg = jnp.where(visible[..., start:stop, :], lg, lowest(acc))
-        top = jnp.max(lg, axis=(2, 5), keepdims=True)
+        # the row max in two steps (over the slots, then the blocks): one reduction over the
+        # non-adjacent axes (2, 5) ran 1.5x slower on XLA:CPU
+        top = jnp.max(jnp.max(lg, axis=5, keepdims=True), axis=2, keepdims=True)
         e = jnp.exp(lg - top)  # [b, kvh, nb, g, c, size]
         # weight the values unnormalised and divide the [.., g·c, d] result by the row sums
         o = jnp.einsum("bknrs,bknsd->bkrd", e.reshape(b, kvh, nb, g * c, size).astype(v.dtype),
