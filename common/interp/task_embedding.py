@@ -36,6 +36,13 @@ def bucket(n: int, minimum: int = 8) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def fine_bucket(n: int, minimum: int = 8, step: int = 64) -> int:
+    """:func:`bucket` up to ``step``, then the next multiple of ``step``: long prompts waste
+    less padding (a 130-token prompt pads to 192, not 256) for a few more compiled shapes."""
+    n = max(int(n), 1)
+    return bucket(n, minimum) if n <= step else -(-n // step) * step
+
+
 def pad_right(prompts: Sequence[Sequence[int]], *, length: int | None = None, pad_id: int = 0,
               minimum: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad token lists into one array.
@@ -145,23 +152,37 @@ def sites_at(model, ids: jax.Array, last: jax.Array, names: Sequence[str]) -> di
 
 
 def mean_at_last(model, prompts: Sequence[Sequence[int]], names: Sequence[str] = ("z",), *,
-                 batch_size: int = 8, pad_id: int = 0, progress=None) -> dict[str, jax.Array]:
+                 batch_size: int = 8, pad_id: int = 0, progress=None,
+                 keep: Sequence[int] = ()) -> dict[str, jax.Array]:
     """The mean over ``prompts`` of each site of ``names`` at the last token (shapes of
-    :func:`sites_at` without the batch axis, float32), batched as :func:`task_embedding`."""
+    :func:`sites_at` without the batch axis, float32), batched as :func:`task_embedding`
+    (lengths padded by :func:`fine_bucket`).
+
+    ``keep``: indices of prompts whose own values are returned too, as ``"<name>/kept"``
+    ``[len(keep), ...]`` (an embedding from one prompt, ``M = 1``, without another forward).
+    """
     if not prompts:
         raise ValueError("mean_at_last: needs at least one prompt")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     total: dict[str, jax.Array] = {}
+    kept: dict[tuple[str, int], jax.Array] = {}
     for rows in (progress(batches) if progress else batches):
         chunk = [prompts[i] for i in rows]
         chunk += [chunk[0]] * (batch_size - len(chunk))
-        ids, last = pad_right(chunk, pad_id=pad_id)
+        ids, last = pad_right(chunk, pad_id=pad_id,
+                              length=fine_bucket(max(len(c) for c in chunk)))
         got = sites_at(model, ids, last, names)
         for name, x in got.items():
             s = jnp.sum(x[:len(rows)].astype(jnp.float32), axis=0)
             total[name] = s if name not in total else total[name] + s
-    return {name: x / len(prompts) for name, x in total.items()}
+            for j, r in enumerate(rows):
+                if r in keep:
+                    kept[name, r] = x[j].astype(jnp.float32)
+    out = {name: x / len(prompts) for name, x in total.items()}
+    if keep:
+        out.update({f"{name}/kept": jnp.stack([kept[name, r] for r in keep]) for name in names})
+    return out
 
 
 def task_embedding(model, prompts: Sequence[Sequence[int]], *, batch_size: int = 8,

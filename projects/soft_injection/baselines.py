@@ -34,10 +34,10 @@ from common.interp.intervention import Intervention, Patch
 from common.interp.task_embedding import position_mask
 from common.models.decoder import init_cache
 from projects.soft_injection.episodes import Prompts
-from projects.soft_injection.evaluate import Setting, accuracy
+from projects.soft_injection.evaluate import Setting
 
 
-# ---- function vector -----------------------------------------------------------------------
+# ---- one cached step of the last token ------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _prefix_cache(graphdef, state, tokens, valid):
     """Run the left-padded prompts without their last token into a KV cache with one free
@@ -51,23 +51,67 @@ def _prefix_cache(graphdef, state, tokens, valid):
     return cache, jnp.sum(valid, axis=1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _answer_prob(graphdef, state, cache, tok, pos, target, iv):
-    """Probability of ``target [b]`` after the last token ``tok [b]`` at ``pos [b]``, the
-    prompt's other tokens in ``cache``, under the edit ``iv``."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "repeat"))
+def _last_logits(graphdef, state, cache, tok, pos, iv, repeat=1):
+    """Logits ``[repeat * b, vocab]`` after the last token ``tok [b]`` at ``pos [b]``, the
+    prompts' other tokens in ``cache``, under the edit ``iv`` (rows ``i * b + j``: copy ``i``
+    of prompt ``j``)."""
     model = nnx.merge(graphdef, state)
+    if repeat > 1:  # stacked cache: k, v [n_layers, b, slots, kv_heads, d_head]; valid [b, slots]
+        kv = jax.tree.map(lambda a: jnp.concatenate([a] * repeat, axis=1), cache.layers)
+        cache = cache._replace(layers=kv, valid=jnp.concatenate([cache.valid] * repeat, axis=0))
+        tok, pos = jnp.tile(tok, repeat), jnp.tile(pos, repeat)
     logits, _ = model.forward(tok[:, None], positions=pos[:, None], cache=cache, last_only=True,
                               hooks=resolve_hooks(iv, model.config))
-    p = jax.nn.softmax(logits[:, -1].astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(p, target[:, None], axis=-1)[:, 0]
+    return logits[:, -1].astype(jnp.float32)
 
 
-def indirect_effects(model, corrupted: Prompts, t_rows: np.ndarray) -> np.ndarray:
+class LastTokenSteps:
+    """Edits of the last token of fixed prompts, each one cached step.
+
+    An edit at the last token (a head's ``z``, the residual stream) changes only that
+    token's computation (the other positions come before it), so the prompts without their
+    last token run once into a KV cache and every edit costs one cached step of the last
+    token instead of a forward of the whole prompt.
+    """
+
+    def __init__(self, model, prompts: Prompts):
+        self.graphdef, self.state = nnx.split(model)
+        toks = prompts.tokens
+        if min(len(x) for x in toks) < 2:
+            raise ValueError("LastTokenSteps: every prompt needs at least two tokens")
+        n = max(len(x) for x in toks) - 1
+        tokens = np.zeros((len(toks), n), np.int32)
+        valid = np.zeros_like(tokens, bool)
+        for i, x in enumerate(toks):
+            tokens[i, n - (len(x) - 1):] = x[:-1]
+            valid[i, n - (len(x) - 1):] = True
+        self.cache, self.pos = _prefix_cache(self.graphdef, self.state, jnp.asarray(tokens),
+                                             jnp.asarray(valid))
+        self.last = jnp.asarray([x[-1] for x in toks], jnp.int32)
+        self.target = np.asarray(prompts.target)
+
+    def logits(self, iv: Intervention | None, repeat: int = 1) -> np.ndarray:
+        """``[repeat * n, vocab]`` under ``iv`` (its position axis is the one step: 1)."""
+        return np.asarray(_last_logits(self.graphdef, self.state, self.cache, self.last,
+                                       self.pos, iv, repeat=repeat))
+
+    def answer_prob(self, iv: Intervention | None, repeat: int = 1) -> np.ndarray:
+        """Probability of each prompt's answer token, ``[repeat * n]``."""
+        lg = self.logits(iv, repeat)
+        p = np.exp(lg - lg.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        return p[np.arange(len(p)), np.tile(self.target, repeat)]
+
+
+# ---- function vector -----------------------------------------------------------------------
+def indirect_effects(model, corrupted: Prompts, t_rows: np.ndarray, *,
+                     max_rows: int = 256) -> np.ndarray:
     """Every head's indirect effect on each corrupted prompt, averaged: ``[L, H]``.
 
-    Only the last token's computation changes when a head's ``z`` is replaced there (the
-    other positions come before it), so the prompt without its last token is run once into a
-    KV cache and each of the ``L·H`` patched runs is one cached step of that token.
+    Each head's patched run is one cached step of the last token (:class:`LastTokenSteps`);
+    the heads of a layer go in one batch (copies of the prompts, each copy patching one
+    head), ``max_rows`` rows at most.
 
     Args:
       corrupted: the prompts (shuffled labels) and their answers' first tokens.
@@ -76,27 +120,25 @@ def indirect_effects(model, corrupted: Prompts, t_rows: np.ndarray) -> np.ndarra
     """
     cfg = model.config
     L, H = cfg.n_layers, cfg.n_heads
-    graphdef, state = nnx.split(model)
-    toks = corrupted.tokens
-    n = max(len(x) for x in toks) - 1
-    tokens = np.zeros((len(toks), max(n, 1)), np.int32)
-    valid = np.zeros_like(tokens, bool)
-    for i, x in enumerate(toks):
-        tokens[i, tokens.shape[1] - (len(x) - 1):] = x[:-1]
-        valid[i, tokens.shape[1] - (len(x) - 1):] = True
-    cache, pos = _prefix_cache(graphdef, state, jnp.asarray(tokens), jnp.asarray(valid))
-    last = jnp.asarray([x[-1] for x in toks], jnp.int32)
-    target = jnp.asarray(corrupted.target, jnp.int32)
-    base = np.asarray(_answer_prob(graphdef, state, cache, last, pos, target, None))
+    n = len(corrupted)
+    steps = LastTokenSteps(model, corrupted)
+    base = steps.answer_prob(None)
     t_rows = jnp.asarray(t_rows, jnp.float32)
+    per = max(1, min(H, max_rows // n))  # heads per call
     out = np.zeros((L, H))
     for layer in range(L):
-        value = t_rows[:, layer][None, :, None]  # [1, b, 1, H, d_head]
-        for h in range(H):
-            where = jnp.zeros((1, 1, 1, H, 1), bool).at[..., h, :].set(True)
-            iv = Intervention(patches=(Patch("z", jnp.asarray([layer]), value, where),))
-            p = np.asarray(_answer_prob(graphdef, state, cache, last, pos, target, iv))
-            out[layer, h] = float(np.mean(p - base))
+        for h0 in range(0, H, per):
+            heads = list(range(h0, min(H, h0 + per)))
+            hs = heads + [heads[-1]] * (per - len(heads))  # a fixed batch for one program
+            value = jnp.tile(t_rows[:, layer], (per, 1, 1))[None, :, None]  # [1, per*n, 1, H, D]
+            where = np.zeros((1, per * n, 1, H, 1), bool)
+            for i, h in enumerate(hs):
+                where[0, i * n:(i + 1) * n, 0, h] = True
+            iv = Intervention(patches=(Patch("z", jnp.asarray([layer]), value,
+                                             jnp.asarray(where)),))
+            p = steps.answer_prob(iv, repeat=per).reshape(per, n)
+            for i, h in enumerate(heads):
+                out[layer, h] = float(np.mean(p[i] - base))
     return out
 
 
@@ -135,10 +177,14 @@ def tv_setting(resid: np.ndarray, layer: int) -> Setting:
     return lambda last, seq: _resid_patch(resid[layer], layer, last, seq, add=False)
 
 
-def choose_tv_layer(model, valid: Prompts, resid: np.ndarray, *,
-                    batch_size: int = 16) -> tuple[int, np.ndarray]:
+def choose_tv_layer(model, valid: Prompts, resid: np.ndarray) -> tuple[int, np.ndarray]:
     """The layer whose task vector gives the best first-token accuracy on ``valid`` (the
-    first on ties) and every layer's accuracy ``[L]``."""
-    accs = np.asarray([accuracy(model, valid, setting=tv_setting(resid, layer),
-                                batch_size=batch_size) for layer in range(resid.shape[0])])
+    first on ties) and every layer's accuracy ``[L]``; each layer one cached step of the
+    last token (:class:`LastTokenSteps`)."""
+    steps = LastTokenSteps(model, valid)
+    n = len(valid)
+    last = np.zeros(n, np.int32)  # the one step's position
+    accs = np.asarray([float(np.mean(np.argmax(steps.logits(tv_setting(resid, layer)(last, 1)),
+                                               -1) == steps.target))
+                       for layer in range(resid.shape[0])])
     return int(np.argmax(accs)), accs

@@ -98,3 +98,11 @@ def embedding_prompts(tokenizer, train: Sequence[Pair], n_prompts: int, n_shots:
     qidx = rng.integers(0, len(train), n_prompts)
     return build(tokenizer, [train[i] for i in qidx], train, n_shots, rng, max_tokens=max_tokens,
                  query_idx=qidx.tolist())
+
+
+def concat(parts: Sequence[Prompts]) -> Prompts:
+    """The prompts of ``parts`` one after another."""
+    return Prompts(tuple(t for p in parts for t in p.tokens),
+                   np.concatenate([p.target for p in parts]),
+                   np.concatenate([p.shots for p in parts]), sum(p.n_cut for p in parts),
+                   tuple(a for p in parts for a in p.answers))

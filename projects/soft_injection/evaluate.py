@@ -8,9 +8,9 @@ first-token forward, left padding for generation, where ``last = seq - 1``); Non
 model. :func:`mix_setting` is soft injection; :mod:`projects.soft_injection.baselines` builds
 the function-vector and task-vector settings.
 
-Prompts are sorted by length and run ``batch_size`` at a time, each batch padded to a
-power-of-two length (a short last batch is filled with copies of its first prompt), under one
-compiled program per (batch, length, setting structure).
+Prompts are sorted by length and run ``batch_size`` at a time, each batch padded to a length
+of :func:`~common.interp.task_embedding.fine_bucket` (a short last batch is filled with copies
+of its first prompt), under one compiled program per (batch, length, setting structure).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from common.interp.intervention import Intervention
-from common.interp.task_embedding import bucket, injection, logits_at, pad_right
+from common.interp.task_embedding import fine_bucket, injection, logits_at, pad_right
 from projects.soft_injection.episodes import Prompts
 from projects.soft_injection.prompts import exact_match
 
@@ -94,10 +94,11 @@ def _setting_of(setting, alpha, v):
 def _batches(prompts: Prompts, batch_size: int):
     """``(rows, chunk)``: prompt indices by length, each chunk filled to ``batch_size``."""
     order = np.argsort([len(t) for t in prompts.tokens], kind="stable")
-    for s in range(0, len(order), batch_size):
-        rows = order[s:s + batch_size]
+    size = min(batch_size, len(order))  # a small set: one batch of its own size
+    for s in range(0, len(order), size):
+        rows = order[s:s + size]
         chunk = [prompts.tokens[i] for i in rows]
-        yield rows, chunk + [chunk[0]] * (batch_size - len(chunk))
+        yield rows, chunk + [chunk[0]] * (size - len(chunk))
 
 
 def predict(model, prompts: Prompts, *, setting: Setting | None = None,
@@ -113,7 +114,7 @@ def predict(model, prompts: Prompts, *, setting: Setting | None = None,
     graphdef, state = nnx.split(model)
     out = np.zeros(len(prompts), np.int64)
     for rows, chunk in _batches(prompts, batch_size):
-        ids, last = pad_right(chunk)
+        ids, last = pad_right(chunk, length=fine_bucket(max(len(c) for c in chunk)))
         iv = None if setting is None else setting(last, ids.shape[1])
         pred = np.asarray(_predict(graphdef, state, jnp.asarray(ids), jnp.asarray(last), iv))
         out[rows] = pred[:len(rows)]
@@ -136,7 +137,7 @@ def generated(model, prompts: Prompts, *, setting: Setting | None = None,
     setting = _setting_of(setting, alpha, v)
     out: list[list[int]] = [[] for _ in range(len(prompts))]
     for rows, chunk in _batches(prompts, batch_size):
-        seq = bucket(max(len(t) for t in chunk))
+        seq = fine_bucket(max(len(t) for t in chunk))
         last = np.full(len(chunk), seq - 1, np.int32)  # left padding: every prompt ends there
         iv = None if setting is None else setting(last, seq)
         gen = generate(model, chunk, max_new_tokens, pad_to=seq, prefill_intervention=iv)

@@ -16,8 +16,12 @@ from common.plotting import layout_problems  # noqa: E402
 from common.plotting import save as _save  # noqa: E402
 
 LABELS = {"zero_shot": "0-shot", "soft_injection": "soft injection",
-          "uniform_mix": "mix a=0.5", "mean_replace_topk": "top-k replace",
-          "si_binarised": "SI binarised"}
+          "uniform_mix": "mix a=0.5", "si_binarised": "SI binarised",
+          "function_vector": "function vector", "task_vector": "task vector",
+          "si_task_agnostic": "SI task-agnostic", "si_m1": "SI M=1"}
+COLORS = {"zero_shot": "tab:gray", "soft_injection": "tab:red", "function_vector": "tab:green",
+          "task_vector": "tab:green", "si_task_agnostic": "tab:purple", "si_m1": "tab:purple",
+          "uniform_mix": "tab:olive", "si_binarised": "tab:olive"}
 
 
 def label(key: str) -> str:
@@ -63,26 +67,30 @@ def alpha_heatmaps(alphas: dict[str, np.ndarray], stem) -> tuple[pathlib.Path, l
 
 
 def accuracy_bars(summary: dict, stem) -> tuple[pathlib.Path, list[str]]:
-    """Mean first-token accuracy per setting (bars; per-task points over them)."""
+    """Mean exact match per setting (bars), mean first-token accuracy (hollow bars), per-task
+    exact match (points)."""
     keys = summary["settings"]
     tasks = summary["tasks"]
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(keys) + 2), 4.6))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * len(keys) + 2.5), 4.8))
     x = np.arange(len(keys))
-    means = [summary["mean"][k] for k in keys]
-    colors = ["tab:gray"] + ["tab:blue"] * (len(keys) - 5) + ["tab:red"] + ["tab:olive"] * 3
-    ax.bar(x, means, color=colors[:len(keys)], alpha=0.8, label="mean over tasks")
+    colors = [COLORS.get(k, "tab:blue") for k in keys]
+    ax.bar(x - 0.2, [summary["mean"][k] for k in keys], width=0.4, color=colors, alpha=0.85,
+           label="exact match, mean over tasks")
+    ax.bar(x + 0.2, [summary["mean_first_token"][k] for k in keys], width=0.4, color="none",
+           edgecolor=colors, hatch="//", label="first token, mean over tasks")
     rng = np.random.default_rng(0)
     for i, k in enumerate(keys):
         ys = [tasks[t][k] for t in tasks]
-        ax.scatter(i + rng.uniform(-0.25, 0.25, len(ys)), ys, s=9, color="black", zorder=3,
-                   label="one task" if i == 0 else None)
+        ax.scatter(i - 0.2 + rng.uniform(-0.12, 0.12, len(ys)), ys, s=7, color="black",
+                   zorder=3, label="one task (exact match)" if i == 0 else None)
     ax.set_xticks(x)
     ax.set_xticklabels([label(k) for k in keys], rotation=40, ha="right", fontsize=8,
                        rotation_mode="anchor")
-    ax.set_ylabel("first-token accuracy (test)")
+    ax.set_ylabel("accuracy on the test items")
     ax.set_xlabel("setting")
-    ax.set_ylim(0, 1.18)
-    ax.legend(loc="upper left", fontsize=8, ncol=2, frameon=False)
+    ax.set_ylim(0, 1.3)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.legend(loc="upper left", fontsize=8, ncol=3, frameon=False)
     n_seeds = len(summary["seeds"])
     ax.set_title(f"{summary['model']}: {len(tasks)} tasks, {n_seeds} seed{'s' * (n_seeds > 1)}",
                  fontsize=10)

@@ -9,6 +9,14 @@ Quick CPU run (4 small tasks of the spec's pilot, 1 seed, 20 prompts, 100 steps,
 
     headlab run soft_injection --quick
 
+Every shipped task with the quick run's sizes (1 seed, 100 steps, 30 test items; about an hour
+on 2 CPU cores, see the README):
+
+    headlab run soft_injection --config default:all
+
+A killed run resumes its selection training from the last checkpoint when rerun with the same
+``--workdir``.
+
 ``--set tasks=antonym,next_item`` picks tasks; ``--set model=/path/to/model.gguf`` another model.
 """
 
@@ -23,8 +31,9 @@ QUICK_TASKS = ("country-capital", "antonym", "present-past", "next_item")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """``arg``: None / ``"full"`` for the full run, ``"quick"`` for the small CPU run."""
-    if arg not in (None, "", "full", "quick"):
-        raise ConfigError(f"soft_injection get_config: unknown argument {arg!r} (use 'quick')")
+    if arg not in (None, "", "full", "quick", "all"):
+        raise ConfigError(f"soft_injection get_config: unknown argument {arg!r} (use 'quick' or "
+                          "'all')")
     c = ml_collections.ConfigDict()
     c.model = "smollm2-135m-instruct"
     c.mesh = ""  # "" = one device; "fsdp=4,tensor=4" loads the model sharded over a mesh
@@ -47,11 +56,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.shots = (1, 5, 10)
     c.test_items = 200  # the first items of each test split (0 = all)
     c.batch_size = 16
-    c.baseline_top_k = 10  # heads replaced by the training-free baseline
+    c.embed_batch_size = 8  # task-embedding prompts per forward
+    c.max_new_tokens = 20  # greedy decoding for exact match (the official --max_token)
+    # ---- baselines (spec §4) and ablations (spec §2.8) ----
+    c.fv_heads = 10  # function vector: top heads by average indirect effect (Todd et al.)
+    c.fv_layer = -1  # the layer whose output the FV is added to; -1: n_layers // 3
+    c.fv_aie_prompts = 8  # corrupted (label-shuffled) prompts per task for the indirect effect
+    c.ablations = True  # the task-agnostic selection and the M = 1 embedding
+    c.controls = ("uniform_mix", "si_binarised")  # untrained a = 0.5; the learnt a rounded
     c.transfer = True  # cross-task transfer: alpha of task A with the embedding of task B
     c.transfer_items = 50
-    if arg == "quick":
-        c.tasks = QUICK_TASKS
+    c.heatmap_tasks = 24  # the first tasks shown in the selection heatmaps
+    if arg in ("quick", "all"):
+        c.tasks = QUICK_TASKS if arg == "quick" else ()
         c.seeds = (0,)
         c.n_prompts = 20
         c.steps = 100
@@ -59,6 +76,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.test_items = 30
         c.transfer_items = 20
         c.group_by_length = False
+        c.batch_size = 32
+        c.fv_aie_prompts = 4
+        c.controls = ("uniform_mix",)
+    if arg == "all":  # every shipped task with the quick sizes (the lead's hour-long run)
+        c.fv_aie_prompts = 1  # 56 corrupted prompts in all
+        c.max_train_items = 100  # the task-agnostic problem holds every task's training prompts
+        c.transfer = False  # 56 x 56 task pairs
     return c
 
 
@@ -78,14 +102,21 @@ def validate(c: ml_collections.ConfigDict, check_tasks: bool = True) -> None:
                           f"config.val_every ({c.val_every})")
     if c.lr <= 0:
         raise ConfigError(f"config.lr must be > 0, got {c.lr}")
-    if c.val_items < 1 or c.test_items < 0 or c.batch_size < 1 or c.max_train_items < 1:
+    if (c.val_items < 1 or c.test_items < 0 or c.batch_size < 1 or c.max_train_items < 1
+            or c.embed_batch_size < 1):
         raise ConfigError("config.val_items, batch_size, max_train_items >= 1; test_items >= 0")
     if any(k < 1 for k in c.shots):
         raise ConfigError(f"config.shots must be positive, got {tuple(c.shots)}")
     if c.max_prompt_tokens < 16:
         raise ConfigError("config.max_prompt_tokens must be >= 16")
-    if c.baseline_top_k < 1:
-        raise ConfigError("config.baseline_top_k must be >= 1")
+    bad = [k for k in c.controls if k not in ("uniform_mix", "si_binarised")]
+    if bad:
+        raise ConfigError(f"config.controls: unknown {bad} (known: uniform_mix, si_binarised)")
+    if c.fv_heads < 1 or c.fv_aie_prompts < 1 or c.max_new_tokens < 1 or c.heatmap_tasks < 1:
+        raise ConfigError("config.fv_heads, fv_aie_prompts, max_new_tokens and heatmap_tasks "
+                          "must be >= 1")
+    if c.fv_layer >= 0 and c.fv_layer > 200:
+        raise ConfigError(f"config.fv_layer {c.fv_layer} is not a layer")
     if check_tasks:  # a missing or malformed task file: TaskDataError before anything is written
         load_tasks(c)
 

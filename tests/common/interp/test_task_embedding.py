@@ -11,6 +11,7 @@ import pytest
 from common.interp import forward, run_with_cache
 from common.interp.task_embedding import (
     bucket,
+    fine_bucket,
     first_token_loss,
     head_outputs_at,
     injection,
@@ -157,7 +158,7 @@ def test_task_embedding_equals_an_explicit_loop(tiny, prompts):
 def test_mean_residual_at_last_equals_an_explicit_loop(tiny, prompts):
     """The mean residual leaving each block at the last token (task vectors), against each
     prompt alone through ``resid_pre`` of the next layer (a different code path)."""
-    got = mean_at_last(tiny, prompts, ("z", "resid_post"), batch_size=4)
+    got = mean_at_last(tiny, prompts, ("z", "resid_post"), batch_size=4, keep=(3, 0))
     want = np.mean([[np.asarray(tiny.resid_pre(jnp.asarray([p]), layer + 1))[0, -1]
                      for layer in range(L - 1)] for p in prompts], axis=0)
     assert got["resid_post"].shape == (L, TINY.d_model)
@@ -165,6 +166,14 @@ def test_mean_residual_at_last_equals_an_explicit_loop(tiny, prompts):
                                atol=1e-5)
     np.testing.assert_allclose(np.asarray(got["z"]), np.asarray(task_embedding(
         tiny, prompts, batch_size=4)), rtol=1e-6, atol=1e-6)
+    for j, i in enumerate((3, 0)):  # the kept prompts' own values
+        np.testing.assert_allclose(np.asarray(got["resid_post/kept"])[j, :L - 1], np.asarray(
+            [np.asarray(tiny.resid_pre(jnp.asarray([prompts[i]]), layer + 1))[0, -1]
+             for layer in range(L - 1)]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(got["z/kept"])[j], np.asarray(task_embedding(
+            tiny, [prompts[i]], batch_size=1)), rtol=1e-5, atol=1e-6)
+    assert fine_bucket(5) == 8 and fine_bucket(64) == 64 and fine_bucket(65) == 128
+    assert fine_bucket(130) == 192 and fine_bucket(257) == 320
 
 
 @pytest.mark.slow

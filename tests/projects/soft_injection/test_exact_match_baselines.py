@@ -77,6 +77,8 @@ def test_indirect_effects_equal_full_patched_forwards(setup):
     bad = episodes.build(tok, pairs[:3], pairs, 3, np.random.default_rng(1), shuffle_labels=True)
     t_rows = np.stack([v, v * 0.5, -v])
     got = baselines.indirect_effects(model, bad, t_rows)
+    np.testing.assert_allclose(baselines.indirect_effects(model, bad, t_rows, max_rows=7), got,
+                               atol=1e-6)  # 2 heads per call, the last call padded
 
     def prob(ids, tgt, iv):
         lg = np.asarray(forward(model, jnp.asarray([ids]), intervention=iv))[0, -1]
@@ -142,7 +144,7 @@ def test_function_vector_and_task_vector_settings_equal_hand_edits(setup):
     # validation answers that the layer-1 task vector gives: layer 1 must be chosen
     target = evaluate.predict(model, p, setting=baselines.tv_setting(resid, 1), batch_size=4)
     valid = episodes.Prompts(p.tokens, target, p.shots, 0, p.answers)
-    best, accs = baselines.choose_tv_layer(model, valid, resid, batch_size=4)
+    best, accs = baselines.choose_tv_layer(model, valid, resid)
     assert best == 1 and accs[1] == 1.0 and accs[0] < 1.0
     for layer in range(L):
         assert accs[layer] == evaluate.accuracy(model, valid, setting=baselines.tv_setting(
