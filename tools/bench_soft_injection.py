@@ -37,6 +37,8 @@ import time
 
 import numpy as np
 
+from tools import roofline
+
 
 def torch_steps(hf, prompts, v: np.ndarray, steps: int, lr: float = 0.2) -> tuple[list, list]:
     """``steps`` Adam steps of the torch version; ``(per-step seconds, losses)``."""
@@ -86,26 +88,9 @@ def torch_steps(hf, prompts, v: np.ndarray, steps: int, lr: float = 0.2) -> tupl
 
 def read_bandwidth(n_bytes: int, repeats: int = 7) -> dict:
     """Best read bandwidth (GB/s) summing a float32 array of ``n_bytes``: JAX and torch."""
-    import jax
-    import jax.numpy as jnp
-    import torch
-
-    a = jnp.ones((n_bytes // 4,), jnp.float32)
-    total = jax.jit(jnp.sum)
-    jax.block_until_ready(total(a))
-
-    def best(fn):
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
-
-    t_jax = best(lambda: jax.block_until_ready(total(a)))
-    ta = torch.ones(n_bytes // 4)
-    t_torch = best(lambda: ta.sum())
-    return {"jax_gbps": n_bytes / t_jax / 1e9, "torch_gbps": n_bytes / t_torch / 1e9}
+    mib = max(1, n_bytes // 2**20)
+    return {"jax_gbps": roofline.read_bandwidth_gbs(mib, repeats),
+            "torch_gbps": roofline.torch_read_bandwidth_gbs(mib, repeats)}
 
 
 def weight_bytes(model) -> int:

@@ -29,30 +29,13 @@ import time
 
 import numpy as np
 
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from tools import roofline
 
 
 def matmul_peak(n: int = 1536, repeats: int = 5) -> dict:
     """Best float32 GEMM rate ``[n, n] @ [n, n]`` in GFLOP/s, JAX and torch (same process)."""
-    import jax
-    import jax.numpy as jnp
-    import torch
-
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
-    mm = jax.jit(lambda x, y: x @ y)
-    jax.block_until_ready(mm(a, a))
-    t_jax = _best(lambda: jax.block_until_ready(mm(a, a)), repeats)
-    ta = torch.as_tensor(np.asarray(a))
-    t_torch = _best(lambda: ta @ ta, repeats)
-    flops = 2.0 * n ** 3
-    return {"jax_gflops": flops / t_jax / 1e9, "torch_gflops": flops / t_torch / 1e9}
+    return {"jax_gflops": roofline.jax_matmul_gflops(n, repeats),
+            "torch_gflops": roofline.torch_matmul_gflops(n, repeats)}
 
 
 def score_flops(cfg, table) -> dict:
@@ -136,9 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     ref_ov = torch_scores(hf, table.tokens, table, full_ov=True)
     t_ours, t_loop, t_ov = [], [], []
     for _ in range(args.repeats):  # alternate, so that both see the same load
-        t_ours.append(_best(ours_fn, 1))
-        t_loop.append(_best(lambda: torch_scores(hf, table.tokens, table), 1))
-        t_ov.append(_best(lambda: torch_scores(hf, table.tokens, table, full_ov=True), 1))
+        t_ours.append(roofline.best_time(ours_fn, 1))
+        t_loop.append(roofline.best_time(lambda: torch_scores(hf, table.tokens, table), 1))
+        t_ov.append(roofline.best_time(lambda: torch_scores(hf, table.tokens, table, full_ov=True), 1))
     warm, loop, loop_ov = min(t_ours), min(t_loop), min(t_ov)
     med = float(np.median(np.asarray(t_loop) / np.asarray(t_ours)))
     med_ov = float(np.median(np.asarray(t_ov) / np.asarray(t_ours)))

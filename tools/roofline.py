@@ -34,3 +34,19 @@ def read_bandwidth_gbs(mib: int = 1024, repeats: int = 5) -> float:
     f = jax.jit(jnp.sum)
     f(x).block_until_ready()
     return x.nbytes / best_time(lambda: f(x).block_until_ready(), repeats) / 1e9
+
+
+def torch_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The same float32 matmul rate measured through torch (its oneDNN/MKL GEMM)."""
+    import torch
+
+    a = torch.as_tensor(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    return 2 * n**3 / best_time(lambda: a @ a, repeats) / 1e9
+
+
+def torch_read_bandwidth_gbs(mib: int = 1024, repeats: int = 5) -> float:
+    """The same read bandwidth measured through a torch reduction."""
+    import torch
+
+    x = torch.ones(mib * 2**20 // 4)
+    return x.numel() * 4 / best_time(lambda: x.sum(), repeats) / 1e9
