@@ -19,8 +19,12 @@ stays a few MB):
   the window, as torch's CPU ``max_pool2d``), kept as the only residual (int8).
 
 The backward pass rebuilds a chunk's patches, routes each pooled cotangent to its window's first
-maximum and forms ``∂w = G Pᵀᵀ`` (one matrix product per chunk); the input cotangent is computed
-only when ``x`` is being differentiated (an XLA transposed convolution of the routed map).
+maximum and forms ``∂w = G Pᵀᵀ`` (one matrix product per chunk); the input cotangent is an XLA
+transposed convolution of the routed map (dropped by XLA when nothing uses it, e.g. for images).
+
+With many input channels (``C_in >`` :data:`PATCH_MAX_CIN`) the patch matrix is ``k·k`` times
+the input, and XLA's own convolution (forward, kernel and input gradients, channel-last) is the
+faster one: that path keeps the same pool, routing and results.
 
 A bias and a monotone activation commute with the pool: ``max_pool(relu(conv(x) + b)) =
 relu(conv_max_pool(x, w) + b)``, so a CNN block ``conv → ReLU → pool`` is this op followed by a
@@ -39,6 +43,10 @@ from jax import lax
 
 #: about this many output positions per scan chunk (the patch matrix: ``k·k·C_in`` times this)
 CHUNK_POSITIONS = 65_000
+#: the patch path up to this many input channels, XLA's convolution above (measured on 2 CPU
+#: cores, 340 crops: 3 → 16 channels 5x5 patches 2.3x faster forward + backward; 16 → 32 channels
+#: 3x3 XLA 1.4x faster)
+PATCH_MAX_CIN = 4
 
 
 def pooled_shape(x_shape: tuple[int, ...], k: int, pool: int) -> tuple[int, int]:
@@ -107,6 +115,31 @@ def _route(g: jax.Array, first: jax.Array, pool: int) -> jax.Array:
     return routed.reshape(c_out, c, hp * pool, wp * pool)
 
 
+def _conv_xla(x: jax.Array, w: jax.Array, ho: int, wo: int) -> jax.Array:
+    """XLA's VALID convolution over the ``ho × wo`` output positions the pool reads (NHWC)."""
+    k = w.shape[0]
+    return lax.conv_general_dilated(x[:, :ho + k - 1, :wo + k - 1], w, (1, 1), "VALID",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _forward_xla(x: jax.Array, w: jax.Array, pool: int) -> tuple[jax.Array, jax.Array]:
+    """:func:`_forward` through XLA's convolution (outputs in the same layouts)."""
+    n, c_out = x.shape[0], w.shape[-1]
+    hp, wp = pooled_shape(x.shape, w.shape[0], pool)
+    y = _conv_xla(x, w, hp * pool, wp * pool).reshape(n, hp, pool, wp, pool, c_out)
+    m = y.max(axis=(2, 4))
+    i = jnp.arange(pool * pool, dtype=jnp.int32).reshape(pool, pool)
+    iota = i[None, None, :, None, :, None]  # [1, 1, pool, 1, pool, 1]
+    hit = y == m[:, :, None, :, None, :]
+    first = jnp.min(jnp.where(hit, iota, pool * pool), axis=(2, 4))  # [n, H_p, W_p, C_out]
+    idx_dtype = jnp.int8 if pool * pool <= 127 else jnp.int32
+    return m, jnp.transpose(first, (3, 0, 1, 2)).astype(idx_dtype)
+
+
+def _uses_patches(x: jax.Array) -> bool:
+    return x.shape[-1] <= PATCH_MAX_CIN
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_max_pool(x: jax.Array, w: jax.Array, pool: int) -> jax.Array:
     """``max_pool(conv(x, w), pool)`` (module docstring).
@@ -119,7 +152,7 @@ def conv_max_pool(x: jax.Array, w: jax.Array, pool: int) -> jax.Array:
       ``[n, (H − k + 1) // pool, (W − k + 1) // pool, C_out]``.
     """
     _check(x, w, pool)
-    return _forward(x, w, pool)[0]
+    return (_forward if _uses_patches(x) else _forward_xla)(x, w, pool)[0]
 
 
 def _check(x: jax.Array, w: jax.Array, pool: int) -> None:
@@ -134,7 +167,7 @@ def _check(x: jax.Array, w: jax.Array, pool: int) -> None:
 
 def _fwd(x, w, pool):
     _check(x, w, pool)
-    out, first = _forward(x, w, pool)
+    out, first = (_forward if _uses_patches(x) else _forward_xla)(x, w, pool)
     return out, (x, w, first)
 
 
@@ -145,6 +178,9 @@ def _bwd(pool, res, g):
     hp, wp = first.shape[2:]
     ho, wo = hp * pool, wp * pool
     gt = jnp.transpose(g, (3, 0, 1, 2))  # [C_out, n, H_p, W_p]
+    routed = jnp.transpose(_route(gt, first, pool), (1, 2, 3, 0))  # [n, H', W', C_out]
+    if not _uses_patches(x):
+        return jax.vjp(lambda xx, ww: _conv_xla(xx, ww, ho, wo), x, w)[1](routed)
     c = _chunk(n, ho * wo)
     xs, pad = _in_chunks(x, c)
     split = lambda a: jnp.moveaxis(_in_chunks(jnp.moveaxis(a, 1, 0), c)[0], 2, 1)
@@ -160,11 +196,7 @@ def _bwd(pool, res, g):
     dw = dw_t.T.reshape(w.shape).astype(w.dtype)
     # the input cotangent: the transposed convolution of the routed map (dropped by XLA when
     # nothing uses it, e.g. for data images)
-    routed = jnp.transpose(_route(gt, first, pool), (1, 2, 3, 0))  # [n, H', W', C_out]
-    conv = lambda xx: lax.conv_general_dilated(xx[:, :ho + k - 1, :wo + k - 1], w, (1, 1),
-                                               "VALID",
-                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    dx = jax.vjp(conv, x)[1](routed)[0]
+    dx = jax.vjp(lambda xx: _conv_xla(xx, w, ho, wo), x)[1](routed)[0]
     return dx, dw
 
 

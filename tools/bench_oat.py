@@ -1,15 +1,28 @@
 """Benchmark OAT training: ours (JAX, the shared train step) vs a PyTorch re-implementation of
 the official model (``HKUST-NISL/oat_eccv24`` ``Seq2SeqTransformer`` with ``CAVersion=3``) at
-the same size, forward + backward + clipped Adam, on CPU in the same process.
+the same size, forward + backward + clipped Adam, on CPU, measured in the same run.
 
-    python -m tools.bench_oat [--size quick|paper] [--steps 10] [--threads N]
+    python -m tools.bench_oat [--size quick|paper] [--steps 10] [--batch 20] [--threads 1 2]
 
 ``quick`` = the quick config's model (d_model 128, 2 + 2 layers, 4 × 6 objects of 12 × 8 crops);
 ``paper`` = the paper's model (d_model 512, 4 + 4 layers, FFN 512, 6 × 14 objects of 150 × 93
-crops). Batch 20 by default (``--batch``), decoder length 17 (quick) / 21 (paper). Prints
-steps/s and the ratio (target:
-ours ≥ 1.5× PyTorch). Timings exclude compilation / the first step; on a shared CPU they are
-noisy (the median of the timed steps is used).
+crops). Batch 20 (the paper's), decoder length 17 (quick) / 21 (paper). Target: ours ≥ 1.5×
+PyTorch steps/s.
+
+Each side runs in its own worker process (the paper-size batch of 20 does not fit twice in
+23 GB in one process), both compiled and warmed up first; then the parent asks them for one step
+at a time, **interleaved** (ours, torch with 1 thread, torch with 2 threads, ours, ...), so that
+load from other processes on a shared machine falls on every side alike; an idle worker waits
+on its pipe. Reported: median wall time per step, process CPU time per step (less sensitive to
+other processes' load), the load average, and the work: the model FLOPs of a step
+(:func:`train_flops`: convolutions and matrix products, the backward twice the forward, none for
+the images' gradient) against the speed of a large float32 matrix product measured in the same
+run by each framework, i.e. how close each side is to the fastest this CPU multiplies.
+
+Ours embeds each object's crop once per trial and gathers the decoder's tokens from those
+embeddings (the decoder's tokens are fixations of the same crops, plus one all-ones BOS crop);
+the official model runs its CNN on every encoder and decoder token, which this PyTorch model
+keeps: ``N + 1 + T + 1`` crops per trial against our ``N`` (+ 1 per batch).
 
 The PyTorch model mirrors the official layout (sequence-first ``nn.TransformerEncoder`` and
 ``nn.TransformerDecoder`` without a final norm, the CNN per crop of both the encoder and the
@@ -17,26 +30,25 @@ decoder sequence, the two-head ``Cross_Attention`` pointer with a 0 PAD logit an
 ``Linear(2, 1)`` readout). One deliberate difference: the object PE is gathered with tensor
 indexing, where the official ``calculate3DPositional_learned`` loops in Python over every
 (position, batch) pair; the ratio is therefore against a faster PyTorch model than the official
-one. :func:`load_ours` copies our parameters into it (the test checks the logits agree).
+one. :func:`load_ours` copies our parameters into it (the tests check the logits and the
+gradients agree).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import pathlib
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from torch import nn
 
-from common.sharding import make_mesh
-from common.sharding.state import sharded_init
-from common.train import make_train_step
 from projects.oat import pe as pe_lib
-from projects.oat import train as T
 from projects.oat.model import OATConfig
 
 SIZES = {
@@ -212,81 +224,206 @@ def batch(cfg: OATConfig, max_len: int, b: int = 20, seed: int = 0) -> dict[str,
             "uid": np.arange(b, dtype=np.int32), "seed": np.zeros(b, np.int32)}
 
 
-def jax_step_times(cfg: OATConfig, max_len: int, steps: int, b: int = 20
-                   ) -> tuple[list[float], float]:
-    """Per-step wall times of our jitted train step (shared ``make_train_step``) after compile."""
-    table = pe_lib.learn_table(cfg.pe_rows, pe_lib.part_width(cfg.d_pe), steps=100)
-    task = T.make_task(cfg, table, max_len, seed=0)
-    tx = T.optimiser(1e-4, 1.0)
-    init = sharded_init(task.make_model, tx, make_mesh())
-    step = jax.jit(make_train_step(init.model_def, task.loss_fn, tx), donate_argnums=0)
-    state = init.create()
-    bt = {k: jnp.asarray(v) for k, v in batch(cfg, max_len, b).items()}
-    t0 = time.perf_counter()
-    state, m, _ = step(state, bt)
-    jax.block_until_ready(m["loss"])
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, m, _ = step(state, bt)
-        jax.block_until_ready(m["loss"])
-        times.append(time.perf_counter() - t0)
-    return times, compile_s
+def train_flops(cfg: OATConfig, max_len: int, b: int, crops: int) -> float:
+    """Model FLOPs of one training step: ``crops`` CNN passes and ``b`` trials of the transformer
+    (matrix products and convolutions, 2 per multiply-add; backward = 2 × forward, except the
+    first convolution, which needs no gradient for its images)."""
+    (c1, c2), (k1, k2), p1 = cfg.channels, cfg.kernels, cfg.pools[0]
+    h1, w1 = cfg.crop_h - k1 + 1, cfg.crop_w - k1 + 1
+    h2, w2 = h1 // p1 - k2 + 1, w1 // p1 - k2 + 1
+    hf, wf = cfg.cnn_out_hw()
+    conv1 = 2 * h1 * w1 * k1 * k1 * 3 * c1
+    rest = 2 * h2 * w2 * k2 * k2 * c1 * c2 + 2 * c2 * hf * wf * cfg.d_app
+    s, t, d, f = cfg.n + 1, max_len + 1, cfg.d_model, cfg.d_ff
+    enc = 8 * s * d * d + 4 * s * s * d + 4 * s * d * f
+    dec = 8 * t * d * d + 4 * t * t * d + 4 * (t + s) * d * d + 4 * t * s * d + 4 * t * d * f
+    ptr = 2 * (s + t) * d * d * cfg.pointer_heads + 2 * t * s * d * cfg.pointer_heads
+    per_trial = cfg.enc_layers * enc + cfg.dec_layers * dec + ptr
+    return float(crops * (2 * conv1 + 3 * rest) + 3 * b * per_trial)
 
 
-def torch_step_times(cfg: OATConfig, max_len: int, steps: int, bsz: int = 20) -> list[float]:
-    """Per-step wall times of the PyTorch model: forward, CE (PAD ignored), backward, clip 1.0,
-    Adam 1e-4 (the first step is a warm-up, not timed)."""
-    torch.manual_seed(0)
-    table = np.random.default_rng(0).normal(size=(cfg.pe_rows, pe_lib.part_width(cfg.d_pe)))
-    m = TorchOAT(cfg, table, max_len + 1).train()
-    opt = torch.optim.Adam(m.parameters(), lr=1e-4)
-    b = {k: torch.as_tensor(v).long() if v.dtype != np.float32 else torch.as_tensor(v)
-         for k, v in batch(cfg, max_len, bsz).items()}
-    loss_fn = nn.CrossEntropyLoss(ignore_index=cfg.pad)
-    times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
+def crops_per_step(cfg: OATConfig, max_len: int, b: int, side: str) -> int:
+    """CNN passes per step: ours ``b·N + 1`` (objects once, one BOS crop), the official model
+    ``b·(N + 1 + T + 1)`` (every encoder and decoder token)."""
+    return b * cfg.n + 1 if side == "ours" else b * (cfg.n + 1 + max_len + 1)
+
+
+class JaxSide:
+    """Our model in the shared train step (:func:`common.train.make_train_step`), jitted."""
+
+    def __init__(self, cfg: OATConfig, max_len: int, b: int):
+        import jax
+        import jax.numpy as jnp
+
+        from common.sharding import make_mesh
+        from common.sharding.state import sharded_init
+        from common.train import make_train_step
+        from projects.oat import pe as pe_lib
+        from projects.oat import train as T
+
+        self.jax = jax
+        table = pe_lib.learn_table(cfg.pe_rows, pe_lib.part_width(cfg.d_pe), steps=100)
+        task = T.make_task(cfg, table, max_len, seed=0)
+        tx = T.optimiser(1e-4, 1.0)
+        init = sharded_init(task.make_model, tx, make_mesh())
+        self.fn = jax.jit(make_train_step(init.model_def, task.loss_fn, tx), donate_argnums=0)
+        self.state = init.create()
+        self.batch = {k: jnp.asarray(v) for k, v in batch(cfg, max_len, b).items()}
+        self.mm = jax.jit(lambda a, c: a @ c)
+        self.mm_args = (jnp.ones((1024, 1024), jnp.float32), jnp.ones((1024, 1024), jnp.float32))
+
+    def step(self, threads: int) -> None:
+        del threads  # XLA:CPU's own thread pool
+        self.state, m, _ = self.fn(self.state, self.batch)
+        self.jax.block_until_ready(m["loss"])
+
+    def matmul(self) -> None:
+        self.jax.block_until_ready(self.mm(*self.mm_args))
+
+
+class TorchSide:
+    """The PyTorch model: forward, CE (PAD ignored), backward, clip 1.0, Adam 1e-4."""
+
+    def __init__(self, cfg: OATConfig, max_len: int, b: int):
+        torch.manual_seed(0)
+        table = np.random.default_rng(0).normal(size=(cfg.pe_rows, pe_lib.part_width(cfg.d_pe)))
+        self.cfg = cfg
+        self.model = TorchOAT(cfg, table, max_len + 1).train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.batch = {k: torch.as_tensor(v).long() if v.dtype != np.float32 else torch.as_tensor(v)
+                      for k, v in batch(cfg, max_len, b).items()}
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=cfg.pad)
+        self.mm_args = (torch.ones(1024, 1024), torch.ones(1024, 1024))
+
+    def step(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        b, m = self.batch, self.model
         logits = m(b["crops"], b["target"], b["dec_in"])
-        loss = loss_fn(logits.reshape(-1, cfg.n + 2), b["dec_out"].reshape(-1))
-        opt.zero_grad()
+        loss = self.loss_fn(logits.reshape(-1, self.cfg.n + 2), b["dec_out"].reshape(-1))
+        self.opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-        opt.step()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return times
+        self.opt.step()
+
+    def matmul(self) -> None:
+        torch.set_num_threads(2)
+        self.mm_args[0] @ self.mm_args[1]
+
+
+def worker(side: str, size: str, b: int) -> None:
+    """A worker process: build, compile and warm up one side, then serve ``step THREADS`` /
+    ``matmul`` / ``quit`` lines from stdin, answering ``WALL CPU`` seconds per request."""
+    if side == "ours":
+        from common.xla_flags import enable_xnn
+
+        enable_xnn()  # as ``headlab run`` does (XNNPACK fusion on CPU), before JAX starts
+    cfg, max_len = SIZES[size], MAX_LEN[size]
+    t0 = time.perf_counter()
+    runner = JaxSide(cfg, max_len, b) if side == "ours" else TorchSide(cfg, max_len, b)
+    runner.step(1)
+    runner.matmul()
+    print(f"ready {time.perf_counter() - t0:.3f}", flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        t0, c0 = time.perf_counter(), time.process_time()
+        if cmd[0] == "matmul":
+            for _ in range(5):
+                runner.matmul()
+        else:
+            runner.step(int(cmd[1]))
+        print(f"{time.perf_counter() - t0:.6f} {time.process_time() - c0:.6f}", flush=True)
+
+
+class Worker:
+    """The parent's handle on a worker process (one request at a time)."""
+
+    def __init__(self, side: str, size: str, b: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tools.bench_oat", "--worker", side, "--size", size,
+             "--batch", str(b)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=pathlib.Path(__file__).resolve().parents[1])
+        self.side = side
+
+    def ready(self) -> float:
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "ready":
+            raise RuntimeError(f"bench_oat: the {self.side} worker failed to start "
+                               f"(exit {self.proc.wait()})")
+        return float(line[1])
+
+    def ask(self, cmd: str) -> tuple[float, float]:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        wall, cpu = self.proc.stdout.readline().split()
+        return float(wall), float(cpu)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+        self.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
-    from common.xla_flags import enable_xnn
-
-    enable_xnn()  # as ``headlab run`` does (XNNPACK fusion on CPU), before JAX starts
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=tuple(SIZES), default="quick")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=20,
-                    help="batch (the paper's 20 needs more than 23 GB at --size paper)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps of each side")
+    ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2],
-                    help="torch thread counts to try (the fastest counts)")
+                    help="torch thread counts to time (the fastest counts)")
+    ap.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.worker:
+        worker(a.worker, a.size, a.batch)
+        return
     cfg, max_len = SIZES[a.size], MAX_LEN[a.size]
-    jt, compile_s = jax_step_times(cfg, max_len, a.steps, a.batch)
-    ours = 1 / float(np.median(jt))
-    per_threads = {}
-    for n in a.threads:
-        torch.set_num_threads(n)
-        per_threads[n] = 1 / float(np.median(torch_step_times(cfg, max_len, a.steps, a.batch)))
-    best = max(per_threads, key=per_threads.get)
-    theirs = per_threads[best]
+    load0 = os.getloadavg()[0]
+    workers = {}
+    try:
+        for side in ("ours", "torch"):  # one at a time: compile and warm-up peaks don't overlap
+            workers[side] = Worker(side, a.size, a.batch)
+            workers[side].ready()
+        variants = [("ours", 2)] + [("torch", n) for n in a.threads]
+        times: dict[tuple[str, int], list[tuple[float, float]]] = {v: [] for v in variants}
+        for _ in range(a.steps):
+            for side, n in variants:
+                times[(side, n)].append(workers[side].ask(f"step {n}"))
+        peak = {side: 5 * 2 * 1024**3 / min(w.ask("matmul")[0] for _ in range(3))
+                for side, w in workers.items()}
+    finally:
+        for w in workers.values():
+            w.close()
+    load1 = os.getloadavg()[0]
+    wall = {v: float(np.median([t[0] for t in ts])) for v, ts in times.items()}
+    cpu = {v: float(np.median([t[1] for t in ts])) for v, ts in times.items()}
+    best = min((v for v in variants if v[0] == "torch"), key=wall.get)
+    ours = ("ours", 2)
+    peak_best = max(peak.values())
     print(f"OAT {a.size} (d_model {cfg.d_model}, {cfg.enc_layers}+{cfg.dec_layers} layers, "
-          f"{cfg.n} objects of {cfg.crop_h}x{cfg.crop_w}, batch {a.batch}, decoder {max_len + 1}), "
-          f"median of {a.steps} timed steps each:")
-    print(f"  ours (JAX, shared train step): {ours:.2f} steps/s (compile {compile_s:.1f} s)")
-    print("  PyTorch re-implementation:     " + ", ".join(
-        f"{v:.2f} steps/s ({n} thread{'s' * (n > 1)})" for n, v in per_threads.items()))
-    print(f"  ratio ours / PyTorch (its best): {ours / theirs:.2f}x (target >= 1.5x)")
+          f"{cfg.n} objects of {cfg.crop_h}x{cfg.crop_w}, batch {a.batch}, decoder {max_len + 1}); "
+          f"{a.steps} interleaved steps per side, load average {load0:.1f} -> {load1:.1f} on "
+          f"{os.cpu_count()} CPUs")
+    print(f"  float32 1024^3 matmul: JAX {peak['ours'] / 1e9:.0f} GFLOP/s, "
+          f"PyTorch {peak['torch'] / 1e9:.0f} GFLOP/s (2 threads)")
+    for v in variants:
+        side, n = v
+        crops = crops_per_step(cfg, max_len, a.batch, side)
+        flops = train_flops(cfg, max_len, a.batch, crops)
+        name = ("ours (JAX, shared train step)" if side == "ours"
+                else f"PyTorch, {n} thread{'s' * (n > 1)}")
+        print(f"  {name:31s} {1 / wall[v]:7.2f} steps/s  ({wall[v] * 1e3:7.0f} ms wall, "
+              f"{cpu[v] * 1e3:7.0f} ms CPU per step; {crops} crops, {flops / 1e9:.1f} GFLOP = "
+              f"{flops / wall[v] / 1e9:.0f} GFLOP/s, {flops / wall[v] / peak_best:.0%} of the "
+              "matmul rate)")
+    ratio = wall[best] / wall[ours]
+    print(f"  ratio ours / PyTorch (its fastest, {best[1]} thread{'s' * (best[1] > 1)}): "
+          f"{ratio:.2f}x wall (target >= 1.5x); CPU time per step {cpu[best] / cpu[ours]:.2f}x")
+    bound = train_flops(cfg, max_len, a.batch, crops_per_step(cfg, max_len, a.batch, "ours"))
+    print(f"  bound: our step's {bound / 1e9:.1f} GFLOP at the matmul rate take "
+          f"{bound / peak_best * 1e3:.0f} ms, at most {wall[best] * peak_best / bound:.1f}x "
+          "PyTorch's step")
 
 
 if __name__ == "__main__":

@@ -51,9 +51,11 @@ CASES = [  # (n, H, W, C_in, C_out, k, pool): remainders the pool drops, pool 1,
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("chunk_positions", [10, 65_000])  # several scan chunks (padded) / one
-def test_values_and_gradients_match_brute_force_and_torch(case, chunk_positions, monkeypatch):
-    monkeypatch.setattr(cp, "CHUNK_POSITIONS", chunk_positions)
+@pytest.mark.parametrize("path", ["patches, chunks", "patches", "xla"])
+def test_values_and_gradients_match_brute_force_and_torch(case, path, monkeypatch):
+    # several scan chunks (the last one padded) or one; or XLA's convolution
+    monkeypatch.setattr(cp, "CHUNK_POSITIONS", 10 if path == "patches, chunks" else 65_000)
+    monkeypatch.setattr(cp, "PATCH_MAX_CIN", 0 if path == "xla" else 4)
     n, h, wd, c_in, c_out, k, pool = case
     rng = np.random.default_rng(sum(case))
     x = rng.normal(size=(n, h, wd, c_in)).astype(np.float32)
