@@ -25,7 +25,12 @@ Two implementations of one function:
   logits are one contraction over ``(block, head_dim)`` with each key placed in its block's
   slot: ``nb`` times the product of plain attention, no per-pair rotation. Queries run in
   chunks of ``chunk`` rows, which bounds the ``[b, h, chunk, nb, head_dim]`` rotated queries
-  and the logits held at once.
+  and the logits held at once. With ``KeyPositions.block_size`` each block's keys are
+  gathered into ``block_size`` slots so that each query variant meets only its own block
+  (``_gathered_logits``, the logits gathered back to key order when the pattern is wanted);
+  without a pattern the softmax runs over the slots themselves (``_slot_attention``: values
+  gathered to the slots too, nothing of size heads x queries x keys gathered or transposed,
+  cos/sin read from the tables ``rope_cos``/``rope_sin`` when given).
 """
 
 from __future__ import annotations
