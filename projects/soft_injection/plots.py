@@ -143,14 +143,14 @@ def training_curves(sel, names: list[str], stem) -> tuple[pathlib.Path, list[str
         if len(steps) and vals.size:
             ax.plot(steps, vals, color="tab:blue", alpha=0.35, lw=1)
             ax.plot(steps, np.nanmean(vals, axis=1), color="black", lw=2, marker="o",
-                    label="mean over (task, seed)")
+                    label="mean over problems")
         ax.set_xlabel("Adam step")
         ax.set_ylabel("cross-entropy of first answer token (nats)")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(bottom=0)
     handles = [plt.Line2D([], [], color="tab:blue", alpha=0.5, lw=1),
                plt.Line2D([], [], color="black", lw=2, marker="o")]
-    fig.legend(handles, ["one (task, seed)", "mean over (task, seed)"],
+    fig.legend(handles, ["one problem (a task and seed, or an ablation)", "mean over problems"],
                loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     stem = pathlib.Path(stem)
     problems = layout_problems(fig)

@@ -236,6 +236,8 @@ def render(summary: dict, config) -> str:
         "demonstration set per query) and, like SI, edit the prompt's forward only. MTV, I2CL "
         "and LoRA are not rerun. Decoding does not forbid an end-of-sequence first token "
         "(the official code's min_new_tokens=1).",
+        *([f"- Task files left out (they fail the checks): {summary['skipped_tasks']}"]
+          if summary.get("skipped_tasks") else []),
         f"- Prompts longer than {config.max_prompt_tokens} tokens lose front demonstrations "
         f"({summary['icl_prompts_cut']} ICL test prompts; embedding prompts: "
         f"{summary['embedding_prompts_cut'] or 'none'}).",

@@ -37,8 +37,10 @@ def settings(config) -> list[str]:
     """The evaluated settings, in table order."""
     out = (["zero_shot"] + [f"icl_{k}" for k in config.shots] + ["soft_injection"]
            + list(BASELINES))
-    if config.ablations:
-        out += ["si_task_agnostic"] * (len(config.tasks) != 1) + ["si_m1"]
+    if "task_agnostic" in config.ablations and len(config.tasks) != 1:
+        out.append("si_task_agnostic")
+    if "m1" in config.ablations:
+        out.append("si_m1")
     return out + [k for k in CONTROLS if k in config.controls]
 
 
@@ -73,7 +75,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
     """
     validate(config, check_tasks=False)
     lap = Laps()
-    tasks = load_tasks(config)  # read and checked before anything is written
+    skipped: list[str] = []
+    tasks = load_tasks(config, skipped)  # read and checked before anything is written
     rd = RunDir(workdir)
     from common.models import load_pretrained
 
@@ -138,7 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
                                           max_tokens=mt)
     problems = [selection.Problem(f"{t.name}/seed{s}", emb[t.name, s], zs_train[t.name],
                                   zs_valid[t.name], s) for s in seeds for t in tasks]
-    if config.ablations:
+    if "si_m1" in names_set:
         problems += [selection.Problem(f"{t.name}/seed{s}/m1", emb1[t.name, s],
                                        zs_train[t.name], zs_valid[t.name], s)
                      for s in seeds for t in tasks]
@@ -215,7 +218,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
                 if agnostic:
                     put("si_task_agnostic", zs, evaluate.zero_shot_edit(
                         shape, alpha=sel.alpha[index[f"all_tasks/seed{s}/agnostic"]], v=v))
-                if config.ablations:
+                if "si_m1" in names_set:
                     put("si_m1", zs, evaluate.zero_shot_edit(
                         shape, alpha=sel.alpha[index[f"{t.name}/seed{s}/m1"]],
                         v=emb1[t.name, s]))
@@ -311,6 +314,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, loaded=None
         "final_equals_kept": float(np.mean(np.all(np.isclose(
             sel.alpha[si_rows], sel.alpha_final[si_rows]), axis=(1, 2)))),
         "train_resumed_from": sel.resumed_from,
+        "skipped_tasks": skipped,
         "icl_prompts_cut": n_cut_icl,
         "embedding_prompts_cut": {k: v["n_cut"] for k, v in emb_info.items() if v["n_cut"]},
     }

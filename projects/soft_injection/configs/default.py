@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = "smollm2-135m-instruct"
     c.mesh = ""  # "" = one device; "fsdp=4,tensor=4" loads the model sharded over a mesh
     c.tasks = ()  # () = every task file under $HEADLAB_DATA/icl_tasks
+    c.skip_invalid_tasks = False  # True (with tasks = ()): leave out files that fail the checks
     c.split_seed = 32  # the function-vector split seed (70/9/21)
     c.seeds = (0, 1, 2)  # prompt sampling, demonstrations and training order
     # ---- task embedding (spec §2.3) ----
@@ -62,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.fv_heads = 10  # function vector: top heads by average indirect effect (Todd et al.)
     c.fv_layer = -1  # the layer whose output the FV is added to; -1: n_layers // 3
     c.fv_aie_prompts = 8  # corrupted (label-shuffled) prompts per task for the indirect effect
-    c.ablations = True  # the task-agnostic selection and the M = 1 embedding
+    c.ablations = ("task_agnostic", "m1")  # one a for all tasks; t from M = 1 prompt
     c.controls = ("uniform_mix", "si_binarised")  # untrained a = 0.5; the learnt a rounded
     c.transfer = True  # cross-task transfer: alpha of task A with the embedding of task B
     c.transfer_items = 50
@@ -83,6 +84,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.fv_aie_prompts = 1  # 56 corrupted prompts in all
         c.max_train_items = 100  # the task-agnostic problem holds every task's training prompts
         c.transfer = False  # 56 x 56 task pairs
+        c.ablations = ("task_agnostic",)  # M = 1 would double the 57 trained problems
+        c.skip_invalid_tasks = True
+        c.controls = ()
     return c
 
 
@@ -109,6 +113,9 @@ def validate(c: ml_collections.ConfigDict, check_tasks: bool = True) -> None:
         raise ConfigError(f"config.shots must be positive, got {tuple(c.shots)}")
     if c.max_prompt_tokens < 16:
         raise ConfigError("config.max_prompt_tokens must be >= 16")
+    bad = [k for k in c.ablations if k not in ("task_agnostic", "m1")]
+    if bad:
+        raise ConfigError(f"config.ablations: unknown {bad} (known: task_agnostic, m1)")
     bad = [k for k in c.controls if k not in ("uniform_mix", "si_binarised")]
     if bad:
         raise ConfigError(f"config.controls: unknown {bad} (known: uniform_mix, si_binarised)")
@@ -121,8 +128,12 @@ def validate(c: ml_collections.ConfigDict, check_tasks: bool = True) -> None:
         load_tasks(c)
 
 
-def load_tasks(c: ml_collections.ConfigDict) -> list:
-    """Read, check and split the config's tasks (every shipped one when ``tasks`` is empty)."""
+def load_tasks(c: ml_collections.ConfigDict, skipped: list | None = None) -> list:
+    """Read, check and split the config's tasks (every shipped one when ``tasks`` is empty).
+
+    With ``skip_invalid_tasks`` (the ``all`` config) and no tasks named, a shipped file that
+    fails the checks is left out and its one-line error appended to ``skipped``; otherwise
+    it stops the run (:class:`~projects.soft_injection.data.TaskDataError`)."""
     from projects.soft_injection import data
 
     names = list(c.tasks) or list(data.available_tasks())
@@ -130,4 +141,15 @@ def load_tasks(c: ml_collections.ConfigDict) -> list:
         raise data.TaskDataError(f"{data.task_root()}: no task files (set HEADLAB_DATA to the "
                                  "shared data folder)")
     need = max(c.n_shots, *c.shots) + 1
-    return [data.load_task(n, split_seed=c.split_seed, min_train=need) for n in names]
+    out = []
+    for n in names:
+        try:
+            out.append(data.load_task(n, split_seed=c.split_seed, min_train=need))
+        except data.TaskDataError as e:
+            if c.tasks or not c.skip_invalid_tasks:
+                raise
+            if skipped is not None:
+                skipped.append(str(e))
+    if not out:
+        raise data.TaskDataError(f"{data.task_root()}: no task file passes the checks")
+    return out

@@ -89,3 +89,26 @@ def test_episodes_draw_distinct_demos_and_never_the_query(tmp_path):
     assert max(len(t) for t in cut.tokens) <= 40 and cut.n_cut == 2
     assert (cut.shots < 10).all()
     json.dumps(ep.target.tolist())
+
+
+def test_all_config_takes_every_valid_shipped_task_and_leaves_out_bad_ones(tmp_path,
+                                                                          monkeypatch):
+    from projects.soft_injection.configs.default import get_config, load_tasks, validate
+
+    c = get_config("all")
+    quick = get_config("quick")
+    assert c.tasks == () and tuple(c.seeds) == (0,)
+    for k in ("steps", "test_items", "n_prompts", "val_items", "val_every"):
+        assert c[k] == quick[k], k
+    monkeypatch.setenv("HEADLAB_DATA", str(tmp_path))
+    names = write_tasks(tmp_path)
+    write_task(tmp_path, "broken", [{"input": "a"}] * 20)
+    c.shots, c.n_shots = (1, 3), 3
+    skipped: list[str] = []
+    validate(c)  # a bad shipped file does not stop the 'all' run
+    got = load_tasks(c, skipped)
+    assert [t.name for t in got] == sorted(names) and len(skipped) == 1
+    assert "broken.json: record 0 has no 'output'" in skipped[0]
+    c.skip_invalid_tasks = False
+    with pytest.raises(data.TaskDataError, match="broken.json"):
+        load_tasks(c)
