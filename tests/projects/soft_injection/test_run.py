@@ -124,3 +124,22 @@ def test_a_killed_run_rerun_in_its_folder_continues_and_matches(tmp_path, monkey
         assert again[key] == full[key]
     np.testing.assert_array_equal(np.load(tmp_path / "b" / "alphas.npz")["first_letter/seed1"],
                                   np.load(tmp_path / "full" / "alphas.npz")["first_letter/seed1"])
+
+
+@pytest.mark.slow
+def test_the_all_config_settings_run_and_report(tmp_path, monkeypatch):
+    """The 'all' config's choices (task-agnostic only, no controls, no transfer, one
+    corrupted prompt per task) on the tiny model: the run and its report complete."""
+    from projects.soft_injection.configs.default import get_config
+
+    monkeypatch.setenv("HEADLAB_DATA", str(tmp_path / "data"))
+    names = write_tasks(tmp_path / "data")
+    c, a = _config(names), get_config("all")
+    for k in ("ablations", "controls", "transfer", "fv_aie_prompts", "skip_invalid_tasks"):
+        c[k] = a[k]
+    c.tasks = ()
+    summary = run.run(c, tmp_path / "run", loaded=(tiny_model(), CharTokenizer()))
+    assert summary["settings"] == ["zero_shot", "icl_1", "icl_3", "soft_injection",
+                                   "function_vector", "task_vector", "si_task_agnostic"]
+    assert "transfer" not in summary and set(summary["tasks"]) == set(names)
+    assert "## The five settings per task" in (tmp_path / "run" / "report.md").read_text()
