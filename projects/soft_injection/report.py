@@ -233,8 +233,10 @@ def render(summary: dict, config) -> str:
         f"{config.steps} steps (paper 400), validation on {config.val_items} items (paper 100).",
         "- **Baselines.** FV and TV follow their papers' recipes at this scale (FV heads from "
         "few corrupted prompts; TV averaged over the embedding prompts rather than one "
-        "demonstration set per query) and, like SI, edit the prompt's forward only. MTV, I2CL "
-        "and LoRA are not rerun. Decoding does not forbid an end-of-sequence first token "
+        "demonstration set per query) and, like SI, edit the prompt's forward only (the FV "
+        "code also adds the FV at every generated token, so FV exact match here is a lower "
+        "bound of its recipe; first-token accuracy does not depend on it). MTV, I2CL and LoRA "
+        "are not rerun. Decoding does not forbid an end-of-sequence first token "
         "(the official code's min_new_tokens=1).",
         *([f"- Task files left out (they fail the checks): {summary['skipped_tasks']}"]
           if summary.get("skipped_tasks") else []),
