@@ -264,7 +264,7 @@ def _write_new(full: jax.Array, layer_new: jax.Array, layer, index, n_new: int) 
     max_len, kv_heads, head_dim]`` into the stacked cache ``full`` at ``layer``."""
     b, _, h, d = layer_new.shape
     idx = jnp.asarray(index, jnp.int32)
-    new = jax.lax.dynamic_slice(layer_new, (0, idx, 0, 0), (b, n_new, h, d))
-    zero = jnp.zeros((), jnp.int32)
+    zero = jnp.zeros((), jnp.int32)  # one index type under 64-bit JAX
+    new = jax.lax.dynamic_slice(layer_new, (zero, idx, zero, zero), (b, n_new, h, d))
     return jax.lax.dynamic_update_slice(full, new[None].astype(full.dtype),
                                         (jnp.asarray(layer, jnp.int32), zero, idx, zero, zero))

@@ -93,11 +93,10 @@ def test_xla_backend_refuses_float64():
         dot_product_attention(q, q, q, backend="xla")
 
 
-def test_float64_cached_decode_equals_full_forward():
-    """The per-layer cache (the decode loop's layout) in float64.
-
-    The stacked cache's write (``layer_stack._write_new``) indexes with a literal 0, int64
-    under 64-bit JAX next to int32 indices; it is not used here."""
+@pytest.mark.parametrize("per_layer", [True, False], ids=["per_layer", "stacked"])
+def test_float64_cached_decode_equals_full_forward(per_layer):
+    """Cached decoding in float64, with the decode loop's per-layer cache and with the stacked
+    one (its write indexes with int32 zeros beside the int32 position: one index type)."""
     from common.models import layer_stack
     from common.models.decoder import init_cache
 
@@ -105,13 +104,14 @@ def test_float64_cached_decode_equals_full_forward():
     model = _ours64("llama", hf, "auto")
     ids = jnp.asarray(np.random.default_rng(3).integers(0, 97, size=(1, 12)))
     full = model.forward(ids)[0]
-    cache = init_cache(model.config, 1, 16, per_layer=True)
-    assert cache.layers[0].k.dtype == jnp.float64
-    per_layer = layer_stack.unstack(model.blocks)
-    first, cache = model.forward(ids[:, :8], cache=cache, per_layer=per_layer)
+    cache = init_cache(model.config, 1, 16, per_layer=per_layer)
+    k = cache.layers[0].k if per_layer else cache.layers.k
+    assert k.dtype == jnp.float64
+    layers = layer_stack.unstack(model.blocks) if per_layer else None
+    first, cache = model.forward(ids[:, :8], cache=cache, per_layer=layers)
     steps = [first]
     for t in range(8, 12):
-        out, cache = model.forward(ids[:, t:t + 1], cache=cache, per_layer=per_layer)
+        out, cache = model.forward(ids[:, t:t + 1], cache=cache, per_layer=layers)
         steps.append(out)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, axis=1)), np.asarray(full),
                                atol=ATOL, rtol=0)
