@@ -246,17 +246,7 @@ def _rotate_by_table(x, positions, cos_t, sin_t, rope: RoPE):
     sign = jnp.where(positions < 0, -1, 1).astype(sin_t.dtype)[..., None]
     cos = jnp.take(cos_t, a, axis=0, mode="clip")
     sin = jnp.take(sin_t, a, axis=0, mode="clip") * sign
-    cos = jnp.concatenate([cos, cos], axis=-1)
-    sin = jnp.concatenate([sin, sin], axis=-1)
-    dim, half = rope.dim, rope.dim // 2
-    rot, keep = x[..., :dim], x[..., dim:]
-    xf = rot.astype(cos.dtype)
-    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    out = (xf * cos + rotated * sin).astype(x.dtype)
-    if keep.shape[-1]:
-        out = jnp.concatenate([out, jnp.broadcast_to(keep, out.shape[:-1] + keep.shape[-1:])],
-                              axis=-1)
-    return out
+    return rope.rotate_by(x, cos, sin)
 
 
 def _slot_attention(q, k, v, pos: KeyPositions, rope: RoPE, mask: Mask | None, scale,

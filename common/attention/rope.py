@@ -74,13 +74,18 @@ class RoPE:
         """
         acc = accum_dtype(x.dtype)
         angles = jnp.asarray(positions).astype(acc)[..., None] * self.inv_freq(acc)
-        cos, sin = jnp.cos(angles), jnp.sin(angles)
+        return self.rotate_by(x, jnp.cos(angles), jnp.sin(angles))
+
+    def rotate_by(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+        """Rotate ``x [..., head_dim]`` (its first ``dim`` features, half-split pairs) by the
+        angles whose ``cos``/``sin [..., dim // 2]`` are given (broadcasting against
+        ``x.shape[:-1]``), computed in their dtype and returned in ``x.dtype``; the features
+        past ``dim`` (partial rotary) pass through."""
         cos = jnp.concatenate([cos, cos], axis=-1)
         sin = jnp.concatenate([sin, sin], axis=-1)
-        dim = self.dim
+        dim, half = self.dim, self.dim // 2
         rot, keep = x[..., :dim], x[..., dim:]
-        xf = rot.astype(acc)
-        half = dim // 2
+        xf = rot.astype(cos.dtype)
         rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
         out = (xf * cos + rotated * sin).astype(x.dtype)
         if keep.shape[-1]:
