@@ -33,6 +33,7 @@ from common.attention.hooks import resolve_hooks
 from common.interp.intervention import Intervention, Patch
 from common.interp.task_embedding import position_mask
 from common.models.decoder import init_cache
+from common.progress import bar
 from projects.soft_injection.episodes import Prompts
 from projects.soft_injection.evaluate import Setting
 
@@ -106,7 +107,7 @@ class LastTokenSteps:
 
 # ---- function vector -----------------------------------------------------------------------
 def indirect_effects(model, corrupted: Prompts, t_rows: np.ndarray, *,
-                     max_rows: int = 256) -> np.ndarray:
+                     max_rows: int = 256, progress: bool = True) -> np.ndarray:
     """Every head's indirect effect on each corrupted prompt, averaged: ``[L, H]``.
 
     Each head's patched run is one cached step of the last token (:class:`LastTokenSteps`);
@@ -117,6 +118,7 @@ def indirect_effects(model, corrupted: Prompts, t_rows: np.ndarray, *,
       corrupted: the prompts (shuffled labels) and their answers' first tokens.
       t_rows: ``[n, L, H, d_head]`` the clean mean ``z`` patched into each prompt (its
         task's embedding).
+      progress: a bar over the layers (minutes for every shipped task).
     """
     cfg = model.config
     L, H = cfg.n_layers, cfg.n_heads
@@ -126,7 +128,7 @@ def indirect_effects(model, corrupted: Prompts, t_rows: np.ndarray, *,
     t_rows = jnp.asarray(t_rows, jnp.float32)
     per = max(1, min(H, max_rows // n))  # heads per call
     out = np.zeros((L, H))
-    for layer in range(L):
+    for layer in bar(range(L), "indirect effect", unit="layer", enabled=progress):
         for h0 in range(0, H, per):
             heads = list(range(h0, min(H, h0 + per)))
             hs = heads + [heads[-1]] * (per - len(heads))  # a fixed batch for one program
