@@ -27,7 +27,6 @@ import numpy as np
 from common.attention.hooks import resolve_hooks
 from common.attention.masks import Mask
 from common.interp.intervention import Intervention
-from common.models import layer_stack
 
 
 def bucket(n: int, minimum: int = 8) -> int:
@@ -104,12 +103,8 @@ def logits_at(model, ids: jax.Array, last: jax.Array, *,
     positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (b, seq))
     hooks = resolve_hooks(intervention, model.config)
     x = model.embed_tokens(ids, positions)
-    if per_layer is None:
-        x = model.run_blocks(x, positions=positions, mask=Mask(causal=True), hooks=hooks)
-    else:
-        x, _ = layer_stack.run_layers(model.blocks, x, positions=positions, mask=Mask(causal=True),
-                                      hooks=hooks, start=0, stop=model.config.n_layers,
-                                      scan=False, per_layer=per_layer)
+    x = model.run_blocks(x, positions=positions, mask=Mask(causal=True), hooks=hooks,
+                         per_layer=per_layer)
     x = jnp.take_along_axis(x, jnp.asarray(last, jnp.int32)[:, None, None], axis=1)
     return model.unembed(x, hooks)[:, 0]
 

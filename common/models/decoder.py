@@ -189,16 +189,20 @@ class DecoderLM(nnx.Module):
         hooks: Hooks = NO_HOOKS,
         start: int = 0,
         stop: int | None = None,
+        per_layer: tuple | None = None,
     ) -> jax.Array:
         """Run blocks ``start .. stop-1`` on the residual stream ``x [batch, seq, d_model]``
         (scanned over the stack unless ``config.scan_layers`` is False).
 
-        Lets a sweep reuse the unchanged layers below the one it edits.
+        Lets a sweep reuse the unchanged layers below the one it edits. ``per_layer``: every
+        layer's parameters sliced once (``layer_stack.unstack(model.blocks)``), run unrolled
+        on their own arrays: for gradients through a frozen model, where the scanned stack's
+        weight slices are copies on XLA:CPU in the forward and again in the backward.
         """
         stop = self.config.n_layers if stop is None else stop
         x, _ = layer_stack.run_layers(self.blocks, x, positions=positions, mask=mask, hooks=hooks,
                                       start=start, stop=stop, scan=self.config.scan_layers,
-                                      remat=self.config.remat)
+                                      remat=self.config.remat, per_layer=per_layer)
         return x
 
     def resid_pre(self, input_ids: jax.Array, layer: int, *, positions: jax.Array | None = None,
