@@ -14,6 +14,10 @@ compiled programs serve every prompt.
     t = task_embedding(model, prompts)                       # [L, H, d_head]
     iv = injection(a, t, last, ids.shape[1])                 # a: [L, H]
     logits = logits_at(model, ids, last, intervention=iv)    # [b, vocab]
+
+    cache = prefix_cache(model, ids, last)                   # once per prompt
+    iv1 = injection(a, t, jnp.zeros_like(last), 1)           # the token at last alone
+    logits = logits_at(model, ids, last, intervention=iv1, prefix=cache)   # the same
 """
 
 from __future__ import annotations
@@ -84,9 +88,26 @@ def injection(a: jax.Array, v: jax.Array, last: jax.Array, seq: int) -> Interven
     return Intervention(mix_a=a, mix_v=v, mix_where=position_mask(last, seq))
 
 
+def prefix_cache(model, ids: jax.Array, last: jax.Array, *,
+                 per_layer: tuple | None = None):
+    """The unedited model's keys and values of each row's tokens before ``last``: a
+    :class:`~common.models.decoder.KVCache` of ``T + 1`` slots for ``ids [b, T]`` (slot ``t``
+    valid for row ``i`` when ``t < last[i]``; the last slot is left for the token at
+    ``last``), one buffer per layer with ``per_layer``. With it :func:`logits_at` runs only
+    the token at ``last``. Traceable; one forward without the unembedding."""
+    from common.models.decoder import init_cache
+
+    ids = jnp.asarray(ids, jnp.int32)
+    b, seq = ids.shape
+    cache = init_cache(model.config, b, seq + 1, per_layer=per_layer is not None)
+    before = jnp.arange(seq)[None, :] < jnp.asarray(last, jnp.int32)[:, None]
+    return model.forward(ids, cache=cache, token_valid=before, per_layer=per_layer,
+                         logits=False)[1]
+
+
 def logits_at(model, ids: jax.Array, last: jax.Array, *,
               intervention: Intervention | None = None,
-              per_layer: tuple | None = None) -> jax.Array:
+              per_layer: tuple | None = None, prefix=None) -> jax.Array:
     """Next-token logits at each row's last real token, ``[b, vocab]`` float32.
 
     Runs the blocks on the right-padded ``ids [b, T]`` and unembeds only the ``last [b]``
@@ -97,8 +118,23 @@ def logits_at(model, ids: jax.Array, last: jax.Array, *,
     (:func:`~common.models.layer_stack.unstack`), for gradients through a frozen model: the
     layers then run unrolled on their own arrays, where the scanned stack slices (copies)
     every layer's weights in the forward and again in the backward loop on XLA:CPU.
+
+    ``prefix``: :func:`prefix_cache` of ``ids`` (computed once per prompt, e.g. before a
+    training loop): only the token at ``last`` runs, reading the earlier tokens' keys and
+    values from the cache. The same logits when ``intervention`` edits that token alone (soft
+    injection): under the causal mask the tokens before it do not depend on it. The
+    intervention is then that of a one-token sequence (position masks ``[b, 1]``, e.g.
+    ``injection(a, v, zeros(b), 1)``). A gradient step at batch 1 then multiplies every
+    weight by one row instead of ``T``: XLA:CPU packs each weight before a product of a few
+    rows, so 8 rows cost about twice the memory traffic of one.
     """
     ids = jnp.asarray(ids)
+    if prefix is not None:
+        idx = jnp.asarray(last, jnp.int32)[:, None]
+        logits, _ = model.forward(jnp.take_along_axis(ids, idx, axis=1), positions=idx,
+                                  cache=prefix, hooks=resolve_hooks(intervention, model.config),
+                                  per_layer=per_layer)
+        return logits[:, 0]
     b, seq = ids.shape
     positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (b, seq))
     hooks = resolve_hooks(intervention, model.config)

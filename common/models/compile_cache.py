@@ -20,6 +20,7 @@ forward compiles in about 1 s on CPU, just under JAX's bar) unless that setting 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 
@@ -74,3 +75,22 @@ def enable() -> str | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
     _ENABLED["dir"] = str(folder)
     return str(folder)
+
+
+
+@contextlib.contextmanager
+def not_written():
+    """Compile without writing to the persistent cache (reads still hit).
+
+    For programs that close over large arrays, such as the shared training loop's step over a
+    frozen model (the step takes no extra arguments): their executables carry the arrays as
+    constants. Soft injection's selection step over SmolLM2 made a 335 MB cache entry, and
+    writing it took about 65 s of a 89 s call (23 s without the write); the entry never hits
+    again, since the run's data are constants of the step too."""
+    name = "jax_persistent_cache_min_compile_time_secs"
+    before = getattr(jax.config, name)
+    jax.config.update(name, 1e12)
+    try:
+        yield
+    finally:
+        jax.config.update(name, before)

@@ -257,7 +257,8 @@ class DecoderLM(nnx.Module):
         token_valid: jax.Array | None = None,
         last_only: bool = False,
         per_layer: tuple | None = None,
-    ) -> tuple[jax.Array, KVCache | None]:
+        logits: bool = True,
+    ) -> tuple[jax.Array | None, KVCache | None]:
         """The full forward with hooks and an optional KV cache.
 
         Args:
@@ -270,9 +271,11 @@ class DecoderLM(nnx.Module):
           last_only: compute logits for the last position only (``[batch, 1, vocab]``).
           per_layer: the layers' parameters sliced once (``layer_stack.unstack(model.blocks)``),
             run unrolled (a decode loop: no slicing of the stack at every token).
+          logits: False skips the final norm and the unembedding (a prefill that only fills
+            the cache); the logits returned are then None.
 
         Returns:
-          ``(logits [batch, seq|1, vocab] float32, updated cache or None)``.
+          ``(logits [batch, seq|1, vocab] float32 or None, updated cache or None)``.
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
@@ -306,12 +309,13 @@ class DecoderLM(nnx.Module):
             stop=self.config.n_layers, scan=self.config.scan_layers, remat=self.config.remat,
             cache=None if cache is None else cache.layers, cache_index=cache_index,
             per_layer=per_layer)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.unembed(x, hooks)
         if cache is not None:
             cache = KVCache(layers_kv, cache.length + s, valid)
-        return logits, cache
+        if not logits:
+            return None, cache
+        if last_only:
+            x = x[:, -1:]
+        return self.unembed(x, hooks), cache
 
     def __call__(
         self,

@@ -21,6 +21,13 @@ A problem may hold several task embeddings, ``v [K, L, H, d_head]``, its prompts
 theirs (``train_task``, ``valid_task``): the *task-agnostic* selection of the official code
 (one ``a`` trained on a mixture of tasks, each prompt injected with its own task's ``t``).
 
+**Prefix caches.** The mixing edits the last token alone, so the tokens before it are the
+unedited model's at every step: when they fit in ``prefix_cache_mb``, the keys and values of
+the prompt each problem draws at each step are computed before training (one batched forward
+per 64 prompts, :func:`~common.interp.task_embedding.prefix_cache`) and a step runs the last
+token only (``logits_at(..., prefix=)``: the same loss and gradient, each weight multiplied by
+one row instead of the prompt's ``T``). Otherwise a step runs the whole prompt.
+
 **Resuming.** The loop checkpoints at every validation step (``checkpoints/``) and each
 validation writes its losses and logits to ``selection/val_<step>.npz``; the same call on the
 same ``workdir`` resumes from the newest checkpoint (the loop's data are drawn from the step
@@ -50,8 +57,11 @@ from common.interp.task_embedding import (
     injection,
     logits_at,
     pad_right,
+    prefix_cache,
 )
 from common.models import layer_stack
+from common.models.compile_cache import not_written
+from common.models.decoder import KVCache, LayerKV
 from projects.soft_injection.episodes import Prompts
 
 
@@ -102,6 +112,9 @@ class Selection:
       train_loss: ``[n_log, M]`` mean training loss per logging window; log_steps.
       seconds_per_step: the loop's mean wall time per step after compilation (validation
         included); resumed_from: the step this call's training resumed from (0: a fresh run).
+      prefix_prompts: the prompts whose prefix caches were computed before training (0: steps
+        on whole prompts); prefix_compile_s, prefix_run_s: the seconds spent compiling and
+        running those forwards (not in the loop's step times).
     """
 
     alpha: np.ndarray
@@ -116,6 +129,9 @@ class Selection:
     median_step_s: float | None = None
     initial_val_loss: np.ndarray | None = None
     resumed_from: int = 0
+    prefix_prompts: int = 0
+    prefix_compile_s: float = 0.0
+    prefix_run_s: float = 0.0
 
 
 def _table(prompts: Prompts, length: int, rows: int, task: np.ndarray):
@@ -126,6 +142,58 @@ def _table(prompts: Prompts, length: int, rows: int, task: np.ndarray):
     ids, last = pad_right(reps, length=length)
     tgt = np.asarray([prompts.target[i % len(toks)] for i in range(rows)], np.int32)
     return ids, last, tgt, np.asarray([task[i % len(toks)] for i in range(rows)], np.int32)
+
+
+def _draw(key: jax.Array, n: jax.Array, step: jax.Array) -> jax.Array:
+    """The training row a problem draws at ``step`` (``key`` its raw key data, ``n`` its
+    number of prompts): a function of the step, so a resumed run draws the same."""
+    return jax.random.randint(jax.random.fold_in(jax.random.wrap_key_data(key), step), (), 0, n)
+
+
+def _drawn_rows(d: dict, steps: int) -> np.ndarray:
+    """``[M_g, steps]``: the training row each member of a group draws at each step."""
+    return np.asarray(jax.vmap(lambda key, n: jax.vmap(lambda t: _draw(key, n, t))(
+        jnp.arange(steps, dtype=jnp.int32)))(d["key"], d["n"]))
+
+
+def prefix_bytes(config, prompts: int, length: int) -> int:
+    """Bytes of the prefix caches of ``prompts`` prompts padded to ``length`` tokens (keys and
+    values of ``length + 1`` slots in every layer, float32)."""
+    return prompts * (length + 1) * 2 * config.n_layers * config.n_kv_heads * config.d_head * 4
+
+
+def _prefix_tables(llm, layers, d: dict, rows: np.ndarray, chunk: int = 64
+                   ) -> tuple[dict, float, float]:
+    """The prefix caches of the distinct prompts a group's members draw (``rows [M_g,
+    steps]``): ``kv`` (one ``(k, v)`` pair of ``[U, T + 1, kv_heads, d_head]`` per layer),
+    ``valid [U, T + 1]`` and ``index [M_g, steps]`` into them; and the seconds spent compiling
+    and running the forwards."""
+    import time
+
+    graphdef, state = nnx.split(llm)
+    members = np.arange(rows.shape[0])[:, None].repeat(rows.shape[1], 1)
+    uniq, index = np.unique(members * d["ids"].shape[1] + rows, return_inverse=True)
+    m_u, r_u = np.divmod(uniq, d["ids"].shape[1])
+    ids, last = np.asarray(d["ids"])[m_u, r_u], np.asarray(d["last"])[m_u, r_u]
+    n, k, v, valid = len(last), [], [], []
+    chunk = -(-n // -(-n // chunk))  # equal chunks of at most ``chunk``: one program
+    t0 = time.perf_counter()
+    fill = jax.jit(lambda st, pl, ids, last: prefix_cache(nnx.merge(graphdef, st), ids, last,
+                                                          per_layer=pl)).lower(
+        state, layers, jnp.asarray(ids[:chunk]), jnp.asarray(last[:chunk])).compile()
+    t1 = time.perf_counter()
+    for i in range(0, n, chunk):  # a fixed batch: one compiled program
+        sl = np.arange(i, i + chunk) % n
+        c = fill(state, layers, jnp.asarray(ids[sl]), jnp.asarray(last[sl]))
+        keep = min(chunk, n - i)
+        k.append([np.asarray(kv.k)[:keep] for kv in c.layers])
+        v.append([np.asarray(kv.v)[:keep] for kv in c.layers])
+        valid.append(np.asarray(c.valid)[:keep])
+    cat = lambda parts: jnp.asarray(np.concatenate(parts))  # noqa: E731
+    tables = {"kv": [(cat([c[layer] for c in k]), cat([c[layer] for c in v]))
+                     for layer in range(len(k[0]))],
+              "valid": cat(valid), "index": jnp.asarray(index.reshape(rows.shape), jnp.int32)}
+    return tables, t1 - t0, time.perf_counter() - t1
 
 
 def _val_losses(llm, per_layer, table, logit, vidx, ids, last, tgt, weight):
@@ -177,13 +245,28 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
                     val_every: int = 50, keep_best: bool = True, steps_per_call: int = 1,
                     group_by_length: bool = True,
                     workdir: str | pathlib.Path, metrics=None,
-                    progress: bool = True, mesh: str | None = None) -> Selection:
+                    progress: bool = True, mesh: str | None = None,
+                    prefix_cache_mb: float = 1024.0) -> Selection:
     """Learn every problem's head selection together (module docstring); resumes from
     ``workdir``'s checkpoints when there are any.
+
+    ``prefix_cache_mb``: the memory the drawn prompts' prefix caches may take (module
+    docstring); 0 runs every step on the whole prompt.
 
     ``mesh``: the mesh spec of the population's training (the model's own mesh when it is
     loaded sharded, ``config.mesh``); None is data parallel over every device.
     """
+    with not_written():  # the step's executable carries the frozen model: never cached
+        return _learn_selection(llm, problems, steps=steps, lr=lr, val_every=val_every,
+                                keep_best=keep_best, steps_per_call=steps_per_call,
+                                group_by_length=group_by_length, workdir=workdir,
+                                metrics=metrics, progress=progress, mesh=mesh,
+                                prefix_cache_mb=prefix_cache_mb)
+
+
+def _learn_selection(llm, problems, *, steps, lr, val_every, keep_best, steps_per_call,
+                     group_by_length, workdir, metrics, progress, mesh,
+                     prefix_cache_mb) -> Selection:
     from common.sharding import make_mesh
     from common.train import Group, Population, TrainConfig
     from common.train import Task as TrainTask
@@ -216,7 +299,9 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
     by_len: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_len.setdefault(n, []).append(i)
-    groups, data, order = [], {}, []
+    groups, data, order, prefixes = [], {}, [], {}
+    prefix_stats = np.zeros(3)  # prompts, compile seconds, run seconds
+    prefix_left = prefix_cache_mb * 2**20 if mesh is None else 0  # bytes still allowed
     crc_parts: list[np.ndarray] = [table_np]
     for n, members in sorted(by_len.items()):
         rows = max(len(problems[i].train) for i in members)
@@ -232,6 +317,14 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
                 problems[i].seed * 100_003 + i)) for i in members]),
         }
         order += members
+        drawn = _drawn_rows(data[f"T{n}"], steps)
+        distinct = len(np.unique(np.arange(len(members))[:, None] * rows + drawn))
+        need = prefix_bytes(cfg, distinct, n)
+        if 0 < need <= prefix_left:
+            prefix_left -= need
+            prefixes[f"T{n}"], compile_s, run_s = _prefix_tables(llm, layers, data[f"T{n}"],
+                                                                 drawn)
+            prefix_stats += (distinct, compile_s, run_s)
 
         def loss(params, batch):
             # The loop's step takes no extra arguments, so the frozen model is a constant of
@@ -239,10 +332,17 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
             # took minutes of compile time on 2 cores).
             model, per_layer = jax.lax.optimization_barrier((nnx.merge(graphdef, lstate),
                                                              layers))
-            ids, last = batch["ids"], batch["last"]
-            iv = injection(jax.nn.sigmoid(params["logit"]), batch["v"], last, ids.shape[1])
-            return jnp.mean(first_token_loss(logits_at(model, ids, last, intervention=iv,
-                                                       per_layer=per_layer), batch["tgt"]))
+            ids, last, a = batch["ids"], batch["last"], jax.nn.sigmoid(params["logit"])
+            if "prefix" in batch:  # the last token alone, on its prompt's cached prefix
+                pre = batch["prefix"]
+                cache = KVCache(tuple(LayerKV(k, v) for k, v in pre["kv"]),
+                                jnp.asarray(ids.shape[1], jnp.int32), pre["valid"])
+                logits = logits_at(model, ids, last, per_layer=per_layer, prefix=cache,
+                                   intervention=injection(a, batch["v"], jnp.zeros_like(last), 1))
+            else:
+                logits = logits_at(model, ids, last, per_layer=per_layer,
+                                   intervention=injection(a, batch["v"], last, ids.shape[1]))
+            return jnp.mean(first_token_loss(logits, batch["tgt"]))
 
         groups.append(Group(
             f"T{n}", tuple(problems[i].name for i in members),
@@ -254,14 +354,18 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
         out = {}
         for g, d in data.items():
             def pick(key, n, ids, last, tgt, vrow):
-                j = jax.random.randint(jax.random.fold_in(jax.random.wrap_key_data(key), step),
-                                       (), 0, n)
+                j = _draw(key, n, step)
                 return ids[j][None], last[j][None], tgt[j][None], vrow[j]
 
             ids, last, tgt, vrow = jax.vmap(pick)(d["key"], d["n"], d["ids"], d["last"],
                                                   d["tgt"], d["vrow"])
             out[g] = {"ids": ids, "last": last, "tgt": tgt,
                       "v": jax.lax.optimization_barrier(table)[vrow]}
+            if g in prefixes:  # this step's prefix of each member's prompt: [M_g, 1, ...]
+                pre = jax.lax.optimization_barrier(prefixes[g])
+                u = pre["index"][:, jnp.minimum(step, steps - 1)]
+                out[g]["prefix"] = jax.tree.map(lambda a, u=u: a[u][:, None],
+                                                {"kv": pre["kv"], "valid": pre["valid"]})
         return out
 
     # ---- validation tables (all problems, one padded length) ------------------------------
@@ -347,7 +451,9 @@ def learn_selection(llm, problems: Sequence[Problem], *, steps: int = 400, lr: f
         best_step=best_step[inv], train_loss=logs[1], log_steps=logs[0],
         seconds_per_step=res.summary.get("mean_step_s"), keep_best=keep_best,
         median_step_s=res.summary.get("median_step_s"),
-        resumed_from=int(res.summary.get("resumed_from") or 0))
+        resumed_from=int(res.summary.get("resumed_from") or 0),
+        prefix_prompts=int(prefix_stats[0]), prefix_compile_s=float(prefix_stats[1]),
+        prefix_run_s=float(prefix_stats[2]))
 
 
 def _train_log(path, names: list[str]) -> tuple[list[int], np.ndarray]:

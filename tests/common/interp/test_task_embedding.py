@@ -18,6 +18,7 @@ from common.interp.task_embedding import (
     logits_at,
     mean_at_last,
     pad_right,
+    prefix_cache,
     task_embedding,
 )
 from common.models import layer_stack
@@ -139,6 +140,43 @@ def test_per_layer_weights_give_the_stacked_logits_and_gradients(tiny, prompts):
     bumped[L - 1] = jax.tree.map(lambda a: a * 1.5, bumped[L - 1])
     assert not np.allclose(np.asarray(grad(logit0, tuple(bumped))[1]), np.asarray(lg_stack),
                            atol=1e-3)
+
+
+@pytest.mark.parametrize("unstacked", [False, True])
+def test_prefix_cache_gives_the_same_logits_and_gradients(tiny, prompts, unstacked):
+    """With the prompts' prefix caches only the last token runs: the logits and the mixing
+    weights' gradient equal the whole prompt's (GQA, right-padded rows of 1 to 11 tokens,
+    stacked and per-layer weights)."""
+    rows = prompts + [[7]]  # a one-token prompt: an empty prefix
+    ids, last = pad_right(rows)
+    v = jax.random.normal(jax.random.key(6), (L, H, D))
+    target = jnp.asarray([5, 9, 1, 30, 2, 44, 3])
+    per_layer = layer_stack.unstack(tiny.blocks) if unstacked else None
+    cache = jax.jit(lambda i, la: prefix_cache(tiny, i, la, per_layer=per_layer))(ids, last)
+    assert cache.max_len == ids.shape[1] + 1
+
+    def loss(logit, use_prefix):
+        a = jax.nn.sigmoid(logit)
+        if use_prefix:
+            iv = injection(a, v, jnp.zeros_like(last), 1)
+            logits = logits_at(tiny, ids, last, intervention=iv, per_layer=per_layer,
+                               prefix=cache)
+        else:
+            iv = injection(a, v, last, ids.shape[1])
+            logits = logits_at(tiny, ids, last, intervention=iv, per_layer=per_layer)
+        return jnp.mean(first_token_loss(logits, target)), logits
+
+    logit0 = jax.random.normal(jax.random.key(7), (L, H))
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    (g_full, lg_full), (g_pre, lg_pre) = grad(logit0, False), grad(logit0, True)
+    np.testing.assert_allclose(np.asarray(lg_pre), np.asarray(lg_full), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(g_pre), np.asarray(g_full), rtol=1e-4, atol=1e-6)
+    assert np.abs(np.asarray(g_full)).max() > 1e-3
+    # the cache is what the last token reads: another prompt's cache changes the logits
+    other = jax.tree.map(lambda a: jnp.roll(a, 1, axis=0) if a.ndim >= 2 else a, cache)
+    iv = injection(jax.nn.sigmoid(logit0), v, jnp.zeros_like(last), 1)
+    moved = logits_at(tiny, ids, last, intervention=iv, per_layer=per_layer, prefix=other)
+    assert not np.allclose(np.asarray(moved), np.asarray(lg_full), atol=1e-3)
 
 
 def test_task_embedding_equals_an_explicit_loop(tiny, prompts):

@@ -68,3 +68,31 @@ def test_opt_out_and_the_users_own_folder(tmp_path):
     assert own["min_secs"] == 1.0  # the user's cache: nothing of it changed
     ours = _run(tmp_path, KEEP_JAX_DEFAULT="1")
     assert ours["after"] == str(tmp_path / "jax") and ours["min_secs"] == 0.2  # JAX's 1 s, lowered
+
+
+_NOT_WRITTEN = """
+import json, os, jax, jax.numpy as jnp
+from common.models.compile_cache import not_written
+jax.config.update("jax_compilation_cache_dir", os.environ["CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+def entries():
+    return sorted(os.listdir(os.environ["CACHE"])) if os.path.isdir(os.environ["CACHE"]) else []
+with not_written():
+    jax.jit(lambda x: jnp.sin(x) * 3.0)(jnp.ones(7)).block_until_ready()
+inside = entries()
+restored = jax.config.jax_persistent_cache_min_compile_time_secs
+jax.jit(lambda x: jnp.cos(x) * 5.0)(jnp.ones(7)).block_until_ready()
+print(json.dumps({"inside": inside, "after": entries(), "restored": restored}))
+"""
+
+
+def test_not_written_compiles_without_a_cache_entry(tmp_path):
+    """A program compiled inside ``not_written()`` leaves no entry; the setting comes back and
+    the next program is written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    out = subprocess.run([sys.executable, "-c", _NOT_WRITTEN], capture_output=True, text=True,
+                         cwd=_ROOT, env={**env, "CACHE": str(tmp_path / "jc")}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["inside"] == [] and got["restored"] == 0.0
+    assert any(name.startswith("jit_") for name in got["after"])

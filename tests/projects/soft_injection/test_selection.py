@@ -60,6 +60,24 @@ def test_learning_lowers_the_loss_and_keeps_the_best(setup, tmp_path):
     assert sel.train_loss.shape == (3, 2) and len(sel.log_steps) == 3
 
 
+def test_prefix_caches_train_the_same_selection(setup, tmp_path):
+    """Steps on the drawn prompts' cached prefixes (the last token alone) train the same
+    weights as steps on the whole prompts: two groups of prompt lengths, two problems each
+    with its own draws, 20 Adam steps."""
+    model, tok, p, v = setup
+    long = episodes.build(tok, [(w * 3, w[0].upper()) for w in WORDS[:8]],
+                          [(w * 3, w[0].upper()) for w in WORDS[:8]], 0,
+                          np.random.default_rng(1))
+    probs = [selection.Problem("t/seed0", v, p, p, 0), selection.Problem("u/seed3", v, long, p, 3)]
+    runs = {mb: selection.learn_selection(model, probs, steps=20, val_every=10,
+                                          workdir=tmp_path / f"mb{mb}", progress=False,
+                                          prefix_cache_mb=mb) for mb in (0, 64)}
+    assert selection.prefix_bytes(model.config, 40, 16) <= 64 * 2**20
+    np.testing.assert_allclose(runs[64].alpha_final, runs[0].alpha_final, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(runs[64].val_loss, runs[0].val_loss, rtol=1e-4)
+    assert np.abs(runs[0].alpha_final - 0.5).max() > 0.05  # the weights moved
+
+
 def test_faithful_mode_returns_the_final_weights(setup, tmp_path):
     model, _, p, v = setup
     # validation on a different set than training: the best is not forced to be the last
