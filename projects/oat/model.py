@@ -33,7 +33,7 @@ from flax import nnx
 
 from common.attention.layer import MultiHeadAttention
 from common.attention.masks import Mask
-from common.conv_pool import conv_max_pool
+from common.conv_pool import bias_relu, conv_max_pool
 from common.dropout import SeedSequence, dropout, fold_seed
 from projects.oat import pe as pe_lib
 
@@ -121,7 +121,7 @@ def sinusoidal(length: int, width: int) -> np.ndarray:
 class CNNEmbedding(nnx.Module):
     """conv(k1) → ReLU → maxpool(p1) → conv(k2) → ReLU → maxpool(p2) → flatten → Linear(d_app).
 
-    Each ``conv → ReLU → maxpool`` block runs as ``relu(conv_max_pool(x, kernel, pool) + bias)``
+    Each ``conv → ReLU → maxpool`` block runs as ``bias_relu(conv_max_pool(x, kernel, pool), bias)``
     (:mod:`common.conv_pool`: the same values, since a bias and a ReLU commute with the max; the
     convolution and its kernel gradient as matrix products over patches, the pool's gradient
     routed to each window's first maximum, as torch's ``max_pool2d``).
@@ -142,7 +142,7 @@ class CNNEmbedding(nnx.Module):
         lead = crops.shape[:-3]
         x = crops.reshape((-1, *crops.shape[-3:]))
         for conv, p in ((self.conv1, self.pools[0]), (self.conv2, self.pools[1])):
-            x = jax.nn.relu(conv_max_pool(x, conv.kernel[...], p) + conv.bias[...])
+            x = bias_relu(conv_max_pool(x, conv.kernel[...], p), conv.bias[...])
         # flatten channel-first like torch (C, H, W) so a converted torch fc matches
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         return self.fc(x).reshape((*lead, -1))

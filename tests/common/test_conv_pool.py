@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import common.conv_pool as cp
-from common.conv_pool import conv_max_pool
+from common.conv_pool import bias_relu, conv_max_pool
 
 
 def brute_force(x: np.ndarray, w: np.ndarray, pool: int) -> np.ndarray:
@@ -74,21 +74,25 @@ def test_values_and_gradients_match_brute_force_and_torch(case, path, monkeypatc
     np.testing.assert_allclose(np.asarray(dx), tdx, rtol=1e-4, atol=1e-4)
 
 
-def test_relu_and_bias_commute_with_the_pool_including_gradients():
-    """relu(conv_max_pool + b) is torch's conv + b → ReLU → max_pool2d, values and gradients."""
+@pytest.mark.parametrize("block", ["relu(y + b)", "bias_relu"])
+def test_relu_and_bias_commute_with_the_pool_including_gradients(block):
+    """relu(conv_max_pool + b) is torch's conv + b → ReLU → max_pool2d, values and gradients;
+    also through ``bias_relu`` (its own backward: the bias gradient as a matrix product)."""
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(2, 16, 13, 3)).astype(np.float32)
     x[1] = 1.0  # an all-ones image (the OAT BOS crop): every window is one tie
     w = rng.normal(size=(5, 5, 3, 6)).astype(np.float32)
     b = rng.normal(size=(6,)).astype(np.float32)
-    ours = jax.value_and_grad(lambda w, b: jnp.sum(jax.nn.relu(conv_max_pool(x, w, 3) + b) ** 2),
-                              (0, 1))
+    act = bias_relu if block == "bias_relu" else lambda y, b: jax.nn.relu(y + b)
+    assert float(jnp.mean(act(conv_max_pool(x, w, 3), b) == 0)) > 0.1  # the ReLU cuts some
+    r = rng.normal(size=(2, 4, 3, 6)).astype(np.float32)  # a cotangent also where the ReLU cuts
+    ours = jax.value_and_grad(lambda w, b: jnp.sum(act(conv_max_pool(x, w, 3), b) * r), (0, 1))
     (val, (dw, db)) = ours(w, b)
     xt = torch.tensor(np.transpose(x, (0, 3, 1, 2)))
     wt = torch.tensor(np.transpose(w, (3, 2, 0, 1)), requires_grad=True)
     bt = torch.tensor(b, requires_grad=True)
     y = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(xt, wt, bt)), 3)
-    tval = (y ** 2).sum()
+    tval = (y * torch.tensor(np.transpose(r, (0, 3, 1, 2)))).sum()
     tval.backward()
     np.testing.assert_allclose(float(val), float(tval.detach()), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(dw), np.transpose(wt.grad.numpy(), (2, 3, 1, 0)),
