@@ -87,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.ablations = ("task_agnostic",)  # M = 1 would double the 57 trained problems
         c.skip_invalid_tasks = True
         c.controls = ()
+        # one group per padded prompt length: the short-prompt groups' steps then run on the
+        # drawn prompts' cached prefixes within the selection's memory budget
+        c.group_by_length = True
     return c
 
 

@@ -79,6 +79,9 @@ def test_indirect_effects_equal_full_patched_forwards(setup):
     got = baselines.indirect_effects(model, bad, t_rows)
     np.testing.assert_allclose(baselines.indirect_effects(model, bad, t_rows, max_rows=7), got,
                                atol=1e-6)  # 2 heads per call, the last call padded
+    np.testing.assert_allclose(baselines.indirect_effects(model, bad, t_rows,
+                                                          max_cache_bytes=1), got,
+                               atol=1e-6)  # one head per call: the cache is not copied
 
     def prob(ids, tgt, iv):
         lg = np.asarray(forward(model, jnp.asarray([ids]), intervention=iv))[0, -1]
