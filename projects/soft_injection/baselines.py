@@ -29,10 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.attention.hooks import resolve_hooks
 from common.interp.intervention import Intervention, Patch
-from common.interp.task_embedding import position_mask
-from common.models.decoder import init_cache
+from common.interp.task_embedding import logits_at, pad_right, position_mask, prefix_cache
 from common.progress import bar
 from projects.soft_injection.episodes import Prompts
 from projects.soft_injection.evaluate import Setting
@@ -40,31 +38,22 @@ from projects.soft_injection.evaluate import Setting
 
 # ---- one cached step of the last token ------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _prefix_cache(graphdef, state, tokens, valid):
-    """Run the left-padded prompts without their last token into a KV cache with one free
-    slot; returns the cache and the last token's position."""
-    model = nnx.merge(graphdef, state)
-    b, n = tokens.shape
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-    cache = init_cache(model.config, b, n + 1)
-    _, cache = model.forward(tokens, positions=positions, cache=cache, token_valid=valid,
-                             last_only=True)
-    return cache, jnp.sum(valid, axis=1).astype(jnp.int32)
+def _prefill(graphdef, state, ids, last):
+    """The KV cache of each right-padded prompt's tokens before ``last`` (one free slot)."""
+    return prefix_cache(nnx.merge(graphdef, state), ids, last)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "repeat"))
-def _last_logits(graphdef, state, cache, tok, pos, iv, repeat=1):
-    """Logits ``[repeat * b, vocab]`` after the last token ``tok [b]`` at ``pos [b]``, the
+def _last_logits(graphdef, state, cache, ids, last, iv, repeat=1):
+    """Logits ``[repeat * b, vocab]`` of the last tokens of ``ids [b, T]`` (at ``last``), the
     prompts' other tokens in ``cache``, under the edit ``iv`` (rows ``i * b + j``: copy ``i``
     of prompt ``j``)."""
     model = nnx.merge(graphdef, state)
     if repeat > 1:  # stacked cache: k, v [n_layers, b, slots, kv_heads, d_head]; valid [b, slots]
         kv = jax.tree.map(lambda a: jnp.concatenate([a] * repeat, axis=1), cache.layers)
         cache = cache._replace(layers=kv, valid=jnp.concatenate([cache.valid] * repeat, axis=0))
-        tok, pos = jnp.tile(tok, repeat), jnp.tile(pos, repeat)
-    logits, _ = model.forward(tok[:, None], positions=pos[:, None], cache=cache, last_only=True,
-                              hooks=resolve_hooks(iv, model.config))
-    return logits[:, -1].astype(jnp.float32)
+        ids, last = jnp.tile(ids, (repeat, 1)), jnp.tile(last, repeat)
+    return logits_at(model, ids, last, intervention=iv, prefix=cache)
 
 
 class LastTokenSteps:
@@ -72,8 +61,9 @@ class LastTokenSteps:
 
     An edit at the last token (a head's ``z``, the residual stream) changes only that
     token's computation (the other positions come before it), so the prompts without their
-    last token run once into a KV cache and every edit costs one cached step of the last
-    token instead of a forward of the whole prompt.
+    last token run once into a KV cache (:func:`~common.interp.task_embedding.prefix_cache`)
+    and every edit costs one cached step of the last token instead of a forward of the whole
+    prompt.
     """
 
     def __init__(self, model, prompts: Prompts):
@@ -81,21 +71,15 @@ class LastTokenSteps:
         toks = prompts.tokens
         if min(len(x) for x in toks) < 2:
             raise ValueError("LastTokenSteps: every prompt needs at least two tokens")
-        n = max(len(x) for x in toks) - 1
-        tokens = np.zeros((len(toks), n), np.int32)
-        valid = np.zeros_like(tokens, bool)
-        for i, x in enumerate(toks):
-            tokens[i, n - (len(x) - 1):] = x[:-1]
-            valid[i, n - (len(x) - 1):] = True
-        self.cache, self.pos = _prefix_cache(self.graphdef, self.state, jnp.asarray(tokens),
-                                             jnp.asarray(valid))
-        self.last = jnp.asarray([x[-1] for x in toks], jnp.int32)
+        ids, last = pad_right(toks, length=max(len(x) for x in toks))
+        self.ids, self.last = jnp.asarray(ids), jnp.asarray(last)
+        self.cache = _prefill(self.graphdef, self.state, self.ids, self.last)
         self.target = np.asarray(prompts.target)
 
     def logits(self, iv: Intervention | None, repeat: int = 1) -> np.ndarray:
         """``[repeat * n, vocab]`` under ``iv`` (its position axis is the one step: 1)."""
-        return np.asarray(_last_logits(self.graphdef, self.state, self.cache, self.last,
-                                       self.pos, iv, repeat=repeat))
+        return np.asarray(_last_logits(self.graphdef, self.state, self.cache, self.ids,
+                                       self.last, iv, repeat=repeat))
 
     def answer_prob(self, iv: Intervention | None, repeat: int = 1) -> np.ndarray:
         """Probability of each prompt's answer token, ``[repeat * n]``."""
