@@ -424,6 +424,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  bound: our step's {bound / 1e9:.1f} GFLOP at the matmul rate take "
           f"{bound / peak_best * 1e3:.0f} ms, at most {wall[best] * peak_best / bound:.1f}x "
           "PyTorch's step")
+    verdict = "met" if ratio >= 1.5 else "NOT met"
+    print(f"  target >= 1.5x {verdict}: ours runs at {bound / wall[ours] / peak_best:.0%} of the "
+          f"matmul rate and uses {cpu[ours] / wall[ours]:.2f} of {os.cpu_count()} cores "
+          f"(PyTorch, {best[1]} thread{'s' * (best[1] > 1)}: {cpu[best] / wall[best]:.2f})")
 
 
 if __name__ == "__main__":
