@@ -3,6 +3,7 @@ the official model (``HKUST-NISL/oat_eccv24`` ``Seq2SeqTransformer`` with ``CAVe
 the same size, forward + backward + clipped Adam, on CPU, measured in the same run.
 
     python -m tools.bench_oat [--size quick|paper] [--steps 10] [--batch 20] [--threads 1 2]
+    python -m tools.bench_oat --size paper --profile /tmp/oat_trace   # ours' top ops, one step
 
 ``quick`` = the quick config's model (d_model 128, 2 + 2 layers, 4 × 6 objects of 12 × 8 crops);
 ``paper`` = the paper's model (d_model 512, 4 + 4 layers, FFN 512, 6 × 14 objects of 150 × 93
@@ -366,6 +367,47 @@ class Worker:
         self.proc.wait()
 
 
+def profile(size: str, b: int, out: pathlib.Path, top: int = 15) -> None:
+    """Trace one step of ours (XLA's per-op traceme events, ``jax.profiler.trace``) and print
+    the op time summed by op name (numeric suffixes dropped; ops run per chunk of a scan are
+    marked ``[scan]``), with the traced step's wall time: op time ≈ wall means the ops ran one
+    after another."""
+    import collections
+    import gzip
+    import json
+    import re
+
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_xprof_traceme=true").strip()
+    from common.xla_flags import enable_xnn
+
+    enable_xnn()
+    import jax
+
+    runner = JaxSide(SIZES[size], MAX_LEN[size], b)
+    runner.step(2)
+    runner.step(2)
+    with jax.profiler.trace(str(out)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        runner.step(2)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    trace = max(out.glob("**/*.trace.json.gz"), key=lambda f: f.stat().st_mtime)
+    events = json.load(gzip.open(trace))["traceEvents"]
+    hlo_op = re.compile(r"[a-z][a-z0-9_\-]*(\.\d+)?")  # XLA's op names, not runtime events
+    ops = [e for e in events if e.get("ph") == "X" and "dur" in e and e["name"] != "while"
+           and hlo_op.fullmatch(e["name"])]
+    calls = collections.Counter(e["name"] for e in ops)
+    total: collections.Counter = collections.Counter()
+    for e in ops:
+        name = re.sub(r"\.\d+$", "", e["name"])
+        total[("[scan] " if calls[e["name"]] > 1 else "") + name] += e["dur"] / 1e6
+    op_time = sum(total.values())
+    print(f"OAT {size}, batch {b}: one traced step {wall:.2f} s wall, {cpu:.2f} s CPU, "
+          f"{op_time:.2f} s of op time; top ops by name (trace in {out}):")
+    for name, t in total.most_common(top):
+        print(f"  {t * 1e3:8.0f} ms  {t / op_time:4.0%}  {name}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=tuple(SIZES), default="quick")
@@ -373,8 +415,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2],
                     help="torch thread counts to time (the fastest counts)")
+    ap.add_argument("--profile", type=pathlib.Path, metavar="DIR",
+                    help="instead: trace one step of ours into DIR and print its top ops")
     ap.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.profile:
+        profile(a.size, a.batch, a.profile)
+        return
     if a.worker:
         worker(a.worker, a.size, a.batch)
         return

@@ -82,3 +82,23 @@ def test_gradients_match_pytorch_autograd():
         assert np.abs(want).max() > 0
         np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4,
                                    atol=2e-4 * np.abs(want).max())
+
+
+@pytest.mark.slow
+def test_bench_profile_names_the_top_ops(tmp_path):
+    """``python -m tools.bench_oat --profile DIR`` traces one step of ours and prints its ops."""
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-m", "tools.bench_oat", "--size", "quick",
+                          "--profile", str(tmp_path)], cwd=root, capture_output=True, text=True,
+                         timeout=600, check=True).stdout.splitlines()
+    assert out[0].startswith("OAT quick, batch 20: one traced step") and "top ops" in out[0]
+    rows = [re.fullmatch(r"\s+(\d+) ms\s+(\d+)%\s+(\S.*)", line) for line in out[1:]]
+    assert len(rows) == 15 and all(rows)
+    shares = [int(r.group(2)) for r in rows]
+    assert shares == sorted(shares, reverse=True) and 50 <= sum(shares) <= 101
+    assert any(r.group(3) in ("dot", "ynn_fusion", "convolution") for r in rows)
