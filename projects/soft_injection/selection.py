@@ -368,19 +368,32 @@ def _learn_selection(llm, problems, *, steps, lr, val_every, keep_best, steps_pe
                                                 {"kv": pre["kv"], "valid": pre["valid"]})
         return out
 
-    # ---- validation tables (all problems, one padded length) ------------------------------
-    n_val = max(len(p.valid) for p in problems)
-    vlen = bucket(max(len(t) for p in problems for t in p.valid.tokens))
-    vt = [_table(problems[i].valid, vlen, n_val, problems[i].task_of("valid") + offsets[i])
-          for i in order]
-    vw = np.stack([(np.arange(n_val) < len(problems[i].valid)).astype(np.float32) for i in order])
-    vdata = [jnp.asarray(np.stack([t[k] for t in vt])) for k in range(4)]
-    crc_parts += [np.asarray(x) for x in vdata]
+    # ---- validation tables: one per padded prompt length (as the training groups) ----------
     # the model's arrays enter as arguments: closed over, XLA would fold them as constants
     val_jit = jax.jit(lambda st, pl, tb, lg, vi, ids, last, tgt, w: _val_losses(
         nnx.merge(graphdef, st), pl, tb, lg, vi, ids, last, tgt, w))
-    val_fn = lambda lg: val_jit(lstate, layers, table, lg, vdata[3],  # noqa: E731
-                                *vdata[:3], jnp.asarray(vw))
+    by_vlen: dict[int, list[int]] = {}  # padded length -> positions in the population order
+    for pos, i in enumerate(order):
+        by_vlen.setdefault(bucket(max(len(t) for t in problems[i].valid.tokens)), []).append(pos)
+    vgroups = []
+    for vlen, where in sorted(by_vlen.items()):
+        n_val = max(len(problems[order[q]].valid) for q in where)
+        vt = [_table(problems[order[q]].valid, vlen, n_val,
+                     problems[order[q]].task_of("valid") + offsets[order[q]]) for q in where]
+        vw = np.stack([(np.arange(n_val) < len(problems[order[q]].valid)).astype(np.float32)
+                       for q in where])
+        vdata = [jnp.asarray(np.stack([t[k] for t in vt])) for k in range(4)]
+        crc_parts += [np.asarray(x) for x in vdata]
+        vgroups.append((np.asarray(where), vdata, jnp.asarray(vw)))
+
+    def val_fn(lg: jax.Array) -> np.ndarray:
+        """``[M]`` mean validation losses of the logits ``lg [M, L, H]`` (population order)."""
+        out = np.zeros(lg.shape[0], np.float32)
+        for where, vdata, vw in vgroups:
+            out[where] = np.asarray(val_jit(lstate, layers, table, lg[where], vdata[3],
+                                            *vdata[:3], vw))
+        return out
+
     M = len(problems)
     folder = workdir / "selection"
 

@@ -62,13 +62,14 @@ def test_learning_lowers_the_loss_and_keeps_the_best(setup, tmp_path):
 
 def test_prefix_caches_train_the_same_selection(setup, tmp_path):
     """Steps on the drawn prompts' cached prefixes (the last token alone) train the same
-    weights as steps on the whole prompts: two groups of prompt lengths, two problems each
-    with its own draws, 20 Adam steps."""
+    weights as steps on the whole prompts: two groups of prompt lengths (in training and in
+    validation), two problems each with its own draws, 20 Adam steps."""
     model, tok, p, v = setup
     long = episodes.build(tok, [(w * 3, w[0].upper()) for w in WORDS[:8]],
                           [(w * 3, w[0].upper()) for w in WORDS[:8]], 0,
                           np.random.default_rng(1))
-    probs = [selection.Problem("t/seed0", v, p, p, 0), selection.Problem("u/seed3", v, long, p, 3)]
+    probs = [selection.Problem("t/seed0", v, p, p, 0),
+             selection.Problem("u/seed3", v, long, long, 3)]
     runs = {mb: selection.learn_selection(model, probs, steps=20, val_every=10,
                                           workdir=tmp_path / f"mb{mb}", progress=False,
                                           prefix_cache_mb=mb) for mb in (0, 64)}
@@ -76,6 +77,11 @@ def test_prefix_caches_train_the_same_selection(setup, tmp_path):
     np.testing.assert_allclose(runs[64].alpha_final, runs[0].alpha_final, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(runs[64].val_loss, runs[0].val_loss, rtol=1e-4)
     assert np.abs(runs[0].alpha_final - 0.5).max() > 0.05  # the weights moved
+    # validation in two tables (the problems' prompts pad to different lengths): each
+    # problem's recorded loss of its final weights is the explicit one on its own prompts
+    for m, prompts in enumerate((p, long)):
+        np.testing.assert_allclose(runs[64].val_loss[-1, m], _explicit_loss(
+            model, prompts, runs[64].alpha_final[m], v), rtol=1e-4)
 
 
 def test_faithful_mode_returns_the_final_weights(setup, tmp_path):
