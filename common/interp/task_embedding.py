@@ -130,6 +130,10 @@ def logits_at(model, ids: jax.Array, last: jax.Array, *,
     """
     ids = jnp.asarray(ids)
     if prefix is not None:
+        where = getattr(intervention, "mix_where", None)
+        if where is not None and where.shape[-1] != 1:
+            raise ValueError(f"logits_at(prefix=...): the intervention must be that of the one "
+                             f"token at last (mix_where [b, 1]), got mix_where {where.shape}")
         idx = jnp.asarray(last, jnp.int32)[:, None]
         logits, _ = model.forward(jnp.take_along_axis(ids, idx, axis=1), positions=idx,
                                   cache=prefix, hooks=resolve_hooks(intervention, model.config),

@@ -77,7 +77,6 @@ def enable() -> str | None:
     return str(folder)
 
 
-
 @contextlib.contextmanager
 def not_written():
     """Compile without writing to the persistent cache (reads still hit).

@@ -172,6 +172,9 @@ def test_prefix_cache_gives_the_same_logits_and_gradients(tiny, prompts, unstack
     np.testing.assert_allclose(np.asarray(lg_pre), np.asarray(lg_full), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(g_pre), np.asarray(g_full), rtol=1e-4, atol=1e-6)
     assert np.abs(np.asarray(g_full)).max() > 1e-3
+    with pytest.raises(ValueError, match="one token at last"):
+        logits_at(tiny, ids, last, prefix=cache,
+                  intervention=injection(jax.nn.sigmoid(logit0), v, last, ids.shape[1]))
     # the cache is what the last token reads: another prompt's cache changes the logits
     other = jax.tree.map(lambda a: jnp.roll(a, 1, axis=0) if a.ndim >= 2 else a, cache)
     iv = injection(jax.nn.sigmoid(logit0), v, jnp.zeros_like(last), 1)
