@@ -22,11 +22,13 @@ theirs (``train_task``, ``valid_task``): the *task-agnostic* selection of the of
 (one ``a`` trained on a mixture of tasks, each prompt injected with its own task's ``t``).
 
 **Prefix caches.** The mixing edits the last token alone, so the tokens before it are the
-unedited model's at every step: when they fit in ``prefix_cache_mb``, the keys and values of
-the prompt each problem draws at each step are computed before training (one batched forward
-per 64 prompts, :func:`~common.interp.task_embedding.prefix_cache`) and a step runs the last
-token only (``logits_at(..., prefix=)``: the same loss and gradient, each weight multiplied by
-one row instead of the prompt's ``T``). Otherwise a step runs the whole prompt.
+unedited model's at every step. The rows each problem draws are a function of the step, so
+before training the keys and values of the distinct prompts a group will draw are computed
+(batched forwards of at most 64 prompts, :func:`~common.interp.task_embedding.prefix_cache`),
+groups in order of prompt length while they fit in ``prefix_cache_mb`` (one device only); a
+step of such a group runs the last token alone (``logits_at(..., prefix=)``: the same loss and
+gradient, each weight multiplied by one row instead of the prompt's ``T``). Other groups run
+the whole prompt. Validation is one table per padded prompt length, as the training groups.
 
 **Resuming.** The loop checkpoints at every validation step (``checkpoints/``) and each
 validation writes its losses and logits to ``selection/val_<step>.npz``; the same call on the
