@@ -24,6 +24,15 @@ COLORS = {"zero_shot": "tab:gray", "soft_injection": "tab:red", "function_vector
           "uniform_mix": "tab:olive", "si_binarised": "tab:olive"}
 
 
+
+def _short(name: str, n: int) -> str:
+    """``name`` in at most ``n`` characters, most of its end kept (``alphabetically_first_3``
+    -> ``alpha…ally_first_3``: tasks that differ only in their suffix stay apart)."""
+    if len(name) <= n:
+        return name
+    tail = name[-(2 * n // 3):]
+    return name[:n - len(tail) - 1] + "…" + tail
+
 def label(key: str) -> str:
     return LABELS.get(key, key.replace("icl_", "ICL ") + ("-shot" if key.startswith("icl_") else ""))
 
@@ -52,7 +61,7 @@ def alpha_heatmaps(alphas: dict[str, np.ndarray], stem) -> tuple[pathlib.Path, l
         a = np.asarray(alphas[names[k]])
         im = ax.imshow(a, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
                        interpolation="nearest")
-        ax.set_title(names[k] if len(names[k]) <= 18 else names[k][:17] + "…", fontsize=8)
+        ax.set_title(_short(names[k], 18), fontsize=8)
         ax.set_xticks(range(0, a.shape[1], 2 if a.shape[1] > 6 else 1))
         ax.tick_params(labelsize=7)
         ax.set_xlabel("head", fontsize=8)
@@ -105,7 +114,7 @@ def similarity(sim: np.ndarray, names: list[str], stem, *, transfer: np.ndarray 
     panels = 2 if transfer is not None else 1
     size = max(3.8, 0.32 * n + 2.2)
     fig, axes = plt.subplots(1, panels, figsize=(size * panels + 1.0, size), squeeze=False)
-    short = [s if len(s) <= 16 else s[:15] + "…" for s in names]
+    short = [_short(s, 18) for s in names]
     fs = 7 if n > 12 else 8
     mats = [(sim, -1, 1, "RdBu_r", "cosine similarity of a (centred)",
              "similarity of selected heads")]
