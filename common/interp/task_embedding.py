@@ -125,8 +125,9 @@ def logits_at(model, ids: jax.Array, last: jax.Array, *,
     injection): under the causal mask the tokens before it do not depend on it. The
     intervention is then that of a one-token sequence (position masks ``[b, 1]``, e.g.
     ``injection(a, v, zeros(b), 1)``). A gradient step at batch 1 then multiplies every
-    weight by one row instead of ``T``: XLA:CPU packs each weight before a product of a few
-    rows, so 8 rows cost about twice the memory traffic of one.
+    weight by one row instead of ``T``: on XLA:CPU, 30 layers of SmolLM2's products took 46.6
+    ms forward and backward with 8 rows against 28.6 ms with one (18 against 30 GB/s of
+    weights read; presumably the GEMM kernel packs each weight for a few rows).
     """
     ids = jnp.asarray(ids)
     if prefix is not None:
