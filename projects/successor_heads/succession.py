@@ -89,6 +89,43 @@ def effective_embed(model, token_ids: jax.Array, mode: str = "mlp0_only") -> jax
     return resid - W_E(model).values[ids]
 
 
+def _values(model, x: jax.Array) -> jax.Array:
+    """``A = E_eff W_V`` of every KV head, ``[L, m, kv_heads, d_head]`` for ``x [m, d]``: one
+    batched product over the stacked ``W_V``, read in place (a loop over layers slices, i.e.
+    copies, each layer's kernel first)."""
+    cfg = model.config
+    L, d = cfg.n_layers, cfg.d_model
+    wv = model.blocks.attn.v_kernel[...]  # [L, d, K, k]
+    a = jnp.einsum("lmd,ldj->lmj", jnp.broadcast_to(x, (L, *x.shape)), wv.reshape(L, d, -1))
+    return a.reshape(L, x.shape[0], cfg.n_kv_heads, cfg.d_head)
+
+
+def _scored_unembed(model, ids: jax.Array, final_norm: bool) -> jax.Array:
+    """``W_U`` on the scored tokens ``ids [n]`` only, ``[d, n]`` (rows of a tied embedding,
+    not the transposed table), with the final norm's scale γ (and LayerNorm's centring)
+    applied: ``((y C) ⊙ γ) W_U = y · C (γ ⊙ W_U)``."""
+    wu = (model.embed.embedding[...][ids].T if model.lm_head is None
+          else W_U(model).values[:, ids])
+    if not final_norm:
+        return wu
+    wu = model.final_norm.scale[...].astype(wu.dtype)[:, None] * wu
+    return wu if model.config.norm == "rms" else wu - wu.mean(axis=0, keepdims=True)
+
+
+def _norm_terms(model, a: jax.Array, wo: jax.Array, ids: jax.Array):
+    """The final norm's per-row divisor ``r = 1/sqrt(mean(y_c²) + eps)`` of ``y = a W_O``,
+    ``[L, H, n]`` for ``a [L, H, n, d_head]``, from the Gram matrix ``W_O W_Oᵀ`` (``y_c = y``
+    centred for LayerNorm; ``y [L, H, n, d_model]`` is never formed), and the norm's bias
+    through ``W_U`` on ``ids [n]``, ``[n]``."""
+    cfg = model.config
+    d = cfg.d_model
+    wo_c = wo if cfg.norm == "rms" else wo - wo.mean(-1, keepdims=True)
+    gram = jnp.einsum("lhkd,lhjd->lhkj", wo_c, wo_c)  # [L, H, k, k]
+    ms = jnp.einsum("lhmk,lhkj,lhmj->lhm", a, gram, a) / d  # mean(y_c²) per row
+    bias = model.unembed(jnp.zeros((d,), wo.dtype))[ids]
+    return jax.lax.rsqrt(ms + cfg.norm_eps), bias
+
+
 def _ov_parts(model, token_ids: jax.Array, embed_mode: str, final_norm: bool, exact: bool):
     """The factors of the effective OV logits: ``logits = (A @ M) * r[..., None] + b`` with
     ``A [L, H, m, d_head]``, ``M [L, H, d_head, m]``, the final norm's per-row divisor
@@ -96,41 +133,21 @@ def _ov_parts(model, token_ids: jax.Array, embed_mode: str, final_norm: bool, ex
     ``exact=False``, when it changes no ranking: an RMSNorm has no bias, so each row is only
     scaled by ``r > 0``).
 
-    Contracted in the cheap order: ``A = E_eff W_V`` per KV head and ``M = W_O^{l,h} (γ ⊙
-    W_U)``; ``r = 1/sqrt(mean(y_c²) + eps)`` of ``y = A W_O`` comes from the Gram matrix
-    ``W_O W_Oᵀ`` (``y_c = y`` centred for LayerNorm), so ``y [L, H, m, d_model]`` is never
-    formed. The norm's elementwise scale γ (and LayerNorm's centring) is applied to the ``m``
-    scored columns of ``W_U`` rather than to every head's ``W_O``: ``((y C) ⊙ γ) W_U = y ·
-    C (γ ⊙ W_U)``.
+    Contracted in the cheap order: ``A = E_eff W_V`` per KV head (:func:`_values`) and ``M =
+    W_O^{l,h} (γ ⊙ W_U)`` (:func:`_scored_unembed`: γ and LayerNorm's centring applied to
+    the ``m`` scored columns of ``W_U`` rather than to every head's ``W_O``); ``r`` and ``b``
+    from :func:`_norm_terms`.
     """
     cfg = model.config
-    x = effective_embed(model, token_ids, embed_mode)  # [m, d]
     ids = jnp.asarray(token_ids, jnp.int32)
-    L, K, group, k = cfg.n_layers, cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, cfg.d_head
-    # A = E_eff W_V, one [m, d] @ [d, K·k] product per layer on the kernel's stored layout (as
-    # one batched einsum XLA:CPU first copied a transposed kernel: 14 -> 3 ms here).
-    wv = model.blocks.attn.v_kernel[...]  # [L, d, K, k]
-    a = jnp.stack([x @ wv[i].reshape(-1, K * k) for i in range(L)]).reshape(L, -1, K, k)
+    group = cfg.n_heads // cfg.n_kv_heads
+    a = _values(model, effective_embed(model, ids, embed_mode))  # [L, m, K, k]
     a = jnp.repeat(jnp.moveaxis(a, 2, 1), group, axis=1)  # [L, H, m, k]
     wo = W_O(model).values  # [L, H, k, d]
-    # W_U on the scored tokens only: rows of a tied embedding, not the transposed table.
-    wu = (model.embed.embedding[...][ids].T if model.lm_head is None
-          else W_U(model).values[:, ids])  # [d, m]
-    if not final_norm:
-        return a, jnp.einsum("lhkd,dn->lhkn", wo, wu), None, None
-    norm = model.final_norm
-    wu_g = norm.scale[...].astype(wu.dtype)[:, None] * wu
-    if cfg.norm != "rms":
-        wu_g = wu_g - wu_g.mean(axis=0, keepdims=True)
-    m = jnp.einsum("lhkd,dn->lhkn", wo, wu_g)
-    if not exact and cfg.norm == "rms":
+    m = jnp.einsum("lhkd,dn->lhkn", wo, _scored_unembed(model, ids, final_norm))
+    if not final_norm or (not exact and cfg.norm == "rms"):
         return a, m, None, None
-    d = cfg.d_model
-    wo_c = wo if cfg.norm == "rms" else wo - wo.mean(-1, keepdims=True)
-    gram = jnp.einsum("lhkd,lhjd->lhkj", wo_c, wo_c)  # [L, H, k, k]
-    ms = jnp.einsum("lhmk,lhkj,lhmj->lhm", a, gram, a) / d  # mean(y_c²) per row
-    bias = model.unembed(jnp.zeros((d,), wo.dtype))[ids]  # the norm's bias through W_U
-    return a, m, jax.lax.rsqrt(ms + cfg.norm_eps), bias
+    return (a, m, *_norm_terms(model, a, wo, ids))
 
 
 def _ov_logits(model, token_ids: jax.Array, embed_mode: str, final_norm: bool,
@@ -154,35 +171,25 @@ def _ov_blocks(model, token_ids: jax.Array, order: jax.Array, sizes: Sequence[in
     the ``m x m`` table is never formed (``Σ n_c²`` entries instead of ``m²``).
 
     Contracted in the cheap order with the layout XLA:CPU multiplies fastest: ``A = E_eff W_V``
-    as one ``[m, d] @ [d, K·k]`` product per layer on the kernel's stored layout (as one
-    batched einsum XLA:CPU first copied a transposed kernel: 14 -> 3 ms), ``M = W_O (γ ⊙
-    W_U[:, order])`` as one ``[L·H·k, d] @ [d, S]`` product over every head (``S`` padded to a
-    multiple of 16: 8.9 -> 6.8 ms at SmolLM2's 114 -> 128 columns), and per class one
-    ``[n_c, k] @ [k, group·n_c]`` product per KV head (the heads that share a ``W_V``).
+    as :func:`_values`, ``M = W_O (γ ⊙ W_U[:, order])`` as one ``[L·H·k, d] @ [d, S]`` product
+    over every head (``S`` padded to a multiple of 16: 8.9 -> 6.8 ms at SmolLM2's 114 -> 128
+    columns), and per class one ``[n_c, k] @ [k, group·n_c]`` product per KV head (the heads
+    that share a ``W_V``).
     """
     cfg = model.config
     L, K, k, d = cfg.n_layers, cfg.n_kv_heads, cfg.d_head, cfg.d_model
     group = cfg.n_heads // K
     ids = jnp.asarray(token_ids, jnp.int32)
-    x = effective_embed(model, ids, embed_mode)  # [m, d]
-    wv = model.blocks.attn.v_kernel[...]  # [L, d, K, k]
-    # one batched product over the stacked kernel, read in place (a per-layer loop slices
-    # (copies) each layer's kernel first)
-    a = jnp.einsum("lmd,ldj->lmj", jnp.broadcast_to(x, (L, *x.shape)), wv.reshape(L, d, K * k))
     n_used = int(sum(sizes))
-    a = a[:, order[:n_used]].reshape(L, n_used, K, k).transpose(0, 2, 1, 3)  # [L, K, S, k]
-    wu = (model.embed.embedding[...][ids[order]].T if model.lm_head is None
-          else W_U(model).values[:, ids[order]])  # [d, S]
+    cols = ids[order]  # [S] the scored tokens, class after class
+    a = _values(model, effective_embed(model, ids, embed_mode))
+    a = a[:, order[:n_used]].transpose(0, 2, 1, 3)  # [L, K, S, k]
     wo = W_O(model).values  # [L, H, k, d]
+    m = (wo.reshape(-1, d) @ _scored_unembed(model, cols, final_norm)).reshape(
+        L, K, group, k, -1)  # [L, K, group, k, S]
     r = b = None
-    if final_norm:
-        norm = model.final_norm
-        wu = norm.scale[...].astype(wu.dtype)[:, None] * wu
-        if cfg.norm != "rms":  # LayerNorm: centre, and keep the row scale and column bias
-            wu = wu - wu.mean(axis=0, keepdims=True)
-            _, _, r, b = _ov_parts(model, ids, embed_mode, final_norm, exact=True)
-            r, b = r[:, :, order[:n_used]], b[order[:n_used]]
-    m = (wo.reshape(-1, d) @ wu).reshape(L, K, group, k, -1)  # [L, K, group, k, S]
+    if final_norm and cfg.norm != "rms":  # LayerNorm: the row scale and column bias matter
+        r, b = _norm_terms(model, jnp.repeat(a, group, axis=1), wo, cols[:n_used])
     out, start = [], 0
     for n in sizes:
         blk = jax.lax.dot_general(a[:, :, start:start + n], m[..., start:start + n],
