@@ -152,10 +152,15 @@ def _draw(key: jax.Array, n: jax.Array, step: jax.Array) -> jax.Array:
     return jax.random.randint(jax.random.fold_in(jax.random.wrap_key_data(key), step), (), 0, n)
 
 
-def _drawn_rows(d: dict, steps: int) -> np.ndarray:
-    """``[M_g, steps]``: the training row each member of a group draws at each step."""
-    return np.asarray(jax.vmap(lambda key, n: jax.vmap(lambda t: _draw(key, n, t))(
-        jnp.arange(steps, dtype=jnp.int32)))(d["key"], d["n"]))
+def _distinct_draws(d: dict, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``(member, row)`` prompts a group's members draw over ``steps`` steps, as
+    ``member * rows + row`` ``[U]``, and ``index [M_g, steps]`` of each step's draw in them."""
+    drawn = np.asarray(jax.vmap(lambda key, n: jax.vmap(lambda t: _draw(key, n, t))(
+        jnp.arange(steps, dtype=jnp.int32)))(d["key"], d["n"]))  # [M_g, steps]
+    rows = d["ids"].shape[1]
+    uniq, index = np.unique(np.arange(drawn.shape[0])[:, None] * rows + drawn,
+                            return_inverse=True)
+    return uniq, index.reshape(drawn.shape)
 
 
 def prefix_bytes(config, prompts: int, length: int) -> int:
@@ -164,17 +169,15 @@ def prefix_bytes(config, prompts: int, length: int) -> int:
     return prompts * (length + 1) * 2 * config.n_layers * config.n_kv_heads * config.d_head * 4
 
 
-def _prefix_tables(llm, layers, d: dict, rows: np.ndarray, chunk: int = 64
-                   ) -> tuple[dict, float, float]:
-    """The prefix caches of the distinct prompts a group's members draw (``rows [M_g,
-    steps]``): ``kv`` (one ``(k, v)`` pair of ``[U, T + 1, kv_heads, d_head]`` per layer),
-    ``valid [U, T + 1]`` and ``index [M_g, steps]`` into them; and the seconds spent compiling
-    and running the forwards."""
+def _prefix_tables(llm, layers, d: dict, uniq: np.ndarray, index: np.ndarray,
+                   chunk: int = 64) -> tuple[dict, float, float]:
+    """The prefix caches of the distinct prompts ``uniq [U]`` a group's members draw
+    (:func:`_distinct_draws`): ``kv`` (one ``(k, v)`` pair of ``[U, T + 1, kv_heads, d_head]``
+    per layer), ``valid [U, T + 1]`` and ``index [M_g, steps]`` into them; and the seconds
+    spent compiling and running the forwards."""
     import time
 
     graphdef, state = nnx.split(llm)
-    members = np.arange(rows.shape[0])[:, None].repeat(rows.shape[1], 1)
-    uniq, index = np.unique(members * d["ids"].shape[1] + rows, return_inverse=True)
     m_u, r_u = np.divmod(uniq, d["ids"].shape[1])
     ids, last = np.asarray(d["ids"])[m_u, r_u], np.asarray(d["last"])[m_u, r_u]
     n, k, v, valid = len(last), [], [], []
@@ -188,13 +191,13 @@ def _prefix_tables(llm, layers, d: dict, rows: np.ndarray, chunk: int = 64
         sl = np.arange(i, i + chunk) % n
         c = fill(state, layers, jnp.asarray(ids[sl]), jnp.asarray(last[sl]))
         keep = min(chunk, n - i)
-        k.append([np.asarray(kv.k)[:keep] for kv in c.layers])
-        v.append([np.asarray(kv.v)[:keep] for kv in c.layers])
-        valid.append(np.asarray(c.valid)[:keep])
-    cat = lambda parts: jnp.asarray(np.concatenate(parts))  # noqa: E731
-    tables = {"kv": [(cat([c[layer] for c in k]), cat([c[layer] for c in v]))
-                     for layer in range(len(k[0]))],
-              "valid": cat(valid), "index": jnp.asarray(index.reshape(rows.shape), jnp.int32)}
+        k.append([kv.k[:keep] for kv in c.layers])
+        v.append([kv.v[:keep] for kv in c.layers])
+        valid.append(c.valid[:keep])
+    tables = {"kv": [(jnp.concatenate([c[layer] for c in k]),
+                      jnp.concatenate([c[layer] for c in v])) for layer in range(len(k[0]))],
+              "valid": jnp.concatenate(valid), "index": jnp.asarray(index, jnp.int32)}
+    jax.block_until_ready(tables)
     return tables, t1 - t0, time.perf_counter() - t1
 
 
@@ -319,14 +322,13 @@ def _learn_selection(llm, problems, *, steps, lr, val_every, keep_best, steps_pe
                 problems[i].seed * 100_003 + i)) for i in members]),
         }
         order += members
-        drawn = _drawn_rows(data[f"T{n}"], steps)
-        distinct = len(np.unique(np.arange(len(members))[:, None] * rows + drawn))
-        need = prefix_bytes(cfg, distinct, n)
+        uniq, index = _distinct_draws(data[f"T{n}"], steps)
+        need = prefix_bytes(cfg, len(uniq), n)
         if 0 < need <= prefix_left:
             prefix_left -= need
             prefixes[f"T{n}"], compile_s, run_s = _prefix_tables(llm, layers, data[f"T{n}"],
-                                                                 drawn)
-            prefix_stats += (distinct, compile_s, run_s)
+                                                                 uniq, index)
+            prefix_stats += (len(uniq), compile_s, run_s)
 
         def loss(params, batch):
             # The loop's step takes no extra arguments, so the frozen model is a constant of
