@@ -162,19 +162,21 @@ def _ov_logits(model, token_ids: jax.Array, embed_mode: str, final_norm: bool,
 
 
 def _ov_blocks(model, token_ids: jax.Array, order: jax.Array, sizes: Sequence[int],
-               embed_mode: str, final_norm: bool) -> jax.Array:
-    """The class blocks of the effective OV logits, flattened: ``[L, H, Σ_c n_c²]``, block
-    ``c`` (row-major ``[n_c, n_c]``) being ``logits[..., cls_c, :][..., cls_c]`` for the
-    columns ``cls_c = order[o_c : o_c + n_c]`` of class ``c`` (``order [S]``: the classes'
-    token columns concatenated, padded at the end; ``o_c`` the running sum of ``sizes``);
-    ranking-equivalent as ``exact=False``. Only these entries decide a succession score, so
-    the ``m x m`` table is never formed (``Σ n_c²`` entries instead of ``m²``).
+               embed_mode: str, final_norm: bool) -> list[jax.Array]:
+    """The class blocks of the effective OV logits, one per class: ``[L, kv_heads, n_c, group,
+    n_c]`` for class ``c``, entry ``[l, j, r, g, s]`` being ``logits[l, j·group + g, cls_c[r],
+    cls_c[s]]`` for the columns ``cls_c = order[o_c : o_c + n_c]`` of class ``c`` (``order
+    [S]``: the classes' token columns concatenated, padded at the end; ``o_c`` the running sum
+    of ``sizes``); ranking-equivalent as ``exact=False``. Only these entries decide a
+    succession score, so the ``m x m`` table is never formed (``Σ n_c²`` entries instead of
+    ``m²``).
 
     Contracted in the cheap order with the layout XLA:CPU multiplies fastest: ``A = E_eff W_V``
-    as :func:`_values`, ``M = W_O (γ ⊙ W_U[:, order])`` as one ``[L·H·k, d] @ [d, S]`` product
-    over every head (``S`` padded to a multiple of 16: 8.9 -> 6.8 ms at SmolLM2's 114 -> 128
-    columns), and per class one ``[n_c, k] @ [k, group·n_c]`` product per KV head (the heads
-    that share a ``W_V``).
+    on the class rows as :func:`_values`, ``M = W_O (γ ⊙ W_U[:, order])`` as one ``[L·H·k, d]
+    @ [d, S]`` product over every head (``S`` padded to a multiple of 16: 8.9 -> 6.8 ms at
+    SmolLM2's 118 -> 128 columns), and per class one ``[n_c, k] @ [k, group·n_c]`` product
+    per KV head (the heads that share a ``W_V``), left in that product's layout (the heads of
+    a group side by side in each row) for :func:`_score_blocks`.
     """
     cfg = model.config
     L, K, k, d = cfg.n_layers, cfg.n_kv_heads, cfg.d_head, cfg.d_model
@@ -182,24 +184,24 @@ def _ov_blocks(model, token_ids: jax.Array, order: jax.Array, sizes: Sequence[in
     ids = jnp.asarray(token_ids, jnp.int32)
     n_used = int(sum(sizes))
     cols = ids[order]  # [S] the scored tokens, class after class
-    a = _values(model, effective_embed(model, ids, embed_mode))
-    a = a[:, order[:n_used]].transpose(0, 2, 1, 3)  # [L, K, S, k]
+    rows = effective_embed(model, ids, embed_mode)[order[:n_used]]  # [Σ n_c, d]
+    a = _values(model, rows).transpose(0, 2, 1, 3)  # [L, K, Σ n_c, k]
     wo = W_O(model).values  # [L, H, k, d]
     m = (wo.reshape(-1, d) @ _scored_unembed(model, cols, final_norm)).reshape(
         L, K, group, k, -1)  # [L, K, group, k, S]
     r = b = None
     if final_norm and cfg.norm != "rms":  # LayerNorm: the row scale and column bias matter
         r, b = _norm_terms(model, jnp.repeat(a, group, axis=1), wo, cols[:n_used])
+        r = r.reshape(L, K, group, n_used).transpose(0, 1, 3, 2)[..., None]  # [L, K, Σn, g, 1]
     out, start = [], 0
     for n in sizes:
         blk = jax.lax.dot_general(a[:, :, start:start + n], m[..., start:start + n],
                                   (((3,), (3,)), ((0, 1), (0, 1))))  # [L, K, n, group, n]
-        blk = blk.transpose(0, 1, 3, 2, 4).reshape(L, K * group, n, n)
         if r is not None:
-            blk = blk * r[:, :, start:start + n, None] + b[start:start + n]
-        out.append(blk.reshape(L, K * group, n * n))
+            blk = blk * r[:, :, start:start + n] + b[start:start + n]
+        out.append(blk)
         start += n
-    return jnp.concatenate(out, axis=-1)
+    return out
 
 
 @jax.jit(static_argnames=("embed_mode", "final_norm"))
@@ -257,49 +259,49 @@ class PairTable:
     def layout(self, pad_to: int = 16) -> ClassLayout:
         """The class-block layout of the table (:class:`ClassLayout`): each class's token
         columns in ascending order, the classes concatenated and padded with column 0 to a
-        multiple of ``pad_to``."""
+        multiple of ``pad_to``; pairs and items grouped by class."""
         members = [np.flatnonzero(c) for c in self.cand]
-        sizes = np.array([len(mm) for mm in members])
-        used = int(sizes.sum())
+        used = sum(len(mm) for mm in members)
         order = np.zeros(-(-used // pad_to) * pad_to, np.int32)
         order[:used] = np.concatenate(members)
-        row0 = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # first row of each class
-        flat0 = np.concatenate([[0], np.cumsum(sizes ** 2)[:-1]])  # first entry of each block
         pos = np.zeros(self.cand.shape, np.int32)  # pos[c, col]: col's place in class c
         for c, mm in enumerate(members):
             pos[c, mm] = np.arange(len(mm))
-
-        def at(cls, i, j):  # flat entry of (row i, column j) of block cls, and its row
-            pi, pj = pos[cls, i], pos[cls, j]
-            return ((flat0[cls] + pi * sizes[cls] + pj).astype(np.int32),
-                    (row0[cls] + pi).astype(np.int32))
-
-        return ClassLayout(order, tuple(int(n) for n in sizes),
-                           *at(self.cls, self.src, self.tgt), *at(self.cls, self.tgt, self.src),
-                           *at(self.item_cls, self.item, self.item))
+        by_pair = np.argsort(self.cls, kind="stable")  # the pairs class after class
+        by_item = np.argsort(self.item_cls, kind="stable")
+        cls, item_cls = self.cls[by_pair], self.item_cls[by_item]
+        place = np.concatenate([pos[cls, self.src[by_pair]], pos[cls, self.tgt[by_pair]],
+                                pos[item_cls, self.item[by_item]]]).astype(np.int32)
+        n_cls = len(members)
+        unsort = lambda o: None if (o == np.arange(len(o))).all() else np.argsort(o)  # noqa: E731
+        return ClassLayout(order, tuple(len(mm) for mm in members),
+                           tuple(int(n) for n in np.bincount(cls, minlength=n_cls)),
+                           tuple(int(n) for n in np.bincount(item_cls, minlength=n_cls)),
+                           place, unsort(by_pair), unsort(by_item))
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassLayout:
-    """Where each score's entries sit in the flattened class blocks of :func:`_ov_blocks`.
+    """Where each score's entries sit in the class blocks of :func:`_ov_blocks`.
 
     Attributes:
       order: ``[S]`` columns of the table's tokens, class after class (padded at the end).
-      sizes: ``[C]`` class sizes ``n_c``; block ``c`` holds ``n_c²`` entries, row-major.
-      succ_at, succ_row: ``[P]`` each pair's (source row, successor column) entry in the
-        flattened blocks ``[Σ n_c²]`` and its row in the concatenated rows ``[Σ n_c]``.
-      pred_at, pred_row: the same for (successor row, source column).
-      copy_at, copy_row: ``[Q]`` each item's diagonal entry and its row.
+      sizes: ``[C]`` class sizes ``n_c``.
+      n_pairs, n_items: ``[C]`` the number of pairs / items of each class.
+      place: ``[2P + Q]`` int32: each pair's source's place in its class (``[P]``, the pairs
+        class after class), each pair's target's place (``[P]``), each item's place (``[Q]``,
+        the items class after class).
+      unsort_pairs, unsort_items: the permutations back to the table's order of pairs and
+        items (``None`` where grouping by class kept it, as :func:`pair_table` builds it).
     """
 
     order: np.ndarray
     sizes: tuple[int, ...]
-    succ_at: np.ndarray
-    succ_row: np.ndarray
-    pred_at: np.ndarray
-    pred_row: np.ndarray
-    copy_at: np.ndarray
-    copy_row: np.ndarray
+    n_pairs: tuple[int, ...]
+    n_items: tuple[int, ...]
+    place: np.ndarray
+    unsort_pairs: np.ndarray | None
+    unsort_items: np.ndarray | None
 
 
 def pair_table(classes: Sequence[OrdinalClass]) -> PairTable:
@@ -358,21 +360,32 @@ def _score_arrays(logits, src, tgt, cls, item, item_cls, cand, pooled):
     return _pool(succ, pred, copy, cls, item_cls, pooled, cand.shape[0])
 
 
-def _score_blocks(blocks: jax.Array, sizes: Sequence[int], idx: Sequence[jax.Array], cls,
-                  item_cls, pooled) -> dict:
-    """:func:`_score_arrays` on the flattened class blocks ``[..., Σ n_c²]`` of
-    :func:`_ov_blocks`: each row's maximum over its class once, then one comparison per pair;
-    ``idx`` = the six index arrays of :class:`ClassLayout` (``succ_at`` ... ``copy_row``)."""
-    rowmax, start = [], 0
-    for n in sizes:
-        rowmax.append(blocks[..., start:start + n * n].reshape(*blocks.shape[:-1], n, n)
-                      .max(-1))
-        start += n * n
-    rowmax = jnp.concatenate(rowmax, axis=-1)  # [..., Σ n_c]
-    succ_at, succ_row, pred_at, pred_row, copy_at, copy_row = idx
-    first = lambda at, row: blocks[..., at] >= rowmax[..., row]  # noqa: E731
-    return _pool(first(succ_at, succ_row), first(pred_at, pred_row), first(copy_at, copy_row),
-                 cls, item_cls, pooled, len(sizes))
+def _score_blocks(blocks: Sequence[jax.Array], n_pairs: Sequence[int], n_items: Sequence[int],
+                  place: jax.Array, unsort: tuple, cls, item_cls, pooled) -> dict:
+    """:func:`_score_arrays` on the class blocks ``[L, K, n_c, group, n_c]`` of
+    :func:`_ov_blocks`: each row's maximum over its class once, then one comparison per pair
+    and head; ``n_pairs``, ``n_items``, ``place`` and ``unsort`` (``(unsort_pairs,
+    unsort_items)``) as in :class:`ClassLayout`; ``cls``, ``item_cls`` in the table's
+    order."""
+    P = sum(n_pairs)
+    src, tgt, item = place[:P], place[P:2 * P], place[2 * P:]
+
+    def first(blk, rowmax, i, j):  # [L, K, group, p]: entry (i, j) of each head is its row max
+        return jnp.moveaxis(blk[:, :, i, :, j], 0, -1) >= jnp.swapaxes(rowmax[:, :, i], 2, 3)
+
+    succ, pred, copy, p0, q0 = [], [], [], 0, 0
+    for blk, p, q in zip(blocks, n_pairs, n_items, strict=True):
+        rowmax = blk.max(-1)  # [L, K, n_c, group]
+        s, t, it = src[p0:p0 + p], tgt[p0:p0 + p], item[q0:q0 + q]
+        succ.append(first(blk, rowmax, s, t))
+        pred.append(first(blk, rowmax, t, s))
+        copy.append(first(blk, rowmax, it, it))
+        p0, q0 = p0 + p, q0 + q
+    L, K, _, group, _ = blocks[0].shape
+    heads = lambda h, back: (lambda x: x if back is None else x[..., back])(  # noqa: E731
+        jnp.concatenate(h, axis=-1).reshape(L, K * group, -1))
+    return _pool(heads(succ, unsort[0]), heads(pred, unsort[0]), heads(copy, unsort[1]),
+                 cls, item_cls, pooled, len(blocks))
 
 
 _score_arrays_jit = jax.jit(_score_arrays)
@@ -433,10 +446,11 @@ def _head_scores(out: dict, table: PairTable) -> HeadScores:
         hits=np.asarray(out["hits"]))
 
 
-@jax.jit(static_argnames=("sizes", "embed_mode", "final_norm"))
-def _score_heads_jit(graphdef, state, tokens, order, sizes, idx, arrays, embed_mode, final_norm):
+@jax.jit(static_argnames=("sizes", "n_pairs", "n_items", "embed_mode", "final_norm"))
+def _score_heads_jit(graphdef, state, tokens, order, sizes, n_pairs, n_items, place, unsort,
+                     arrays, embed_mode, final_norm):
     blocks = _ov_blocks(nnx.merge(graphdef, state), tokens, order, sizes, embed_mode, final_norm)
-    return _score_blocks(blocks, sizes, idx, *arrays)
+    return _score_blocks(blocks, n_pairs, n_items, place, unsort, *arrays)
 
 
 def score_heads(model, classes: Sequence[OrdinalClass], *, embed_mode: str = "mlp0_only",
@@ -448,8 +462,8 @@ def score_heads(model, classes: Sequence[OrdinalClass], *, embed_mode: str = "ml
     embed_mode = resolve_embed_mode(model.config, embed_mode)
     graphdef, state = nnx.split(model)
     lay = table.layout()
-    idx = (lay.succ_at, lay.succ_row, lay.pred_at, lay.pred_row, lay.copy_at, lay.copy_row)
-    arrays = (table.cls, table.item_cls, jnp.asarray(table.pooled))
-    out = _score_heads_jit(graphdef, state, jnp.asarray(table.tokens), jnp.asarray(lay.order),
-                           lay.sizes, idx, arrays, embed_mode, bool(final_norm))
+    arrays = (table.cls, table.item_cls, table.pooled)
+    out = _score_heads_jit(graphdef, state, table.tokens, lay.order, lay.sizes, lay.n_pairs,
+                           lay.n_items, lay.place, (lay.unsort_pairs, lay.unsort_items), arrays,
+                           embed_mode, bool(final_norm))
     return _head_scores(out, table)
