@@ -465,18 +465,24 @@ _score_heads_jit = {
     "other": jax.jit(_score_heads, static_argnames=_STATIC)}
 
 
+def _score_call(model, classes: Sequence[OrdinalClass], embed_mode: str, final_norm: bool):
+    """``(table, jitted, args)``: the compiled scoring program of :func:`score_heads` for this
+    backend and its arguments (``jitted.lower(*args)`` inspects the program)."""
+    table = pair_table(classes)
+    embed_mode = resolve_embed_mode(model.config, embed_mode)
+    graphdef, state = nnx.split(model)
+    lay = table.layout()
+    jitted = _score_heads_jit["cpu" if jax.default_backend() == "cpu" else "other"]
+    return table, jitted, (graphdef, state, table.tokens, lay.order, lay.sizes, lay.n_pairs,
+                           lay.n_items, lay.place, (lay.unsort_pairs, lay.unsort_items),
+                           (table.cls, table.item_cls, table.pooled), embed_mode,
+                           bool(final_norm))
+
+
 def score_heads(model, classes: Sequence[OrdinalClass], *, embed_mode: str = "mlp0_only",
                 final_norm: bool = True) -> HeadScores:
     """Succession, copy and predecessor scores of every head of ``model`` on ``classes``
     (one compiled program over the class blocks of the logits; rankings as
     :func:`ov_logits`')."""
-    table = pair_table(classes)
-    embed_mode = resolve_embed_mode(model.config, embed_mode)
-    graphdef, state = nnx.split(model)
-    lay = table.layout()
-    arrays = (table.cls, table.item_cls, table.pooled)
-    jitted = _score_heads_jit["cpu" if jax.default_backend() == "cpu" else "other"]
-    out = jitted(graphdef, state, table.tokens, lay.order, lay.sizes, lay.n_pairs, lay.n_items,
-                 lay.place, (lay.unsort_pairs, lay.unsort_items), arrays, embed_mode,
-                 bool(final_norm))
-    return _head_scores(out, table)
+    table, jitted, args = _score_call(model, classes, embed_mode, final_norm)
+    return _head_scores(jitted(*args), table)
