@@ -35,6 +35,7 @@ The head's input norm (``ln_1`` of layer l) is not applied, as in the derivative
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -89,17 +90,23 @@ def effective_embed(model, token_ids: jax.Array, mode: str = "mlp0_only") -> jax
     return resid - W_E(model).values[ids]
 
 
-def _values(model, x: jax.Array) -> jax.Array:
-    """``A = E_eff W_V`` of every KV head, ``[L, m, kv_heads, d_head]`` for ``x [m, d]``: one
-    ``[m, d] @ [d, L·K·k]`` product on ``W_V`` with its layer axis moved next to the heads (a
-    transposed copy of the stacked kernel, 13 MB for SmolLM2; XLA:CPU multiplies that at ~310
-    GFLOP/s against ~235 for 30 batched ``[m, d] @ [d, K·k]`` products on the stacked kernel,
-    2.6 against 3.3 ms with the copy; slicing each layer's kernel copies too)."""
+def _values(model, x: jax.Array, one_product: bool = False) -> jax.Array:
+    """``A = E_eff W_V`` of every KV head, ``[L, m, kv_heads, d_head]`` for ``x [m, d]``.
+
+    By default one batched product over the stacked ``W_V``, read in place (its sharding over
+    ``embed`` and ``kv_heads`` carries through). ``one_product``: a single ``[m, d] @ [d, L·K·k]``
+    product on ``W_V`` with its layer axis moved next to the heads, a transposed copy of the
+    stacked kernel (13 MB for SmolLM2): XLA:CPU multiplies that at ~310 GFLOP/s against ~235
+    for the 30 batched ``[m, d] @ [d, K·k]`` products, 2.6 against 3.3 ms with the copy."""
     cfg = model.config
     L, d, m = cfg.n_layers, cfg.d_model, x.shape[0]
-    wv = jnp.moveaxis(model.blocks.attn.v_kernel[...], 0, 1)  # [d, L, K, k]
-    a = x @ wv.reshape(d, -1)  # [m, L·K·k]
-    return jnp.moveaxis(a.reshape(m, L, cfg.n_kv_heads, cfg.d_head), 0, 1)
+    if one_product:
+        wv = jnp.moveaxis(model.blocks.attn.v_kernel[...], 0, 1)  # [d, L, K, k]
+        a = x @ wv.reshape(d, -1)  # [m, L·K·k]
+        return jnp.moveaxis(a.reshape(m, L, cfg.n_kv_heads, cfg.d_head), 0, 1)
+    wv = model.blocks.attn.v_kernel[...]  # [L, d, K, k]
+    a = jnp.einsum("lmd,ldj->lmj", jnp.broadcast_to(x, (L, *x.shape)), wv.reshape(L, d, -1))
+    return a.reshape(L, m, cfg.n_kv_heads, cfg.d_head)
 
 
 def _scored_unembed(model, ids: jax.Array, final_norm: bool) -> jax.Array:
@@ -164,7 +171,7 @@ def _ov_logits(model, token_ids: jax.Array, embed_mode: str, final_norm: bool,
 
 
 def _ov_blocks(model, token_ids: jax.Array, order: jax.Array, sizes: Sequence[int],
-               embed_mode: str, final_norm: bool) -> list[jax.Array]:
+               embed_mode: str, final_norm: bool, cpu: bool = False) -> list[jax.Array]:
     """The class blocks of the effective OV logits, one per class: ``[L, kv_heads, n_c, group,
     n_c]`` for class ``c``, entry ``[l, j, r, g, s]`` being ``logits[l, j·group + g, cls_c[r],
     cls_c[s]]`` for the columns ``cls_c = order[o_c : o_c + n_c]`` of class ``c`` (``order
@@ -174,11 +181,13 @@ def _ov_blocks(model, token_ids: jax.Array, order: jax.Array, sizes: Sequence[in
     ``m²``).
 
     Contracted in the cheap order with the layout XLA:CPU multiplies fastest: ``A = E_eff W_V``
-    on the class rows as :func:`_values`, ``M = W_O (γ ⊙ W_U[:, order])`` as one ``[L·H·k, d]
-    @ [d, S]`` product over every head (``S`` padded to a multiple of 16: 8.9 -> 6.8 ms at
-    SmolLM2's 118 -> 128 columns), and per class one ``[n_c, k] @ [k, group·n_c]`` product
-    per KV head (the heads that share a ``W_V``), left in that product's layout (the heads of
-    a group side by side in each row) for :func:`_score_blocks`.
+    on the class rows as :func:`_values` (one product with ``cpu``), ``M = W_O (γ ⊙ W_U[:,
+    order])`` as one ``[L·H·k, d] @ [d, S]`` product over every head (``S`` padded to a
+    multiple of 16: 8.9 -> 6.8 ms at SmolLM2's 118 -> 128 columns), and per class one ``[n_c,
+    k] @ [k, group·n_c]`` product per KV head (the heads that share a ``W_V``), left in that
+    product's layout (the heads of a group side by side in each row) for
+    :func:`_score_blocks`: transposing and concatenating the blocks cost more than the
+    products (15.5 -> 14.2 ms per call for SmolLM2).
     """
     cfg = model.config
     L, K, k, d = cfg.n_layers, cfg.n_kv_heads, cfg.d_head, cfg.d_model
@@ -187,7 +196,7 @@ def _ov_blocks(model, token_ids: jax.Array, order: jax.Array, sizes: Sequence[in
     n_used = int(sum(sizes))
     cols = ids[order]  # [S] the scored tokens, class after class
     rows = effective_embed(model, ids, embed_mode)[order[:n_used]]  # [Σ n_c, d]
-    a = _values(model, rows).transpose(0, 2, 1, 3)  # [L, K, Σ n_c, k]
+    a = _values(model, rows, one_product=cpu).transpose(0, 2, 1, 3)  # [L, K, Σ n_c, k]
     wo = W_O(model).values  # [L, H, k, d]
     m = (wo.reshape(-1, d) @ _scored_unembed(model, cols, final_norm)).reshape(
         L, K, group, k, -1)  # [L, K, group, k, S]
@@ -449,8 +458,9 @@ def _head_scores(out: dict, table: PairTable) -> HeadScores:
 
 
 def _score_heads(graphdef, state, tokens, order, sizes, n_pairs, n_items, place, unsort, arrays,
-                 embed_mode, final_norm):
-    blocks = _ov_blocks(nnx.merge(graphdef, state), tokens, order, sizes, embed_mode, final_norm)
+                 embed_mode, final_norm, cpu=False):
+    blocks = _ov_blocks(nnx.merge(graphdef, state), tokens, order, sizes, embed_mode, final_norm,
+                        cpu)
     return _score_blocks(blocks, n_pairs, n_items, place, unsort, *arrays)
 
 
@@ -460,8 +470,9 @@ _STATIC = ("sizes", "n_pairs", "n_items", "embed_mode", "final_norm")
 # scratch for SmolLM2. Over glibc's largest mmap threshold (32 MiB) every call maps fresh
 # scratch and faults each page in (14 -> 19.5 ms); the memory-optimised schedule needs 16 MB.
 _score_heads_jit = {
-    "cpu": jax.jit(_score_heads, static_argnames=_STATIC, compiler_options={
-        "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}),
+    "cpu": jax.jit(functools.partial(_score_heads, cpu=True), static_argnames=_STATIC,
+                   compiler_options={
+                       "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}),
     "other": jax.jit(_score_heads, static_argnames=_STATIC)}
 
 

@@ -147,6 +147,20 @@ def test_batched_score_equals_per_head_per_token_loop(mode, final_norm):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("final_norm", [True, False])
+def test_other_backends_program_equals_the_cpu_one(final_norm):
+    """The program other backends compile (``A`` batched on the stacked ``W_V``, sharding
+    preserved) scores every pair as the CPU one (``A`` as one product on the transposed
+    ``W_V``), which the loop above checks."""
+    model = build(CFG, random_tensors(CFG, seed=4))
+    classes, _ = _classes()
+    table, _, args = S._score_call(model, classes, "mlp0_only", final_norm)
+    cpu, other = (S._head_scores(S._score_heads_jit[k](*args), table) for k in ("cpu", "other"))
+    np.testing.assert_array_equal(other.hits, cpu.hits)
+    np.testing.assert_array_equal(np.asarray(other.copy), np.asarray(cpu.copy))
+    assert 0 < np.asarray(cpu.hits).mean() < 1  # not a degenerate comparison
+
+
 def test_embed_modes_match_the_hand_computation():
     t = random_tensors(CFG, seed=4)
     model = build(CFG, t)
