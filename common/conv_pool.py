@@ -1,12 +1,24 @@
-"""Convolution followed by max pooling, as matrix products over patches, with a routed backward.
+"""Convolution followed by max pooling, with the pool's gradient routed to each window's first
+maximum: a C++ kernel on the CPU, else matrix products over patches or XLA's convolution.
 
 ``conv_max_pool(x, w, pool)`` computes ``max_pool(conv(x, w), pool)``: a VALID, stride-1
 convolution of ``x [n, H, W, C_in]`` (NHWC) with ``w [k, k, C_in, C_out]`` (HWIO), then
 non-overlapping ``pool × pool`` max pooling (floor, as torch's ``MaxPool2d(pool)``), giving
 ``[n, H_p, W_p, C_out]`` with ``H_p = (H − k + 1) // pool``, ``W_p = (W − k + 1) // pool``.
 
-Why: XLA:CPU runs the filter gradient of a convolution with few input channels (an RGB CNN) as a
-convolution with the batch as its feature axis, 5-10x slower than the same arithmetic as one
+The CPU path (:mod:`common.native`, ``conv_pool.cc``, where it builds; up to
+:data:`NATIVE_MAX_CIN` input channels, float32): one pass per image computes a row of the
+convolution with 16 output channels per vector register and pools it at once, keeping the pooled
+maximum and the window index of its first maximum (uint8); the backward forms each image's
+``∂w`` over the positions some channel routed to, and ``∂x`` by spreading each routed cotangent
+through the kernel. Measured on 2 cores with OAT's paper-size CNN: the RGB 5 × 5 block on 400
+crops of 150 × 93, forward + ``∂w`` 104 ms against 694 ms for the patch products below (6.7x);
+the 16 → 32 channel 3 × 3 block on 1,700 crops, forward + ``∂w`` + ``∂x`` 120 ms against 526 ms
+for XLA's convolution (4.4x); ``tools/bench_oat.py``'s training step 3.76 → 1.08 s. The other
+paths serve GPUs and TPUs, other dtypes and machines without a C++ compiler.
+
+Why the patch path: XLA:CPU runs the filter gradient of a convolution with few input channels
+(an RGB CNN) as a convolution with the batch as its feature axis, 5-10x slower than the same arithmetic as one
 matrix product; and a max pool's gradient over the full-resolution map is several passes over
 its largest tensor. Here, per chunk of images (a ``lax.scan``, so the patch matrix of a chunk
 stays a few MB):
@@ -40,7 +52,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from common import native
 
 #: about this many output positions per scan chunk (the patch matrix: ``k·k·C_in`` times this)
 CHUNK_POSITIONS = 65_000
@@ -48,6 +63,10 @@ CHUNK_POSITIONS = 65_000
 #: cores, 340 crops: 3 → 16 channels 5x5 patches 2.3x faster forward + backward; 16 → 32 channels
 #: 3x3 XLA 1.4x faster)
 PATCH_MAX_CIN = 4
+#: the C++ kernels (:mod:`common.native`) up to this many input channels, where they are available
+NATIVE_MAX_CIN = 16
+#: the native kernels' channel block: C_out is zero-padded to a multiple of it
+NATIVE_LANES = 16
 
 
 def pooled_shape(x_shape: tuple[int, ...], k: int, pool: int) -> tuple[int, int]:
@@ -158,6 +177,69 @@ def _uses_patches(x: jax.Array) -> bool:
     return x.shape[-1] <= PATCH_MAX_CIN
 
 
+def _uses_native(x: jax.Array, w: jax.Array, pool: int) -> bool:
+    return (x.shape[-1] <= NATIVE_MAX_CIN and x.dtype == jnp.float32 and w.dtype == jnp.float32
+            and pool * pool <= 255 and native.available())
+
+
+def _pad_lanes(a: jax.Array) -> jax.Array:
+    """Zero-pad the last axis to a multiple of :data:`NATIVE_LANES`."""
+    pad = -a.shape[-1] % NATIVE_LANES
+    return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)]) if pad else a
+
+
+def _fwd_call(pool: int, x: jax.Array, wpad: jax.Array) -> tuple[jax.Array, jax.Array]:
+    n, hp, wp = x.shape[0], *pooled_shape(x.shape, wpad.shape[0], pool)
+    shape = (n, hp, wp, wpad.shape[-1])
+    return jax.ffi.ffi_call(
+        "headlab_conv_max_pool_fwd",
+        (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.uint8)),
+    )(x, wpad, pool=np.int64(pool))
+
+
+def _dw_call(k: int, pool: int, x: jax.Array, g: jax.Array, first: jax.Array) -> jax.Array:
+    shape = (x.shape[0], k * k * x.shape[-1], first.shape[-1])
+    return jax.ffi.ffi_call("headlab_conv_max_pool_dw", jax.ShapeDtypeStruct(shape, jnp.float32))(
+        x, g, first, k=np.int64(k), pool=np.int64(pool))
+
+
+def _dx_call(hw: tuple[int, int], pool: int, g: jax.Array, first: jax.Array,
+             wt: jax.Array) -> jax.Array:
+    shape = (g.shape[0], *hw, wt.shape[-1])
+    return jax.ffi.ffi_call("headlab_conv_max_pool_dx", jax.ShapeDtypeStruct(shape, jnp.float32))(
+        g, first, wt, pool=np.int64(pool))
+
+
+# each device runs its part of the batch; under vmap, member by member (common.native.batch_split)
+_fwd_native = native.batch_split(_fwd_call, static=1, batched=1,
+                                 rule="n h w c, k l c o -> n p q o, n p q o")
+_dw_native = native.batch_split(_dw_call, static=2, batched=3,
+                                rule="n h w c, n p q o, n p q o -> n t o")
+_dx_native = native.batch_split(_dx_call, static=2, batched=2,
+                                rule="n p q o, n p q o, k l o c -> n h w c")
+
+
+def _forward_native(x: jax.Array, w: jax.Array, pool: int) -> tuple[jax.Array, jax.Array]:
+    """Pooled output ``[n, H_p, W_p, C_out]`` and first-maximum indices ``[n, H_p, W_p, C_pad]``
+    (uint8, ``C_out`` padded to :data:`NATIVE_LANES`) from the C++ kernel."""
+    out, first = _fwd_native(pool, x, _pad_lanes(w))
+    return out[..., :w.shape[-1]], first
+
+
+def _kernel_grad_native(x: jax.Array, g: jax.Array, first: jax.Array, k: int,
+                        pool: int) -> jax.Array:
+    """``∂w [k·k·C_in, C_out]`` from the C++ kernel: per image, then summed over the images."""
+    return _dw_native(k, pool, x, _pad_lanes(g), first).sum(0)[:, :g.shape[-1]]
+
+
+def _input_grad_native(x: jax.Array, g: jax.Array, first: jax.Array, w: jax.Array,
+                       pool: int) -> jax.Array:
+    """``∂x [n, H, W, C_in]`` from the C++ kernel (``C_in`` padded to :data:`NATIVE_LANES` inside;
+    XLA drops the call when nothing uses it, e.g. for data images)."""
+    wt = _pad_lanes(jnp.swapaxes(_pad_lanes(w), 2, 3))  # [k, k, C_pad, C_in_pad]
+    return _dx_native(x.shape[1:3], pool, _pad_lanes(g), first, wt)[..., :x.shape[-1]]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_max_pool(x: jax.Array, w: jax.Array, pool: int) -> jax.Array:
     """``max_pool(conv(x, w), pool)`` (module docstring).
@@ -170,6 +252,8 @@ def conv_max_pool(x: jax.Array, w: jax.Array, pool: int) -> jax.Array:
       ``[n, (H − k + 1) // pool, (W − k + 1) // pool, C_out]``.
     """
     _check(x, w, pool)
+    if _uses_native(x, w, pool):
+        return _forward_native(x, w, pool)[0]
     return (_forward if _uses_patches(x) else _forward_xla)(x, w, pool)[0]
 
 
@@ -185,6 +269,10 @@ def _check(x: jax.Array, w: jax.Array, pool: int) -> None:
 
 def _fwd(x, w, pool):
     _check(x, w, pool)
+    if _uses_native(x, w, pool):
+        out, first = _forward_native(x, w, pool)
+        # the residual's layout tells _bwd which path ran: [n, H_p, W_p, C_pad] uint8 here
+        return out, (x, w, first)
     out, first = (_forward if _uses_patches(x) else _forward_xla)(x, w, pool)
     return out, (x, w, first)
 
@@ -193,9 +281,12 @@ def _bwd(pool, res, g):
     x, w, first = res
     n = x.shape[0]
     k, c_in, c_out = w.shape[0], w.shape[2], w.shape[3]
+    if first.dtype == jnp.uint8:  # the native forward's residual
+        dw = _kernel_grad_native(x, g, first, k, pool).reshape(w.shape).astype(w.dtype)
+        return _input_grad_native(x, g, first, w, pool).astype(x.dtype), dw
+    gt = jnp.transpose(g, (3, 0, 1, 2))  # [C_out, n, H_p, W_p]
     hp, wp = first.shape[2:]
     ho, wo = hp * pool, wp * pool
-    gt = jnp.transpose(g, (3, 0, 1, 2))  # [C_out, n, H_p, W_p]
     routed = jnp.transpose(_route(gt, first, pool), (1, 2, 3, 0))  # [n, H', W', C_out]
     if not _uses_patches(x):
         dx = jax.vjp(lambda xx: _conv_xla(xx, w, ho, wo), x)[1](routed)[0]

@@ -20,7 +20,9 @@ other processes' load), the load average, and the work: the model FLOPs of a ste
 the images' gradient) against the speed of a large float32 matrix product measured in the same
 run by each framework, i.e. how close each side is to the fastest this CPU multiplies.
 
-Ours embeds each object's crop once per trial and gathers the decoder's tokens from those
+Ours runs the CNN's convolution + max-pool blocks through the C++ kernels of
+:mod:`common.native` where they build (the report line names them: ``C++`` or ``XLA``;
+``HEADLAB_NATIVE=0`` measures the XLA path). Ours embeds each object's crop once per trial and gathers the decoder's tokens from those
 embeddings (the decoder's tokens are fixations of the same crops, plus one all-ones BOS crop);
 the official model runs its CNN on every encoder and decoder token, which this PyTorch model
 keeps: ``N + 1 + T + 1`` crops per trial against our ``N`` (+ 1 per batch).
@@ -323,7 +325,12 @@ def worker(side: str, size: str, b: int) -> None:
     runner = JaxSide(cfg, max_len, b) if side == "ours" else TorchSide(cfg, max_len, b)
     runner.step(1)
     runner.matmul()
-    print(f"ready {time.perf_counter() - t0:.3f}", flush=True)
+    cnn = "-"
+    if side == "ours":
+        from common import native
+
+        cnn = "C++" if native.available() else "XLA"
+    print(f"ready {time.perf_counter() - t0:.3f} {cnn}", flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
@@ -347,12 +354,13 @@ class Worker:
             cwd=pathlib.Path(__file__).resolve().parents[1])
         self.side = side
 
-    def ready(self) -> float:
+    def ready(self) -> str:
+        """Wait for the worker; returns the CNN's kernels (``C++``/``XLA``, ``-`` for torch)."""
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "ready":
             raise RuntimeError(f"bench_oat: the {self.side} worker failed to start "
                                f"(exit {self.proc.wait()})")
-        return float(line[1])
+        return line[2]
 
     def ask(self, cmd: str) -> tuple[float, float]:
         self.proc.stdin.write(cmd + "\n")
@@ -427,11 +435,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     cfg, max_len = SIZES[a.size], MAX_LEN[a.size]
     load0 = os.getloadavg()[0]
-    workers = {}
+    workers, cnn = {}, {}
     try:
         for side in ("ours", "torch"):  # one at a time: compile and warm-up peaks don't overlap
             workers[side] = Worker(side, a.size, a.batch)
-            workers[side].ready()
+            cnn[side] = workers[side].ready()
         variants = [("ours", 2)] + [("torch", n) for n in a.threads]
         times: dict[tuple[str, int], list[tuple[float, float]]] = {v: [] for v in variants}
         for _ in range(a.steps):
@@ -458,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
         side, n = v
         crops = crops_per_step(cfg, max_len, a.batch, side)
         flops = train_flops(cfg, max_len, a.batch, crops)
-        name = ("ours (JAX, shared train step)" if side == "ours"
+        name = (f"ours (JAX, {cnn['ours']} CNN kernels)" if side == "ours"
                 else f"PyTorch, {n} thread{'s' * (n > 1)}")
         print(f"  {name:31s} {1 / wall[v]:7.2f} steps/s  ({wall[v] * 1e3:7.0f} ms wall, "
               f"{cpu[v] * 1e3:7.0f} ms CPU per step; {crops} crops, {flops / 1e9:.1f} GFLOP = "

@@ -3,6 +3,8 @@ PyTorch's autograd (``conv2d`` then ``max_pool2d``), ties included."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 import common.conv_pool as cp
+from common import native
 from common.conv_pool import bias_relu, conv_max_pool
 
 
@@ -43,19 +46,36 @@ def torch_grads(x, w, pool, g):
             np.transpose(out.detach().numpy(), (0, 2, 3, 1)))
 
 
+def require_native() -> None:
+    """The C++ kernels must build: skipped only on a machine without a C++ compiler, unless
+    ``HEADLAB_REQUIRE_NATIVE=1`` (``.ci/run``, which installs g++); ``HEADLAB_NATIVE=0`` opts out.
+    A compiler that fails raises, with its message."""
+    if os.environ.get("HEADLAB_NATIVE") == "0":
+        pytest.skip("HEADLAB_NATIVE=0")
+    if os.environ.get("HEADLAB_REQUIRE_NATIVE") != "1" and not native.has_compiler():
+        pytest.skip("no C++ compiler (install g++) for common/native")
+    native.library()  # raises NativeBuildError with the compiler's message
+
+
 CASES = [  # (n, H, W, C_in, C_out, k, pool): remainders the pool drops, pool 1, one channel
     (3, 17, 12, 3, 4, 5, 3),
     (2, 9, 8, 2, 3, 3, 1),
     (4, 11, 14, 1, 2, 3, 2),
+    (2, 10, 9, 16, 32, 3, 3),  # whole 16-channel blocks (OAT's second layer)
+    (2, 8, 11, 17, 18, 2, 2),  # both channel counts padded in the native kernels, an even kernel
 ]
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("path", ["patches, chunks", "patches", "xla"])
+@pytest.mark.parametrize("path", ["patches, chunks", "patches", "xla", "native"])
 def test_values_and_gradients_match_brute_force_and_torch(case, path, monkeypatch):
-    # several scan chunks (the last one padded) or one; or XLA's convolution
+    # several scan chunks (the last one padded) or one; or XLA's convolution; or the C++ kernel
+    # (C_out padded to its 16-channel blocks here)
     monkeypatch.setattr(cp, "CHUNK_POSITIONS", 10 if path == "patches, chunks" else 65_000)
     monkeypatch.setattr(cp, "PATCH_MAX_CIN", 0 if path == "xla" else 4)
+    monkeypatch.setattr(cp, "NATIVE_MAX_CIN", 64 if path == "native" else 0)
+    if path == "native":
+        require_native()
     n, h, wd, c_in, c_out, k, pool = case
     rng = np.random.default_rng(sum(case))
     x = rng.normal(size=(n, h, wd, c_in)).astype(np.float32)
