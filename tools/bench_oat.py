@@ -25,7 +25,8 @@ Ours runs the CNN's convolution + max-pool blocks through the C++ kernels of
 ``HEADLAB_NATIVE=0`` measures the XLA path). Ours embeds each object's crop once per trial
 and gathers the decoder's tokens from those embeddings (the decoder's tokens are fixations of
 the same crops, plus one all-ones BOS crop); the official model runs its CNN on every encoder
-and decoder token, which this PyTorch model keeps: ``N + 1 + T + 1`` crops per trial against our ``N`` (+ 1 per batch).
+and decoder token, which this PyTorch model keeps: ``N + 1 + T + 1`` crops per trial against
+our ``N`` (+ 1 per batch).
 
 The PyTorch model mirrors the official layout (sequence-first ``nn.TransformerEncoder`` and
 ``nn.TransformerDecoder`` without a final norm, the CNN per crop of both the encoder and the
