@@ -270,7 +270,10 @@ class PairTable:
     def layout(self, pad_to: int = 16) -> ClassLayout:
         """The class-block layout of the table (:class:`ClassLayout`): each class's token
         columns in ascending order, the classes concatenated and padded with column 0 to a
-        multiple of ``pad_to``; pairs and items grouped by class."""
+        multiple of ``pad_to``. The pairs and items must be grouped by class, in class order
+        (as :func:`pair_table` builds them)."""
+        if (np.diff(self.cls) < 0).any() or (np.diff(self.item_cls) < 0).any():
+            raise ValueError("PairTable.layout: pairs and items must be grouped by class")
         members = [np.flatnonzero(c) for c in self.cand]
         used = sum(len(mm) for mm in members)
         order = np.zeros(-(-used // pad_to) * pad_to, np.int32)
@@ -278,17 +281,11 @@ class PairTable:
         pos = np.zeros(self.cand.shape, np.int32)  # pos[c, col]: col's place in class c
         for c, mm in enumerate(members):
             pos[c, mm] = np.arange(len(mm))
-        by_pair = np.argsort(self.cls, kind="stable")  # the pairs class after class
-        by_item = np.argsort(self.item_cls, kind="stable")
-        cls, item_cls = self.cls[by_pair], self.item_cls[by_item]
-        place = np.concatenate([pos[cls, self.src[by_pair]], pos[cls, self.tgt[by_pair]],
-                                pos[item_cls, self.item[by_item]]]).astype(np.int32)
-        n_cls = len(members)
-        unsort = lambda o: None if (o == np.arange(len(o))).all() else np.argsort(o)  # noqa: E731
-        return ClassLayout(order, tuple(len(mm) for mm in members),
-                           tuple(int(n) for n in np.bincount(cls, minlength=n_cls)),
-                           tuple(int(n) for n in np.bincount(item_cls, minlength=n_cls)),
-                           place, unsort(by_pair), unsort(by_item))
+        place = np.concatenate([pos[self.cls, self.src], pos[self.cls, self.tgt],
+                                pos[self.item_cls, self.item]]).astype(np.int32)
+        count = lambda c: tuple(int(n) for n in np.bincount(c, minlength=len(members)))  # noqa: E731
+        return ClassLayout(order, tuple(len(mm) for mm in members), count(self.cls),
+                           count(self.item_cls), place)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,11 +296,9 @@ class ClassLayout:
       order: ``[S]`` columns of the table's tokens, class after class (padded at the end).
       sizes: ``[C]`` class sizes ``n_c``.
       n_pairs, n_items: ``[C]`` the number of pairs / items of each class.
-      place: ``[2P + Q]`` int32: each pair's source's place in its class (``[P]``, the pairs
-        class after class), each pair's target's place (``[P]``), each item's place (``[Q]``,
-        the items class after class).
-      unsort_pairs, unsort_items: the permutations back to the table's order of pairs and
-        items (``None`` where grouping by class kept it, as :func:`pair_table` builds it).
+      place: ``[2P + Q]`` int32: each pair's source's place in its class (``[P]``), each
+        pair's target's place (``[P]``), each item's place (``[Q]``), in the table's order
+        (class after class).
     """
 
     order: np.ndarray
@@ -311,8 +306,6 @@ class ClassLayout:
     n_pairs: tuple[int, ...]
     n_items: tuple[int, ...]
     place: np.ndarray
-    unsort_pairs: np.ndarray | None
-    unsort_items: np.ndarray | None
 
 
 def pair_table(classes: Sequence[OrdinalClass]) -> PairTable:
@@ -372,12 +365,10 @@ def _score_arrays(logits, src, tgt, cls, item, item_cls, cand, pooled):
 
 
 def _score_blocks(blocks: Sequence[jax.Array], n_pairs: Sequence[int], n_items: Sequence[int],
-                  place: jax.Array, unsort: tuple, cls, item_cls, pooled) -> dict:
+                  place: jax.Array, cls, item_cls, pooled) -> dict:
     """:func:`_score_arrays` on the class blocks ``[L, K, n_c, group, n_c]`` of
     :func:`_ov_blocks`: each row's maximum over its class once, then one comparison per pair
-    and head; ``n_pairs``, ``n_items``, ``place`` and ``unsort`` (``(unsort_pairs,
-    unsort_items)``) as in :class:`ClassLayout`; ``cls``, ``item_cls`` in the table's
-    order."""
+    and head; ``n_pairs``, ``n_items`` and ``place`` as in :class:`ClassLayout`."""
     P = sum(n_pairs)
     src, tgt, item = place[:P], place[P:2 * P], place[2 * P:]
 
@@ -393,10 +384,8 @@ def _score_blocks(blocks: Sequence[jax.Array], n_pairs: Sequence[int], n_items: 
         copy.append(first(blk, rowmax, it, it))
         p0, q0 = p0 + p, q0 + q
     L, K, _, group, _ = blocks[0].shape
-    heads = lambda h, back: (lambda x: x if back is None else x[..., back])(  # noqa: E731
-        jnp.concatenate(h, axis=-1).reshape(L, K * group, -1))
-    return _pool(heads(succ, unsort[0]), heads(pred, unsort[0]), heads(copy, unsort[1]),
-                 cls, item_cls, pooled, len(blocks))
+    heads = lambda h: jnp.concatenate(h, axis=-1).reshape(L, K * group, -1)  # noqa: E731
+    return _pool(heads(succ), heads(pred), heads(copy), cls, item_cls, pooled, len(blocks))
 
 
 _score_arrays_jit = jax.jit(_score_arrays)
@@ -457,11 +446,11 @@ def _head_scores(out: dict, table: PairTable) -> HeadScores:
         hits=np.asarray(out["hits"]))
 
 
-def _score_heads(graphdef, state, tokens, order, sizes, n_pairs, n_items, place, unsort, arrays,
+def _score_heads(graphdef, state, tokens, order, sizes, n_pairs, n_items, place, arrays,
                  embed_mode, final_norm, cpu=False):
     blocks = _ov_blocks(nnx.merge(graphdef, state), tokens, order, sizes, embed_mode, final_norm,
                         cpu)
-    return _score_blocks(blocks, n_pairs, n_items, place, unsort, *arrays)
+    return _score_blocks(blocks, n_pairs, n_items, place, *arrays)
 
 
 _STATIC = ("sizes", "n_pairs", "n_items", "embed_mode", "final_norm")
@@ -485,9 +474,8 @@ def _score_call(model, classes: Sequence[OrdinalClass], embed_mode: str, final_n
     lay = table.layout()
     jitted = _score_heads_jit["cpu" if jax.default_backend() == "cpu" else "other"]
     return table, jitted, (graphdef, state, table.tokens, lay.order, lay.sizes, lay.n_pairs,
-                           lay.n_items, lay.place, (lay.unsort_pairs, lay.unsort_items),
-                           (table.cls, table.item_cls, table.pooled), embed_mode,
-                           bool(final_norm))
+                           lay.n_items, lay.place, (table.cls, table.item_cls, table.pooled),
+                           embed_mode, bool(final_norm))
 
 
 def score_heads(model, classes: Sequence[OrdinalClass], *, embed_mode: str = "mlp0_only",

@@ -68,6 +68,19 @@ def test_bad_classes_are_clear_errors():
         tasks.make_class(TOK, "gaps", ["Monday", "x-x", "Wednesday"])
 
 
+def test_class_layout_needs_pairs_grouped_by_class():
+    import dataclasses
+
+    table = S.pair_table(_classes()[0])
+    lay = table.layout()
+    assert sum(lay.sizes) == int(table.cand.sum()) and len(lay.order) % 16 == 0
+    assert sum(lay.n_pairs) == len(table.src) and sum(lay.n_items) == len(table.item)
+    shuffled = dataclasses.replace(table, src=table.src[::-1], tgt=table.tgt[::-1],
+                                   cls=table.cls[::-1])
+    with pytest.raises(ValueError, match="grouped by class"):
+        shuffled.layout()
+
+
 def test_model_without_mlp0_errors_or_falls_back():
     cfg = types.SimpleNamespace(d_mlp=0)
     with pytest.raises(S.NoMLP0Error, match="needs an MLP in layer 0"):
