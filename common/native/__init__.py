@@ -6,8 +6,8 @@ convolution into 16 channels, then a 5 x 5 max pool, over about 1,700 crops per 
 the case in point (``common.conv_pool``). A kernel here is an ordinary C++ function bound with
 XLA's FFI headers shipped in jaxlib (``jax.ffi.include_dir()``), run on XLA's intra-op thread pool.
 
-How: :func:`library` compiles ``*.cc`` of this folder once per source, compiler flags and jaxlib
-(``g++ -O3 -march=native``; ``$CXX`` overrides the compiler) into
+How: :func:`library` compiles ``*.cc`` of this folder (with its ``*.h``) once per source,
+compiler flags and jaxlib (``g++ -O3 -march=native``; ``$CXX`` overrides the compiler) into
 ``$HEADLAB_CACHE/native`` (default ``~/.cache/headlab/native``), writing to a temporary name and
 renaming, so a killed build leaves nothing half-written; later processes load the cached
 library. The targets are registered with JAX for the CPU platform. :func:`batch_split` wraps a call
@@ -46,6 +46,7 @@ __all__ = ["available", "has_compiler", "library", "batch_split", "TARGETS", "Na
 log = logging.getLogger(__name__)
 
 _SOURCES = sorted(pathlib.Path(__file__).parent.glob("*.cc"))
+_HEADERS = sorted(pathlib.Path(__file__).parent.glob("*.h"))
 #: the FFI target names and their handler symbols in the library
 TARGETS = {
     "headlab_conv_max_pool_fwd": "HeadlabConvMaxPoolFwd",
@@ -85,7 +86,7 @@ def _build(cxx: str) -> pathlib.Path:
     import jaxlib
 
     key = hashlib.sha256()
-    for src in _SOURCES:
+    for src in (*_SOURCES, *_HEADERS):
         key.update(src.read_bytes())
     key.update(" ".join([cxx, *_FLAGS, jaxlib.__version__, os.uname().machine]).encode())
     with open("/proc/cpuinfo", "rb") if os.path.exists("/proc/cpuinfo") else open(os.devnull, "rb") as f:

@@ -23,12 +23,9 @@
 #include <cstring>
 #include <vector>
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <memory>
-#include <mutex>
 #include <type_traits>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -49,38 +46,6 @@ inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 struct Shape {
   int64_t n, h, w, cin, k, cout, pool, hp, wp, ho, wo;
 };
-
-// Runs f(i) for i in [0, n) on the intra-op pool's threads and the caller's. The caller waits
-// only for items that a running thread has claimed, never for a scheduled task to start: XLA may
-// run this call on a pool thread beside other calls that wait too, and a task queued behind them
-// must not be needed. A task that starts after every item was claimed returns at once; the state
-// it reads is shared, so it outlives this call.
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& f) {
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
-  if (helpers <= 0) {
-    for (int64_t i = 0; i < n; ++i) f(i);
-    return;
-  }
-  struct State {
-    std::atomic<int64_t> next{0};
-    int64_t finished = 0;
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, n, &f] {
-    for (int64_t i = state->next.fetch_add(1); i < n; i = state->next.fetch_add(1)) {
-      f(i);
-      std::lock_guard<std::mutex> lock(state->mu);
-      if (++state->finished == n) state->cv.notify_all();
-    }
-  };
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work(); });
-  work();
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->finished == n; });
-}
 
 // One conv output row segment: y[j][o] for j in [j0, j0 + R), one 16-channel block ob. CIN and K
 // are the input channels and kernel size when known at compile time (0: read from s).
@@ -291,7 +256,7 @@ ffi::Error Forward(ffi::ThreadPool pool_threads, ffi::Buffer<ffi::F32, 4> x,
   float* os = out->typed_data();
   uint8_t* fs = first->typed_data();
   const int64_t in_size = s.h * s.w * s.cin, out_size = s.hp * s.wp * s.cout;
-  ParallelFor(pool_threads, s.n, [&](int64_t i) {
+  headlab::ParallelFor(pool_threads, s.n, [&](int64_t i) {
     ForwardImage(s, xs + i * in_size, ws, os + i * out_size, fs + i * out_size);
   });
   return ffi::Error::Success();
@@ -312,7 +277,7 @@ ffi::Error KernelGrad(ffi::ThreadPool pool_threads, ffi::Buffer<ffi::F32, 4> x,
   float* ds = dw->typed_data();
   const int64_t in_size = s.h * s.w * s.cin, out_size = s.hp * s.wp * s.cout;
   const int64_t dw_size = s.k * s.k * s.cin * s.cout;
-  ParallelFor(pool_threads, s.n, [&](int64_t i) {
+  headlab::ParallelFor(pool_threads, s.n, [&](int64_t i) {
     DwImage(s, xs + i * in_size, gs + i * out_size, fs + i * out_size, ds + i * dw_size);
   });
   return ffi::Error::Success();
@@ -335,7 +300,7 @@ ffi::Error InputGrad(ffi::ThreadPool pool_threads, ffi::Buffer<ffi::F32, 4> g,
   const float* ws = wt.typed_data();
   float* ds = dx->typed_data();
   const int64_t in_size = s.h * s.w * s.cin, out_size = s.hp * s.wp * s.cout;
-  ParallelFor(pool_threads, s.n, [&](int64_t i) {
+  headlab::ParallelFor(pool_threads, s.n, [&](int64_t i) {
     DxImage(s, gs + i * out_size, fs + i * out_size, ws, ds + i * in_size);
   });
   return ffi::Error::Success();
