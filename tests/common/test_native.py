@@ -121,4 +121,3 @@ def test_opting_out():
 @pytest.mark.multidevice
 def test_sharded_batch_on_eight_devices():
     run_on_eight_devices(pathlib.Path(__file__).with_name("_native_sharded_cases.py"))
-
