@@ -81,6 +81,30 @@ def has_compiler() -> bool:
         return False
 
 
+def _digest(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digest_path(lib: pathlib.Path) -> pathlib.Path:
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _intact(lib: pathlib.Path) -> bool:
+    """Whether the cached library is the one its build wrote (its SHA-256 beside it): a
+    truncated shared object would crash the process in ``dlopen`` (SIGBUS), not raise."""
+    try:
+        return _digest(lib) == _digest_path(lib).read_text().strip()
+    except OSError:
+        return False
+
+
 def _build(cxx: str) -> pathlib.Path:
     """Compile the sources into the cache (once per source, flags, compiler and jaxlib)."""
     import jaxlib
@@ -93,7 +117,7 @@ def _build(cxx: str) -> pathlib.Path:
         # -march=native: a library built on another CPU (a shared cache) is not reused
         key.update(next((ln for ln in f if ln.startswith(b"flags")), b""))
     out = _cache_dir() / f"headlab_native_{key.hexdigest()[:16]}.so"
-    if out.exists():
+    if _intact(out):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
@@ -106,25 +130,37 @@ def _build(cxx: str) -> pathlib.Path:
             raise NativeBuildError(f"could not run the compiler {cxx}: {e}") from e
         if proc.returncode != 0:
             raise NativeBuildError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+        digest = _digest(pathlib.Path(tmp))
         os.replace(tmp, out)
+        _atomic_write(_digest_path(out), digest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
 
 
+def _open(path: pathlib.Path) -> ctypes.CDLL:
+    """Load the library and check that it has every handler."""
+    try:
+        lib = ctypes.CDLL(str(path))
+        for symbol in TARGETS.values():
+            getattr(lib, symbol)
+    except (OSError, AttributeError) as e:
+        raise NativeBuildError(f"could not load {path}: {e}") from e
+    return lib
+
+
 @functools.cache
 def library() -> ctypes.CDLL:
     """The compiled kernels, built if needed and registered with JAX (once per process).
 
+    A cached library that is not byte for byte the one its build wrote (truncated by a full
+    disk, say) is rebuilt.
+
     Raises:
       NativeBuildError: no compiler, or the build or load failed.
     """
-    path = _build(_compiler())
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        raise NativeBuildError(f"could not load {path}: {e}") from e
+    lib = _open(_build(_compiler()))
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     return lib

@@ -121,3 +121,20 @@ def test_opting_out():
 @pytest.mark.multidevice
 def test_sharded_batch_on_eight_devices():
     run_on_eight_devices(pathlib.Path(__file__).with_name("_native_sharded_cases.py"))
+
+
+def test_a_damaged_cached_library_is_rebuilt(tmp_path):
+    """A truncated library in the cache (e.g. a disk that filled up; dlopen would die of
+    SIGBUS on it) is rebuilt, as is one without its digest."""
+    code = "from common import native\nprint(native.library()._name)"
+    first = _run(code, HEADLAB_CACHE=str(tmp_path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    path = pathlib.Path(first.stdout.strip())
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    second = _run(code, HEADLAB_CACHE=str(tmp_path))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert path.stat().st_size == size and pathlib.Path(second.stdout.strip()) == path
+    path.with_name(path.name + ".sha256").unlink()  # a build killed before its digest was written
+    third = _run(code, HEADLAB_CACHE=str(tmp_path))
+    assert third.returncode == 0 and path.with_name(path.name + ".sha256").exists()
