@@ -8,14 +8,15 @@
 //        convolution (H_p = (H - k + 1) / pool, floor);
 //        first [n, H_p, W_p, C_out] u8: the row-major index within the window of its first maximum
 //        (torch's max_pool2d routing; a NaN counts as the maximum, as in XLA's max).
-//   headlab_conv_max_pool_dw: x, g [n, H_p, W_p, C_out] f32 (the pooled cotangent), first, attrs k, pool
+//   headlab_conv_max_pool_dw: x, g [n, H_p, W_p, C_out] f32 (the pooled cotangent), first,
+//     attrs k, pool
 //     -> dw [n, k * k * C_in, C_out] f32: each image's kernel gradient (rows (kh, kw, c_in)); the
-//        caller sums over n. Per image, so the call is batch-partitionable.
+//        caller sums over n. Per image, so the call shards over the batch.
 //   headlab_conv_max_pool_dx: g, first, wt [k, k, C_out, C_in] f32 (the kernel with its two
 //     channel axes swapped; C_in a multiple of 16), attr pool
 //     -> dx [n, H, W, C_in] f32: the input cotangent (H, W from the result's shape).
 //
-// Both split the images over XLA's intra-op thread pool. The 16 output channels of a block are one
+// All three split the images over XLA's intra-op thread pool. The 16 output channels of a block are one
 // 64-byte vector (GCC vector extensions: one AVX-512 register, two AVX2 ones).
 
 #include <cmath>
