@@ -122,9 +122,9 @@ class CNNEmbedding(nnx.Module):
     """conv(k1) → ReLU → maxpool(p1) → conv(k2) → ReLU → maxpool(p2) → flatten → Linear(d_app).
 
     Each ``conv → ReLU → maxpool`` block runs as ``bias_relu(conv_max_pool(x, kernel, pool), bias)``
-    (:mod:`common.conv_pool`: the same values, since a bias and a ReLU commute with the max; the
-    convolution and its kernel gradient as matrix products over patches, the pool's gradient
-    routed to each window's first maximum, as torch's ``max_pool2d``).
+    (:mod:`common.conv_pool`: the same values, since a bias and a ReLU commute with the max; on
+    the CPU one C++ pass per image for the convolution and pool, :mod:`common.native`; the pool's
+    gradient routed to each window's first maximum, as torch's ``max_pool2d``).
     """
 
     def __init__(self, cfg: OATConfig, rngs: nnx.Rngs):
