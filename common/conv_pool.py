@@ -20,8 +20,8 @@ paths serve GPUs and TPUs, other dtypes and machines without a C++ compiler.
 Why the patch path: XLA:CPU runs the filter gradient of a convolution with few input channels
 (an RGB CNN) as a convolution with the batch as its feature axis, 5-10x slower than the same
 arithmetic as one matrix product; and a max pool's gradient over the full-resolution map is
-several passes over its largest tensor. Here, per chunk of images (a ``lax.scan``, so the patch matrix of a chunk
-stays a few MB):
+several passes over its largest tensor. Here, per chunk of images (a ``lax.scan``, so the patch
+matrix of a chunk stays a few MB):
 
 * patches, transposed: ``Pᵀ [k·k·C_in, c·H'·W']`` (rows ordered ``(kh, kw, c_in)`` like
   ``w.reshape(k·k·C_in, C_out)``; only the ``H' = H_p·pool``, ``W' = W_p·pool`` output positions
