@@ -53,8 +53,11 @@ TARGETS = {
     "headlab_conv_max_pool_dw": "HeadlabConvMaxPoolDw",
     "headlab_conv_max_pool_dx": "HeadlabConvMaxPoolDx",
 }
-_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared", "-fPIC",
-          "-fno-math-errno"]
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+if os.uname().machine in ("x86_64", "AMD64"):
+    # whole 16-float vectors in one AVX-512 register where the CPU has them (GCC's default
+    # for -march=native on such CPUs is 256-bit); an x86 flag only
+    _FLAGS.insert(2, "-mprefer-vector-width=512")
 
 
 class NativeBuildError(RuntimeError):
