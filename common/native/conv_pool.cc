@@ -45,7 +45,7 @@ inline v16 load16(const float* p) {
 inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 
 struct Shape {
-  int64_t n, h, w, cin, k, cout, pool, hp, wp, ho, wo;
+  int64_t n, h, w, cin, k, cout, pool, hp, wp, wo;
 };
 
 // One conv output row segment: y[j][o] for j in [j0, j0 + R), one 16-channel block ob. CIN and K
@@ -223,22 +223,16 @@ void DxImage(const Shape& s, const float* g, const uint8_t* first, const float* 
   }
 }
 
-ffi::Error ShapeOf(const ffi::Buffer<ffi::F32, 4>& x, int64_t k, int64_t cout, int64_t pool,
-                   Shape* s) {
-  auto d = x.dimensions();
-  s->n = d[0];
-  s->h = d[1];
-  s->w = d[2];
-  s->cin = d[3];
-  s->k = k;
-  s->cout = cout;
-  s->pool = pool;
+// The shape of a call on images x [n, h, w, cin] (``dims``) with a k x k kernel into cout
+// channels and a pool x pool pool, checked.
+template <typename Dims>
+ffi::Error ShapeOf(const Dims& d, int64_t k, int64_t cout, int64_t pool, Shape* s) {
+  *s = Shape{d[0], d[1], d[2], d[3], k, cout, pool, 0, 0, 0};
   if (k < 1 || pool < 1 || pool * pool > 255 || cout % kLanes != 0)
     return ffi::Error::InvalidArgument("conv_max_pool: k >= 1, 1 <= pool <= 15 and C_out % 16 == 0 expected");
   s->hp = (s->h - k + 1) / pool;
   s->wp = (s->w - k + 1) / pool;
   if (s->hp < 1 || s->wp < 1) return ffi::Error::InvalidArgument("conv_max_pool: images too small");
-  s->ho = s->hp * pool;
   s->wo = s->wp * pool;
   return ffi::Error::Success();
 }
@@ -250,7 +244,7 @@ ffi::Error Forward(ffi::ThreadPool pool_threads, ffi::Buffer<ffi::F32, 4> x,
   Shape s;
   if (wd[0] != wd[1] || wd[2] != x.dimensions()[3])
     return ffi::Error::InvalidArgument("conv_max_pool: a square HWIO kernel matching C_in expected");
-  ffi::Error e = ShapeOf(x, wd[0], wd[3], pool, &s);
+  ffi::Error e = ShapeOf(x.dimensions(), wd[0], wd[3], pool, &s);
   if (e.failure()) return e;
   const float* xs = x.typed_data();
   const float* ws = w.typed_data();
@@ -268,7 +262,7 @@ ffi::Error KernelGrad(ffi::ThreadPool pool_threads, ffi::Buffer<ffi::F32, 4> x,
                       int64_t pool, ffi::ResultBuffer<ffi::F32, 3> dw) {
   auto gd = g.dimensions();
   Shape s;
-  ffi::Error e = ShapeOf(x, k, gd[3], pool, &s);
+  ffi::Error e = ShapeOf(x.dimensions(), k, gd[3], pool, &s);
   if (e.failure()) return e;
   if (s.hp != gd[1] || s.wp != gd[2] || gd[0] != s.n)
     return ffi::Error::InvalidArgument("conv_max_pool_dw: cotangent shape does not match the images");
@@ -288,12 +282,11 @@ ffi::Error InputGrad(ffi::ThreadPool pool_threads, ffi::Buffer<ffi::F32, 4> g,
                      ffi::Buffer<ffi::U8, 4> first, ffi::Buffer<ffi::F32, 4> wt, int64_t pool,
                      ffi::ResultBuffer<ffi::F32, 4> dx) {
   auto gd = g.dimensions(), wd = wt.dimensions(), xd = dx->dimensions();
-  Shape s{xd[0], xd[1], xd[2], xd[3], wd[0], gd[3], pool, 0, 0, 0, 0};
-  if (wd[0] != wd[1] || wd[2] != gd[3] || wd[3] != xd[3] || s.cin % kLanes != 0 || pool < 1 ||
-      pool * pool > 255)
+  if (wd[0] != wd[1] || wd[2] != gd[3] || wd[3] != xd[3] || xd[3] % kLanes != 0)
     return ffi::Error::InvalidArgument("conv_max_pool_dx: kernel [k, k, C_out, C_in % 16 == 0] expected");
-  s.hp = (s.h - s.k + 1) / pool;
-  s.wp = (s.w - s.k + 1) / pool;
+  Shape s;
+  ffi::Error e = ShapeOf(xd, wd[0], gd[3], pool, &s);
+  if (e.failure()) return e;
   if (s.hp != gd[1] || s.wp != gd[2] || gd[0] != s.n)
     return ffi::Error::InvalidArgument("conv_max_pool_dx: cotangent shape does not match the images");
   const float* gs = g.typed_data();
